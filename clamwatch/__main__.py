@@ -1,0 +1,3 @@
+from clamwatch.cli import main
+
+raise SystemExit(main())

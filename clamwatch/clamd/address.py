@@ -1,0 +1,110 @@
+"""Where clamd listens: ``unix:///path`` or ``tcp://host:port``, or read from clamd.conf."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from clamwatch.units import parse_size
+
+DEFAULT_CLAMD_CONF = Path("/etc/clamav/clamd.conf")
+
+
+class AddressError(ValueError):
+    """An address that cannot name a clamd socket, or no address to be found."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClamdAddress:
+    """A clamd socket: ``path`` for a Unix socket, ``host``/``port`` for TCP."""
+
+    path: str | None = None
+    host: str | None = None
+    port: int | None = None
+
+    @property
+    def is_unix(self) -> bool:
+        return self.path is not None
+
+    def __str__(self) -> str:
+        if self.path is not None:
+            return f"unix://{self.path}"
+        host = f"[{self.host}]" if self.host and ":" in self.host else self.host
+        return f"tcp://{host}:{self.port}"
+
+
+def parse_address(text: str) -> ClamdAddress:
+    """``unix:///run/clamav/clamd.ctl``, ``/run/clamav/clamd.ctl``, ``tcp://127.0.0.1:3310``."""
+    if text.startswith("/"):
+        return ClamdAddress(path=text)
+    parts = urlsplit(text)
+    if parts.scheme == "unix":
+        path = parts.netloc + parts.path if parts.netloc else parts.path
+        if not path.startswith("/"):
+            raise AddressError(f"{text!r}: a unix address needs an absolute path: unix:///path")
+        return ClamdAddress(path=path)
+    if parts.scheme == "tcp":
+        try:
+            port = parts.port
+        except ValueError as exc:
+            raise AddressError(f"{text!r}: {exc}") from exc
+        if not parts.hostname or port is None:
+            raise AddressError(f"{text!r}: a tcp address needs a host and a port: tcp://HOST:PORT")
+        return ClamdAddress(host=parts.hostname, port=port)
+    raise AddressError(f"{text!r} is not a clamd address (expected unix:///PATH or tcp://HOST:PORT)")
+
+
+@dataclass(frozen=True, slots=True)
+class ClamdConf:
+    """What clamwatch needs from a clamd.conf: where to connect and clamd's limits."""
+
+    path: Path
+    local_socket: str | None = None
+    tcp_socket: int | None = None
+    tcp_addr: str | None = None
+    stream_max_length: int | None = None
+    read_timeout: float | None = None
+
+    def address(self) -> ClamdAddress:
+        """LocalSocket first (it allows FILDES), else TCPSocket on TCPAddr."""
+        if self.local_socket:
+            return ClamdAddress(path=self.local_socket)
+        if self.tcp_socket:
+            # clamd's default TCPAddr is every interface; loopback reaches it.
+            return ClamdAddress(host=self.tcp_addr or "127.0.0.1", port=self.tcp_socket)
+        raise AddressError(f"{self.path}: neither LocalSocket nor TCPSocket is set")
+
+
+_LINE = re.compile(r"^\s*(\w+)(?:\s+(.*?))?\s*$")
+
+
+def read_clamd_conf(path: Path = DEFAULT_CLAMD_CONF) -> ClamdConf:
+    """Read the few settings clamwatch uses; clamd(8) itself validates the rest."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise AddressError(f"{path}: {os.strerror(exc.errno or 0) or exc}") from exc
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.lstrip().startswith("#"):
+            continue
+        match = _LINE.match(line)
+        if match and match.group(2) is not None and match.group(1) not in values:
+            # clamd takes the first TCPAddr as well; other keys appear once
+            values[match.group(1)] = match.group(2).strip().strip('"')
+    try:
+        return ClamdConf(
+            path=path,
+            local_socket=values.get("LocalSocket"),
+            tcp_socket=int(values["TCPSocket"]) if "TCPSocket" in values else None,
+            tcp_addr=values.get("TCPAddr"),
+            stream_max_length=(
+                parse_size(values["StreamMaxLength"]) if "StreamMaxLength" in values else None
+            ),
+            read_timeout=float(values["ReadTimeout"]) if "ReadTimeout" in values else None,
+        )
+    except ValueError as exc:
+        raise AddressError(f"{path}: {exc}") from exc

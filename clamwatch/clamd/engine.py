@@ -1,0 +1,506 @@
+"""The clamd engine: many scans in flight over a few IDSESSION connections.
+
+One thread owns every clamd socket and runs a selectors loop; other threads
+only :meth:`Engine.submit` jobs. Requests in flight on a session that is lost
+(clamd killed, a garbage reply, a request past its deadline) are sent again
+on a new session: a transport failure is never a verdict. Only after
+``max_attempts`` losses, or when clamd stays unreachable for
+``give_up_after`` seconds, does a job end in a :class:`ScanError`.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import random
+import selectors
+import socket
+import threading
+import time
+from dataclasses import dataclass
+
+from clamwatch.clamd.address import ClamdAddress
+from clamwatch.clamd.job import ScanJob, ScanOutcome, Transport, TransportChoice
+from clamwatch.clamd.protocol import (
+    CommandFailed,
+    ConnectionClosed,
+    Event,
+    LocalProtocolError,
+    Pong,
+    RemoteProtocolError,
+    ScanReply,
+    SessionEnded,
+)
+from clamwatch.clamd.session import Capabilities, InFlight, Session, SessionState
+from clamwatch.clamd.transport import ClamdConnectionError
+from clamwatch.verdict import NotScanned, NotScannedReason, ScanError, Verdict
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    transport: TransportChoice = TransportChoice.AUTO
+    sessions: int = 2
+    # None: twice clamd's MaxThreads as STATS reports it, so every clamd
+    # thread has the next request waiting when it finishes one.
+    max_in_flight: int | None = None
+    request_timeout: float = 180.0  # above clamd's own MaxScanTime (120 s by default)
+    # A PING when a session sent nothing for this long: clamd's ReadTimeout
+    # (120 s by default, 180 s in Debian's clamd.conf) kills idle input.
+    keepalive: float = 30.0
+    connect_timeout: float = 10.0
+    give_up_after: float | None = None  # None: wait for clamd forever (the daemon)
+    max_attempts: int = 5
+    max_stream_size: int | None = None  # clamd's StreamMaxLength, when known
+    max_requests_per_session: int = 100_000
+    backoff_initial: float = 0.1
+    backoff_max: float = 10.0
+
+
+class ClamdUnavailable(Exception):
+    """clamd could not be reached within the time allowed."""
+
+
+class Engine:
+    """Submit jobs from any thread; each job's ``on_done`` runs once on the engine thread."""
+
+    def __init__(self, address: ClamdAddress, settings: EngineSettings | None = None) -> None:
+        self.address = address
+        self.settings = settings or EngineSettings()
+        if self.settings.transport is TransportChoice.FILDES and not address.is_unix:
+            raise ValueError(f"FILDES needs a Unix socket; {address} is TCP")
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._lock = threading.Lock()
+        self._inbox: collections.deque[ScanJob] = collections.deque()
+        self._wake_pending = False
+        self._stopping = False
+        self._stopped = threading.Event()
+        self._ready = threading.Condition(self._lock)
+        self._capabilities: Capabilities | None = None
+        self._last_error = ""
+        self._unfinished: list[ScanJob] = []
+        # loop-thread state
+        self._queue: collections.deque[ScanJob] = collections.deque()
+        self._sessions: list[Session] = []
+        self._interest: dict[Session, int] = {}
+        self._session_number = 0
+        self._backoff = self.settings.backoff_initial
+        self._next_connect = 0.0
+        self._down_since: float | None = None
+        self._keepalive = self.settings.keepalive
+        self._gave_up = False
+        self._thread = threading.Thread(target=self._run, name="clamwatch-clamd", daemon=True)
+
+    # -- public, any thread -----------------------------------------------------
+
+    def start(self) -> Engine:
+        self._thread.start()
+        return self
+
+    def submit(self, job: ScanJob) -> None:
+        with self._lock:
+            if self._stopping:
+                raise RuntimeError("the engine is closed")
+            self._inbox.append(job)
+            wake = not self._wake_pending
+            self._wake_pending = True
+        if wake:
+            self._wake()
+
+    def wait_ready(self, timeout: float) -> Capabilities:
+        """Block until a session has finished its handshake; raise ClamdUnavailable."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._capabilities is None:
+                left = deadline - time.monotonic()
+                if left <= 0 or self._stopped.is_set():
+                    raise ClamdUnavailable(
+                        f"cannot reach clamd at {self.address}: {self._last_error or 'no answer'}"
+                    )
+                self._ready.wait(min(left, 0.1))
+            return self._capabilities
+
+    @property
+    def alive(self) -> bool:
+        """False once the loop thread has ended (after close(), or a bug)."""
+        return self._thread.is_alive()
+
+    @property
+    def capabilities(self) -> Capabilities | None:
+        return self._capabilities
+
+    def close(self, timeout: float = 10.0) -> list[ScanJob]:
+        """End every session cleanly and stop. Returns the jobs that got no outcome."""
+        with self._lock:
+            self._stopping = True
+        self._wake()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                raise RuntimeError("the clamd engine did not stop")
+        return self._unfinished
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except (BlockingIOError, OSError):
+            pass  # already awake, or closing
+
+    # -- the loop -------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except Exception:
+            log.exception("the clamd engine loop failed")
+            raise
+        finally:
+            self._shutdown()
+
+    def _loop(self) -> None:
+        drain_deadline: float | None = None
+        while True:
+            now = time.monotonic()
+            stopping = self._take_inbox()
+            if stopping:
+                if drain_deadline is None:
+                    drain_deadline = now + self.settings.request_timeout
+                self._drain(now)
+                if not self._sessions or now >= drain_deadline:
+                    return
+            else:
+                self._maintain(now)
+                for session in self._dispatch(now):
+                    self._service(session, selectors.EVENT_WRITE, now)
+            self._timers(now)
+            self._update_interest()
+            timeout = self._next_wakeup(now, drain_deadline)
+            for key, mask in self._selector.select(timeout):
+                if key.data is None:
+                    self._drain_wake()
+                    continue
+                session: Session = key.data
+                if session.state is SessionState.CLOSED:
+                    continue
+                self._service(session, mask, time.monotonic())
+
+    def _take_inbox(self) -> bool:
+        with self._lock:
+            if self._inbox:
+                self._queue.extend(self._inbox)
+                self._inbox.clear()
+            return self._stopping
+
+    def _drain_wake(self) -> None:
+        with self._lock:
+            self._wake_pending = False
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    # -- sessions ---------------------------------------------------------------------
+
+    def _maintain(self, now: float) -> None:
+        live = [s for s in self._sessions if s.state is not SessionState.DRAINING]
+        if len(live) >= self.settings.sessions or now < self._next_connect:
+            return
+        self._session_number += 1
+        try:
+            session = Session(self.address, now, self._session_number)
+        except ClamdConnectionError as exc:
+            self._connect_failed(now, str(exc))
+            return
+        session.stream_limit = self.settings.max_stream_size
+        self._sessions.append(session)
+        self._interest[session] = selectors.EVENT_READ | selectors.EVENT_WRITE
+        self._selector.register(session.sock, self._interest[session], session)
+
+    def _connect_failed(self, now: float, message: str) -> None:
+        if self._down_since is None:
+            self._down_since = now
+            log.warning("clamd is unreachable: %s; retrying", message)
+        self._last_error = message
+        jitter = random.uniform(0.8, 1.2)
+        self._next_connect = now + self._backoff * jitter
+        self._backoff = min(self._backoff * 2, self.settings.backoff_max)
+
+    def _session_ready(self, session: Session, now: float) -> None:
+        caps = session.capabilities
+        assert caps is not None
+        if self._down_since is not None:
+            log.warning("clamd is back at %s after %.1f s", self.address, now - self._down_since)
+        self._down_since = None
+        self._gave_up = False
+        self._backoff = self.settings.backoff_initial
+        with self._lock:
+            first = self._capabilities is None
+            self._capabilities = caps
+            self._ready.notify_all()
+        if first:
+            log.info(
+                "clamd %s at %s: transport %s, %s in flight",
+                caps.version or "(version unknown)",
+                self.address,
+                self._transport_for(caps).value,
+                self._cap_total(),
+            )
+
+    def _transport_for(self, caps: Capabilities) -> Transport:
+        choice = self.settings.transport
+        if choice is TransportChoice.INSTREAM or not self.address.is_unix:
+            return Transport.INSTREAM
+        if choice is TransportChoice.FILDES or "FILDES" in caps.commands:
+            return Transport.FILDES
+        return Transport.INSTREAM
+
+    def _cap_total(self) -> int:
+        if self.settings.max_in_flight is not None:
+            return self.settings.max_in_flight
+        threads = self._capabilities.max_threads if self._capabilities else None
+        return max(2, 2 * threads) if threads else 8
+
+    def _session_lost(self, session: Session, reason: str, now: float) -> None:
+        was_ready = session.capabilities is not None
+        self._unregister(session)
+        lost = session.close()
+        self._sessions.remove(session)
+        if not was_ready and not lost:
+            self._connect_failed(now, reason)
+        elif lost:
+            log.warning("%s to clamd lost (%s); %d request(s) will be sent again",
+                        session.name, reason, len(lost))
+        for entry in reversed(lost):
+            self._requeue(entry, reason)
+
+    def _requeue(self, entry: InFlight, reason: str) -> None:
+        job = entry.job
+        if entry.local_verdict is not None:
+            self._deliver(job, entry.local_verdict, entry.transport, None)
+            return
+        job.last_failure = reason
+        if job.attempts >= self.settings.max_attempts:
+            self._deliver(
+                job,
+                ScanError(f"clamd connection lost {job.attempts} times while scanning ({reason})"),
+                entry.transport,
+                None,
+            )
+        else:
+            self._queue.appendleft(job)
+
+    def _unregister(self, session: Session) -> None:
+        if session in self._interest:
+            del self._interest[session]
+            try:
+                self._selector.unregister(session.sock)
+            except (KeyError, ValueError):
+                pass
+
+    def _drain(self, now: float) -> None:
+        """Stopping: END every session as soon as it is not inside a stream."""
+        for session in list(self._sessions):
+            if session.state is SessionState.CONNECTING or (
+                session.state is SessionState.HANDSHAKE and not session.in_flight
+            ):
+                self._session_lost(session, "closing", now)
+            else:
+                session.end(now, "closing")
+
+    # -- work -------------------------------------------------------------------------
+
+    def _in_flight(self) -> int:
+        return sum(len(s.in_flight) for s in self._sessions)
+
+    def _dispatch(self, now: float) -> list[Session]:
+        """Send waiting jobs to ready sessions, within the in-flight caps."""
+        if not self._queue:
+            return []
+        ready = [s for s in self._sessions if s.state is SessionState.READY]
+        total = self._cap_total()
+        per_session = math.ceil(total / self.settings.sessions)
+        in_flight = self._in_flight()
+        for session in ready:
+            caps = session.capabilities
+            assert caps is not None
+            transport = self._transport_for(caps)
+            while (
+                self._queue
+                and in_flight < total
+                and session.accepting
+                and len(session.in_flight) < per_session
+            ):
+                job = self._queue.popleft()
+                refused = self._refuse(job, transport, caps)
+                if refused is not None:
+                    self._deliver(job, refused, None, caps.version)
+                    continue
+                session.begin(job, transport, now)
+                in_flight += 1
+            if session.requests >= self.settings.max_requests_per_session:
+                # clamd's request ids are C ints: start afresh long before.
+                session.end(now, "rotated")
+        return ready
+
+    def _refuse(self, job: ScanJob, transport: Transport, caps: Capabilities) -> Verdict | None:
+        if transport is Transport.FILDES and caps.commands and "FILDES" not in caps.commands:
+            return NotScanned(
+                NotScannedReason.UNSUPPORTED, f"clamd at {self.address} does not offer FILDES"
+            )
+        limit = self.settings.max_stream_size
+        size = job.file.identity.size
+        if transport is Transport.INSTREAM and limit is not None and size > limit:
+            return NotScanned(
+                NotScannedReason.TOO_LARGE,
+                f"{size} bytes, larger than clamd's StreamMaxLength ({limit} bytes)",
+            )
+        return None
+
+    def _deliver(
+        self, job: ScanJob, verdict: Verdict, transport: Transport | None, version: str | None
+    ) -> None:
+        try:
+            job.on_done(job, ScanOutcome(verdict, transport, version, job.attempts))
+        except Exception:
+            log.exception("a scan callback failed for %s", job.file.path)
+
+    # -- I/O --------------------------------------------------------------------------
+
+    def _service(self, session: Session, mask: int, now: float) -> None:
+        try:
+            if mask & selectors.EVENT_READ:
+                for event in session.on_readable():
+                    self._handle(session, event, now)
+                    if session.state is SessionState.CLOSED:
+                        return
+            if mask & selectors.EVENT_WRITE and session.state is not SessionState.CLOSED:
+                session.on_writable(now)
+                if session.state is SessionState.READY and self._queue:
+                    self._dispatch(now)
+                    session.on_writable(now)
+        except ClamdConnectionError as exc:
+            self._session_lost(session, str(exc), now)
+        except (RemoteProtocolError, LocalProtocolError) as exc:
+            log.warning("%s: clamd protocol error: %s", session.name, exc)
+            self._session_lost(session, f"protocol error: {exc}", now)
+
+    def _handle(self, session: Session, event: Event, now: float) -> None:
+        if session.handle_handshake(event):
+            if session.state is SessionState.READY:
+                self._session_ready(session, now)
+            return
+        if isinstance(event, ScanReply):
+            entry = session.take(event)
+            if entry is None:
+                raise RemoteProtocolError(f"reply for request {event.request_id} not in flight")
+            verdict = entry.local_verdict or event.verdict
+            version = session.capabilities.version if session.capabilities else None
+            self._deliver(entry.job, verdict, entry.transport, version)
+            if not session.in_flight and session.state is SessionState.DRAINING:
+                pass  # clamd closes after END once the last reply is out
+        elif isinstance(event, Pong):
+            pass
+        elif isinstance(event, SessionEnded):
+            if event.reason == "COMMAND READ TIMED OUT":
+                self._keepalive = max(0.5, self._keepalive / 2)
+                log.warning(
+                    "clamd ended %s for idleness (ReadTimeout); keepalive now every %.1f s",
+                    session.name,
+                    self._keepalive,
+                )
+            session.state = SessionState.DRAINING
+            session.end_reason = event.reason
+        elif isinstance(event, ConnectionClosed):
+            reason = session.end_reason or "clamd closed the connection"
+            self._session_lost(session, reason, now)
+        elif isinstance(event, CommandFailed):
+            log.warning("%s: clamd refused request %d: %s", session.name, event.request_id,
+                        event.message)
+        else:
+            raise RemoteProtocolError(f"unexpected reply {event!r}")
+
+    def _update_interest(self) -> None:
+        for session in self._sessions:
+            want = selectors.EVENT_READ | (selectors.EVENT_WRITE if session.wants_write else 0)
+            if self._interest.get(session) != want:
+                self._interest[session] = want
+                self._selector.modify(session.sock, want, session)
+
+    # -- time ---------------------------------------------------------------------------
+
+    def _timers(self, now: float) -> None:
+        timeout = self.settings.request_timeout
+        for session in list(self._sessions):
+            if session.state in (SessionState.CONNECTING, SessionState.HANDSHAKE):
+                if now - session.created > self.settings.connect_timeout:
+                    self._session_lost(session, "no answer to the handshake", now)
+                continue
+            oldest = next(iter(session.in_flight.values()), None)
+            if oldest is not None and now - oldest.sent_at > timeout:
+                self._session_lost(
+                    session, f"no reply within {timeout:g} s (clamd stuck?)", now
+                )
+                continue
+            if now - session.last_send >= self._keepalive:
+                session.ping(now)
+        self._check_give_up(now)
+
+    def _check_give_up(self, now: float) -> None:
+        limit = self.settings.give_up_after
+        if limit is None or self._down_since is None or now - self._down_since < limit:
+            return
+        if any(s.state is SessionState.READY for s in self._sessions):
+            return
+        if not self._gave_up:
+            log.error("clamd unreachable for %.0f s at %s; failing waiting scans", limit,
+                      self.address)
+        self._gave_up = True
+        while self._queue:
+            job = self._queue.popleft()
+            self._deliver(
+                job, ScanError(f"clamd unreachable at {self.address}: {self._last_error}"),
+                None, None,
+            )
+
+    def _next_wakeup(self, now: float, drain_deadline: float | None) -> float:
+        candidates = [now + self._keepalive]
+        if drain_deadline is not None:
+            candidates.append(drain_deadline)
+        live = sum(s.state is not SessionState.DRAINING for s in self._sessions)
+        if live < self.settings.sessions and not self._stopping:
+            candidates.append(self._next_connect)
+        if self._down_since is not None and self.settings.give_up_after is not None:
+            candidates.append(self._down_since + self.settings.give_up_after)
+        for session in self._sessions:
+            candidates.append(session.last_send + self._keepalive)
+            if session.state in (SessionState.CONNECTING, SessionState.HANDSHAKE):
+                candidates.append(session.created + self.settings.connect_timeout)
+            oldest = next(iter(session.in_flight.values()), None)
+            if oldest is not None:
+                candidates.append(oldest.sent_at + self.settings.request_timeout)
+        return max(0.0, min(candidates) - now)
+
+    def _shutdown(self) -> None:
+        unfinished = list(self._queue)
+        self._queue.clear()
+        for session in list(self._sessions):
+            self._unregister(session)
+            unfinished.extend(entry.job for entry in session.close())
+        self._sessions.clear()
+        with self._lock:
+            self._stopping = True
+            unfinished.extend(self._inbox)
+            self._inbox.clear()
+            self._ready.notify_all()
+        self._unfinished = unfinished
+        self._stopped.set()
+        self._selector.close()
+        self._wake_r.close()
+        self._wake_w.close()

@@ -1,0 +1,304 @@
+"""One IDSESSION connection to clamd: the socket, the protocol state and what is in flight.
+
+The engine's loop drives it: it calls :meth:`Session.on_writable` and
+:meth:`Session.on_readable` when the selector says so and never blocks. The
+session keeps reading replies while it writes (clamd drops a session whose
+replies back up for SendBufTimeout, 500 ms by default) and keeps at most a
+small buffer of outgoing bytes, so an INSTREAM body is read from disk only as
+fast as the socket takes it.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from dataclasses import dataclass
+
+from clamwatch.clamd.address import ClamdAddress
+from clamwatch.clamd.job import ScanJob, Transport
+from clamwatch.clamd.protocol import (
+    STREAM_CHUNK,
+    ClamdProtocol,
+    Command,
+    CommandFailed,
+    CommandsReply,
+    ConnectionClosed,
+    End,
+    Event,
+    Fildes,
+    Instream,
+    NeedData,
+    Ping,
+    Pong,
+    RemoteProtocolError,
+    ScanReply,
+    Stats,
+    StatsReply,
+    VersionCommands,
+    VersionReply,
+)
+from clamwatch.clamd.transport import (
+    ClamdConnectionError,
+    describe_os_error,
+    finish_connect,
+    open_socket,
+    send_with_fd,
+)
+from clamwatch.verdict import NotScanned, NotScannedReason, ScanError, Verdict
+
+# Outgoing bytes we hold before we stop reading more of a streamed file; one
+# chunk plus its header and a few commands.
+_OUT_HIGH_WATER = 2 * STREAM_CHUNK
+_RECV_SIZE = 256 * 1024
+
+
+class SessionState(enum.Enum):
+    CONNECTING = "connecting"  # nonblocking connect under way
+    HANDSHAKE = "handshake"  # IDSESSION sent; waiting for VERSIONCOMMANDS and STATS
+    READY = "ready"  # accepting scan requests
+    DRAINING = "draining"  # END sent or clamd ending the session: replies only
+    CLOSED = "closed"  # socket closed; whatever was in flight has been handed back
+
+
+@dataclass(slots=True)
+class InFlight:
+    job: ScanJob
+    sent_at: float
+    transport: Transport
+    # Decided on our side while streaming (read error, file grew past the
+    # limit): clamd's reply for this request is then ignored.
+    local_verdict: Verdict | None = None
+
+
+@dataclass(slots=True)
+class _Stream:
+    request_id: int
+    fd: int
+    offset: int = 0
+
+
+@dataclass(slots=True)
+class _OutItem:
+    data: bytearray
+    fd: int | None = None  # sent with the first byte of ``data``
+    started: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What the handshake learned about the clamd behind this session."""
+
+    version: str
+    commands: frozenset[str]
+    max_threads: int | None
+
+
+class Session:
+    """A clamd IDSESSION. Not thread-safe: only the engine's loop thread touches it."""
+
+    def __init__(self, address: ClamdAddress, now: float, number: int) -> None:
+        self.address = address
+        self.name = f"session {number}"
+        self.sock, connected = open_socket(address)
+        self.proto = ClamdProtocol()
+        self.state = SessionState.CONNECTING
+        self.in_flight: dict[int, InFlight] = {}
+        self.capabilities: Capabilities | None = None
+        self.created = now
+        self.last_send = now
+        self.requests = 0
+        self.end_reason = ""
+        self._out: list[_OutItem] = []
+        self._stream: _Stream | None = None
+        self._handshake: dict[int, str] = {}
+        self._caps_version = ""
+        self._caps_commands: frozenset[str] = frozenset()
+        self._max_threads: int | None = None
+        # set by the engine from clamd.conf or --max-stream-size
+        self.stream_limit: int | None = None
+        if connected:
+            self._start_session(now)
+
+    # -- writing --------------------------------------------------------------
+
+    def _queue(self, data: bytes, fd: int | None = None) -> None:
+        last = self._out[-1] if self._out else None
+        if last is not None and (fd is None or (last.fd is None and not last.started)):
+            last.data += data
+            if fd is not None:
+                last.fd = fd
+        else:
+            self._out.append(_OutItem(bytearray(data), fd))
+
+    def _command(self, command: Command, now: float) -> int | None:
+        outgoing = self.proto.send(command)
+        self._queue(outgoing.data, outgoing.fds[0] if outgoing.fds else None)
+        self.last_send = now
+        self.requests += 1
+        return outgoing.request_id
+
+    def _start_session(self, now: float) -> None:
+        self._queue(self.proto.start_session())
+        self.state = SessionState.HANDSHAKE
+        for command, what in ((VersionCommands(), "versioncommands"), (Stats(), "stats")):
+            request_id = self._command(command, now)
+            assert request_id is not None
+            self._handshake[request_id] = what
+
+    @property
+    def wants_write(self) -> bool:
+        return self.state is SessionState.CONNECTING or bool(self._out)
+
+    @property
+    def streaming(self) -> bool:
+        return self._stream is not None
+
+    def on_writable(self, now: float) -> None:
+        """Write what the socket takes; raises ClamdConnectionError when it is gone."""
+        if self.state is SessionState.CONNECTING:
+            finish_connect(self.sock, self.address)
+            self._start_session(now)
+        self.fill_stream(now)
+        while self._out:
+            item = self._out[0]
+            try:
+                sent = send_with_fd(self.sock, item.data, None if item.started else item.fd)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                raise ClamdConnectionError(f"{self.address}: {describe_os_error(exc)}") from exc
+            item.started = True
+            del item.data[:sent]
+            if item.data:
+                return
+            self._out.pop(0)
+            self.fill_stream(now)
+
+    def _out_size(self) -> int:
+        return sum(len(item.data) for item in self._out)
+
+    def fill_stream(self, now: float) -> None:
+        """Read more of the file being streamed, as far as the out buffer allows."""
+        stream = self._stream
+        while stream is not None and self._out_size() < _OUT_HIGH_WATER:
+            entry = self.in_flight[stream.request_id]
+            try:
+                chunk = os.pread(stream.fd, STREAM_CHUNK, stream.offset)
+            except OSError as exc:
+                entry.local_verdict = ScanError(f"read failed: {describe_os_error(exc)}")
+                chunk = b""
+            limit = self.stream_limit
+            if chunk and limit is not None and stream.offset + len(chunk) > limit:
+                # The file grew past the limit after it was checked: clamd would
+                # cut the session; end the stream here and never call it clean.
+                entry.local_verdict = NotScanned(
+                    NotScannedReason.TOO_LARGE,
+                    f"larger than clamd's StreamMaxLength ({limit} bytes)",
+                )
+                chunk = b""
+            if chunk:
+                self._queue(self.proto.stream_chunk(chunk))
+                stream.offset += len(chunk)
+            else:
+                self._queue(self.proto.stream_end())
+                self._stream = None
+                stream = None
+            self.last_send = now
+
+    # -- requests ---------------------------------------------------------------
+
+    @property
+    def accepting(self) -> bool:
+        return self.state is SessionState.READY and self._stream is None
+
+    def begin(self, job: ScanJob, transport: Transport, now: float) -> None:
+        """Send one scan request for ``job``."""
+        job.attempts += 1
+        if transport is Transport.FILDES:
+            request_id = self._command(Fildes(job.file.fd), now)
+        else:
+            request_id = self._command(Instream(), now)
+        assert request_id is not None
+        self.in_flight[request_id] = InFlight(job, now, transport)
+        if transport is Transport.INSTREAM:
+            self._stream = _Stream(request_id, job.file.fd)
+            self.fill_stream(now)
+
+    def ping(self, now: float) -> None:
+        """Keepalive: clamd's ReadTimeout counts input idleness, even while it scans."""
+        if self.state in (SessionState.READY, SessionState.HANDSHAKE) and self._stream is None:
+            self._command(Ping(), now)
+
+    def end(self, now: float, reason: str) -> None:
+        """Send END: clamd answers what is pending, then closes."""
+        if self.state in (SessionState.READY, SessionState.HANDSHAKE) and self._stream is None:
+            self._queue(self.proto.send(End()).data)
+            self.last_send = now
+            self.state = SessionState.DRAINING
+            self.end_reason = reason
+
+    # -- reading ----------------------------------------------------------------
+
+    def on_readable(self) -> list[Event]:
+        """Read and parse what clamd sent. Raises ClamdConnectionError or RemoteProtocolError."""
+        try:
+            data = self.sock.recv(_RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return []
+        except OSError as exc:
+            raise ClamdConnectionError(f"{self.address}: {describe_os_error(exc)}") from exc
+        self.proto.receive_data(data)
+        events: list[Event] = []
+        while True:
+            event = self.proto.next_event()
+            if isinstance(event, NeedData):
+                return events
+            events.append(event)
+            if isinstance(event, ConnectionClosed):
+                return events
+
+    def handle_handshake(self, event: Event) -> bool:
+        """Take a handshake reply; True when the event was one."""
+        request_id = getattr(event, "request_id", None)
+        if request_id not in self._handshake:
+            return False
+        what = self._handshake.pop(request_id)
+        if isinstance(event, CommandsReply):
+            self._caps_version, self._caps_commands = event.version, event.commands
+        elif isinstance(event, StatsReply):
+            self._max_threads = event.max_threads
+        elif isinstance(event, CommandFailed) and what == "stats":
+            self._max_threads = None  # STATS disabled (EnableStatsCommand no)
+        elif isinstance(event, CommandFailed):
+            # no VERSIONCOMMANDS (clamd before 0.95): assume no FILDES
+            self._caps_version, self._caps_commands = "", frozenset()
+        elif isinstance(event, (Pong, VersionReply)):
+            pass
+        else:
+            raise RemoteProtocolError(f"unexpected reply during the handshake: {event!r}")
+        if not self._handshake and self.state is SessionState.HANDSHAKE:
+            self.capabilities = Capabilities(
+                self._caps_version, self._caps_commands, self._max_threads
+            )
+            self.state = SessionState.READY
+        return True
+
+    def take(self, event: ScanReply) -> InFlight | None:
+        return self.in_flight.pop(event.request_id, None)
+
+    def close(self) -> list[InFlight]:
+        """Close the socket; hand back everything that got no reply."""
+        self.state = SessionState.CLOSED
+        self._stream = None
+        self._out.clear()
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        lost = list(self.in_flight.values())
+        self.in_flight.clear()
+        return lost
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+

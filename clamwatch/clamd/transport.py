@@ -1,0 +1,63 @@
+"""Sockets to clamd: nonblocking connect, and writes that carry descriptors.
+
+OS errors are mapped to :class:`ClamdConnectionError` here, at the boundary,
+and nowhere else (httpcore's ``map_exceptions``).
+"""
+
+from __future__ import annotations
+
+import array
+import errno
+import os
+import socket
+
+from clamwatch.clamd.address import ClamdAddress
+
+
+class ClamdConnectionError(Exception):
+    """The connection to clamd could not be made or was lost."""
+
+
+def describe_os_error(exc: OSError) -> str:
+    return os.strerror(exc.errno) if exc.errno else str(exc)
+
+
+def open_socket(address: ClamdAddress) -> tuple[socket.socket, bool]:
+    """A nonblocking socket connecting to ``address``; True when the connect is done."""
+    try:
+        if address.path is not None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            target: str | tuple[str, int] = address.path
+        else:
+            assert address.host is not None and address.port is not None
+            family, kind, proto, _, target = socket.getaddrinfo(
+                address.host, address.port, type=socket.SOCK_STREAM
+            )[0]
+            sock = socket.socket(family, kind | socket.SOCK_CLOEXEC, proto)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError as exc:
+        raise ClamdConnectionError(f"{address}: {describe_os_error(exc)}") from exc
+    sock.setblocking(False)
+    code = sock.connect_ex(target)
+    if code == 0:
+        return sock, True
+    if code == errno.EINPROGRESS:
+        return sock, False
+    sock.close()
+    # EAGAIN on a Unix socket: clamd's listen backlog is full; retried later
+    raise ClamdConnectionError(f"{address}: {os.strerror(code)}")
+
+
+def finish_connect(sock: socket.socket, address: ClamdAddress) -> None:
+    """After a nonblocking connect became writable: did it succeed?"""
+    code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if code != 0:
+        raise ClamdConnectionError(f"{address}: {os.strerror(code)}")
+
+
+def send_with_fd(sock: socket.socket, data: bytes | bytearray | memoryview, fd: int | None) -> int:
+    """Write what the socket takes of ``data``; ``fd`` rides on the first byte."""
+    if fd is None:
+        return sock.send(data)
+    fds = array.array("i", [fd])
+    return sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])

@@ -1,0 +1,191 @@
+"""The `clamwatch` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from clamwatch import __version__
+from clamwatch.clamd.address import DEFAULT_CLAMD_CONF
+from clamwatch.clamd.job import TransportChoice
+from clamwatch.units import parse_duration, parse_size
+
+_DESCRIPTION = """\
+clamwatch watches directories and scans every finished file with clamd,
+keeping many scans in flight over a few long-lived clamd sessions."""
+
+_SCAN_DESCRIPTION = """\
+Scan files and directory trees with clamd, the way the clamwatch daemon does:
+each file is opened once (never following a symbolic link), passed to clamd by
+descriptor (FILDES) over a local Unix socket or streamed (INSTREAM) over TCP,
+with many requests in flight in one IDSESSION.
+
+Each file gets one line, as clamdscan prints them:
+  PATH: OK                   clamd scanned it and found nothing
+  PATH: SIGNATURE FOUND      clamd found SIGNATURE
+  PATH: MESSAGE ERROR        not scanned (symbolic link, fifo, too large,
+                             vanished) or clamd reported an error
+Names holding control characters, backslashes or bytes that are not UTF-8 are
+printed with C-style escapes (\\n, \\\\, \\xff), so every line reads back
+unambiguously.
+
+clamd is found from --address, else from LocalSocket or TCPSocket/TCPAddr in
+--clamd-conf. A file is never reported OK unless clamd scanned all of it: a
+file over clamd's StreamMaxLength is "not scanned", never truncated; a lost
+connection to clamd is retried on a new session, never taken as a verdict."""
+
+_SCAN_EPILOG = """\
+exit status:
+  0  every file was scanned and is clean
+  1  at least one file is infected
+  2  no file is infected, but at least one was not scanned, or clamd could
+     not be reached, or the command line is wrong
+
+examples:
+  clamwatch scan /srv/uploads
+  clamwatch scan --infected --json /srv/uploads > found.jsonl
+  clamwatch scan --stream --address tcp://clamd.example:3310 /srv/uploads"""
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="clamwatch",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"clamwatch {__version__}")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="log more (repeat for debug output)"
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    scan = commands.add_parser(
+        "scan",
+        help="scan files and directories once",
+        description=_SCAN_DESCRIPTION,
+        epilog=_SCAN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    scan.add_argument("paths", nargs="+", metavar="PATH", help="files or directories to scan")
+    how = scan.add_mutually_exclusive_group()
+    how.add_argument(
+        "--fdpass",
+        dest="transport",
+        action="store_const",
+        const=TransportChoice.FILDES,
+        help="pass open descriptors (FILDES); needs a local Unix socket",
+    )
+    how.add_argument(
+        "--stream",
+        dest="transport",
+        action="store_const",
+        const=TransportChoice.INSTREAM,
+        help="stream file contents (INSTREAM); works over TCP",
+    )
+    scan.set_defaults(transport=TransportChoice.AUTO)
+    scan.add_argument(
+        "--address",
+        metavar="ADDRESS",
+        help="clamd's socket: unix:///PATH or tcp://HOST:PORT (default: from --clamd-conf)",
+    )
+    scan.add_argument(
+        "--clamd-conf",
+        type=Path,
+        default=DEFAULT_CLAMD_CONF,
+        metavar="FILE",
+        help=f"clamd.conf to find the socket and StreamMaxLength in (default: {DEFAULT_CLAMD_CONF})",
+    )
+    scan.add_argument(
+        "--max-stream-size",
+        type=_size,
+        metavar="SIZE",
+        help="clamd's StreamMaxLength, e.g. 100M, when it cannot be read from --clamd-conf;"
+        " larger files are reported as not scanned without sending them",
+    )
+    scan.add_argument(
+        "--timeout",
+        type=_duration,
+        default=30.0,
+        metavar="DURATION",
+        help="how long clamd may stay unreachable before files are reported as errors"
+        " (default: 30s)",
+    )
+    scan.add_argument(
+        "--request-timeout",
+        type=_duration,
+        default=180.0,
+        metavar="DURATION",
+        help="how long one file may take in clamd before its session is dropped and the file"
+        " sent again (default: 180s, above clamd's MaxScanTime)",
+    )
+    scan.add_argument("--json", action="store_true", help="print one JSON object per file")
+    scan.add_argument("-i", "--infected", action="store_true", help="print infected files only")
+    scan.add_argument("--no-summary", action="store_true", help="do not print the summary")
+    progress = scan.add_mutually_exclusive_group()
+    progress.add_argument(
+        "--progress", dest="progress", action="store_true", default=None,
+        help="show a progress line on stderr (default: when stderr is a terminal)",
+    )  # fmt: skip
+    progress.add_argument("--no-progress", dest="progress", action="store_false")
+
+    demo = commands.add_parser(
+        "demo",
+        help="run a private clamd and scan a generated demo folder",
+        description="Start a private clamd with the bundled test signature, write a demo upload"
+        " folder (clean files and one EICAR test file) and scan it, then stop clamd.",
+    )
+    demo.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path("/tmp/clamwatch-demo"),
+        help="where the private clamd and the demo folder live (default: /tmp/clamwatch-demo)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
+    logging.basicConfig(level=level, format="clamwatch: %(message)s")
+    if args.command == "scan":
+        from clamwatch.scan_command import ScanOptions, run_scan
+
+        return run_scan(
+            ScanOptions(
+                paths=args.paths,
+                address=args.address,
+                clamd_conf=args.clamd_conf,
+                transport=args.transport,
+                json_lines=args.json,
+                infected_only=args.infected,
+                summary=not args.no_summary,
+                progress=args.progress,
+                max_stream_size=args.max_stream_size,
+                connect_timeout=args.timeout,
+                request_timeout=args.request_timeout,
+            )
+        )
+    from clamwatch.demo import run_demo
+
+    return run_demo(args.workdir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""Opening a file for scanning, once, without following links or blocking.
+
+The descriptor that is scanned is the one later actions must act on
+(clamd-behaviour.md, "Safe quarantine"): its fstat identity travels with the
+verdict. ``lstat`` comes first so that fifos and devices are never opened at
+all (opening a tape device rewinds it); the open then uses O_NOFOLLOW and
+O_NONBLOCK in case the path was swapped in between, and the fstat result is
+what counts.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from dataclasses import dataclass
+
+from clamwatch.verdict import NotScanned, NotScannedReason, ScanError, Verdict
+
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+
+
+@dataclass(frozen=True, slots=True)
+class FileIdentity:
+    """Which content was scanned: the inode, and its size and times at open."""
+
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    mode: int
+    uid: int
+    gid: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> FileIdentity:
+        return cls(
+            st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
+            st.st_mode, st.st_uid, st.st_gid,
+        )  # fmt: skip
+
+
+@dataclass(slots=True)
+class OpenedFile:
+    """An open regular file and the identity it had when it was opened."""
+
+    path: str
+    fd: int
+    identity: FileIdentity
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _kind_of(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a fifo"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    return "not a regular file"
+
+
+def classify(mode: int) -> NotScanned | None:
+    """Why a file of this mode is not scanned, or None for a regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISLNK(mode):
+        return NotScanned(NotScannedReason.SYMLINK, "symbolic link not followed")
+    return NotScanned(NotScannedReason.NOT_REGULAR, f"{_kind_of(mode)}, not a regular file")
+
+
+def os_error_verdict(exc: OSError, what: str) -> Verdict:
+    """An OSError met while opening or reading, as a verdict (never clean)."""
+    if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+        return NotScanned(NotScannedReason.VANISHED, "no such file or directory (vanished before it could be scanned)")
+    if exc.errno == errno.ELOOP:
+        return NotScanned(NotScannedReason.SYMLINK, "symbolic link not followed")
+    return ScanError(f"{what} failed: {os.strerror(exc.errno or 0) if exc.errno else exc}")
+
+
+def open_for_scan(path: str) -> OpenedFile | Verdict:
+    """Open ``path`` for scanning, or say why it will not be scanned."""
+    try:
+        before = os.lstat(path)
+    except OSError as exc:
+        return os_error_verdict(exc, "lstat")
+    refused = classify(before.st_mode)
+    if refused is not None:
+        return refused
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError as exc:
+        return os_error_verdict(exc, "open")
+    try:
+        st = os.fstat(fd)
+    except OSError as exc:
+        os.close(fd)
+        return os_error_verdict(exc, "fstat")
+    refused = classify(st.st_mode)
+    if refused is not None:
+        # swapped for a fifo or device between lstat and open
+        os.close(fd)
+        return refused
+    return OpenedFile(path, fd, FileIdentity.of(st))

@@ -1,0 +1,139 @@
+"""What `clamwatch scan` prints: clamdscan-style lines or JSON, a progress line, a summary."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from clamwatch.clamd.job import ScanOutcome
+from clamwatch.names import display_path, is_utf8
+from clamwatch.verdict import Clean, Infected, NotScanned, ScanError, Verdict, describe
+
+_PROGRESS_EVERY = 0.25  # seconds between progress redraws
+
+
+@dataclass(slots=True)
+class Counts:
+    scanned: int = 0  # clean or infected: clamd looked at the content
+    infected: int = 0
+    not_scanned: int = 0
+    errors: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.scanned + self.not_scanned + self.errors
+
+    def add(self, verdict: Verdict) -> None:
+        match verdict:
+            case Clean():
+                self.scanned += 1
+            case Infected():
+                self.scanned += 1
+                self.infected += 1
+            case NotScanned():
+                self.not_scanned += 1
+            case ScanError():
+                self.errors += 1
+
+    def exit_code(self) -> int:
+        """clamdscan's codes: 1 when anything was found, else 2 when anything was not scanned."""
+        if self.infected:
+            return 1
+        return 2 if self.not_scanned or self.errors else 0
+
+
+def json_record(path: str, verdict: Verdict, outcome: ScanOutcome | None) -> dict[str, object]:
+    record: dict[str, object] = {
+        "path": path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"),
+        "verdict": verdict.kind,
+    }
+    if not is_utf8(path):
+        # the exact bytes, for names that are not UTF-8
+        record["path_b64"] = base64.b64encode(os.fsencode(path)).decode("ascii")
+    match verdict:
+        case Infected(signature=signature):
+            record["signature"] = signature
+        case NotScanned(reason=reason, detail=detail):
+            record["reason"] = reason.value
+            record["message"] = detail
+        case ScanError(message=message):
+            record["message"] = message
+        case Clean():
+            pass
+    if outcome is not None:
+        record["transport"] = outcome.transport.value if outcome.transport else None
+        record["attempts"] = outcome.attempts
+        if outcome.clamd_version:
+            record["clamd_version"] = outcome.clamd_version
+    return record
+
+
+@dataclass(slots=True)
+class Reporter:
+    out: TextIO
+    err: TextIO
+    json_lines: bool = False
+    infected_only: bool = False
+    progress: bool = False
+    counts: Counts = field(default_factory=Counts)
+    started: float = field(default_factory=time.monotonic)
+    started_wall: float = field(default_factory=time.time)
+    _drawn: bool = False
+    _last_draw: float = 0.0
+
+    def report(self, path: str, verdict: Verdict, outcome: ScanOutcome | None = None) -> None:
+        self.counts.add(verdict)
+        if self.infected_only and not isinstance(verdict, Infected):
+            self._tick()
+            return
+        self._clear()
+        if self.json_lines:
+            self.out.write(json.dumps(json_record(path, verdict, outcome)) + "\n")
+        else:
+            self.out.write(f"{display_path(path)}: {describe(verdict)}\n")
+        self._tick()
+
+    def _tick(self) -> None:
+        if not self.progress:
+            return
+        now = time.monotonic()
+        if now - self._last_draw < _PROGRESS_EVERY:
+            return
+        self._last_draw = now
+        c = self.counts
+        rate = c.total / max(now - self.started, 1e-9)
+        self.out.flush()
+        self.err.write(
+            f"\r\x1b[K{c.total} files, {c.infected} infected, "
+            f"{c.not_scanned + c.errors} not scanned, {rate:.0f} files/s"
+        )
+        self.err.flush()
+        self._drawn = True
+
+    def _clear(self) -> None:
+        if self._drawn:
+            self.err.write("\r\x1b[K")
+            self.err.flush()
+            self._drawn = False
+
+    def summary(self) -> None:
+        self._clear()
+        c = self.counts
+        elapsed = time.monotonic() - self.started
+        stream = self.err if self.json_lines else self.out
+        fmt = "%Y:%m:%d %H:%M:%S"
+        minutes, seconds = divmod(int(elapsed), 60)
+        stream.write(
+            "\n----------- SCAN SUMMARY -----------\n"
+            f"Scanned files: {c.scanned}\n"
+            f"Infected files: {c.infected}\n"
+            f"Not scanned: {c.not_scanned}\n"
+            f"Errors: {c.errors}\n"
+            f"Time: {elapsed:.3f} sec ({minutes} m {seconds} s)\n"
+            f"Start Date: {time.strftime(fmt, time.localtime(self.started_wall))}\n"
+            f"End Date:   {time.strftime(fmt)}\n"
+        )

@@ -1,0 +1,160 @@
+"""`clamwatch scan PATH...`: the daemon's engine as a one-shot command."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import resource
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from clamwatch.clamd.address import (
+    DEFAULT_CLAMD_CONF,
+    AddressError,
+    ClamdAddress,
+    parse_address,
+    read_clamd_conf,
+)
+from clamwatch.clamd.engine import ClamdUnavailable, Engine, EngineSettings
+from clamwatch.clamd.job import ScanJob, ScanOutcome, TransportChoice
+from clamwatch.files import OpenedFile, open_for_scan
+from clamwatch.report import Reporter
+from clamwatch.verdict import ScanError
+from clamwatch.walk import walk
+
+log = logging.getLogger(__name__)
+
+# Files opened and handed to the engine but not answered yet. Each holds a
+# descriptor; the engine keeps only a few dozen in flight, so a few hundred
+# waiting is plenty to keep clamd busy without nearing RLIMIT_NOFILE.
+_WINDOW = 256
+
+
+@dataclass(frozen=True, slots=True)
+class ScanOptions:
+    paths: list[str]
+    address: str | None = None
+    clamd_conf: Path = DEFAULT_CLAMD_CONF
+    transport: TransportChoice = TransportChoice.AUTO
+    json_lines: bool = False
+    infected_only: bool = False
+    summary: bool = True
+    progress: bool | None = None  # None: when stderr is a terminal
+    max_stream_size: int | None = None
+    connect_timeout: float = 30.0
+    request_timeout: float = 180.0
+
+
+def resolve_engine(options: ScanOptions) -> tuple[ClamdAddress, EngineSettings]:
+    """The address to use and the engine settings, from the options and clamd.conf."""
+    conf = None
+    if options.address is None:
+        conf = read_clamd_conf(options.clamd_conf)
+        address = conf.address()
+    else:
+        address = parse_address(options.address)
+        if options.clamd_conf != DEFAULT_CLAMD_CONF:
+            conf = read_clamd_conf(options.clamd_conf)
+    max_stream = options.max_stream_size
+    keepalive = 30.0
+    if conf is not None:
+        max_stream = max_stream or conf.stream_max_length
+        if conf.read_timeout:
+            keepalive = max(0.5, min(keepalive, conf.read_timeout / 3))
+    settings = EngineSettings(
+        transport=options.transport,
+        max_stream_size=max_stream,
+        keepalive=keepalive,
+        give_up_after=options.connect_timeout,
+        request_timeout=options.request_timeout,
+    )
+    return address, settings
+
+
+def _raise_nofile_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
+
+
+def run_scan(options: ScanOptions, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    """Scan every file below ``options.paths``; return clamdscan's exit code."""
+    try:
+        address, settings = resolve_engine(options)
+        engine = Engine(address, settings)
+    except (AddressError, ValueError) as exc:
+        err.write(f"clamwatch scan: {exc}\n")
+        return 2
+    _raise_nofile_limit()
+    progress = options.progress if options.progress is not None else err.isatty()
+    reporter = Reporter(out, err, options.json_lines, options.infected_only, progress)
+    engine.start()
+    try:
+        try:
+            engine.wait_ready(options.connect_timeout)
+        except ClamdUnavailable as exc:
+            err.write(f"clamwatch scan: {exc}\n")
+            return 2
+        _scan_all(engine, options.paths, reporter)
+    except KeyboardInterrupt:
+        err.write("\nclamwatch scan: interrupted\n")
+        return 130
+    finally:
+        engine.close()
+    if options.summary:
+        reporter.summary()
+    out.flush()
+    return reporter.counts.exit_code()
+
+
+def _scan_all(engine: Engine, paths: list[str], reporter: Reporter) -> None:
+    done: queue.SimpleQueue[tuple[ScanJob, ScanOutcome]] = queue.SimpleQueue()
+    outstanding: set[ScanJob] = set()
+
+    def finish(job: ScanJob, outcome: ScanOutcome) -> None:
+        outstanding.discard(job)
+        job.file.close()
+        reporter.report(job.file.path, outcome.verdict, outcome)
+
+    def wait_one() -> None:
+        while True:
+            try:
+                finish(*done.get(timeout=1.0))
+                return
+            except queue.Empty:
+                if not engine.alive:
+                    _fail_all(outstanding, reporter, "the clamd engine stopped")
+                    return
+
+    for item in walk(paths):
+        if isinstance(item, tuple):
+            reporter.report(*item)
+            continue
+        opened = open_for_scan(item)
+        if not isinstance(opened, OpenedFile):
+            reporter.report(item, opened)
+            continue
+        job = ScanJob(opened, lambda j, o: done.put((j, o)))
+        outstanding.add(job)
+        engine.submit(job)
+        while len(outstanding) >= _WINDOW:
+            wait_one()
+        while True:
+            try:
+                finish(*done.get_nowait())
+            except queue.Empty:
+                break
+    while outstanding:
+        wait_one()
+
+
+def _fail_all(outstanding: set[ScanJob], reporter: Reporter, message: str) -> None:
+    for job in list(outstanding):
+        outstanding.discard(job)
+        job.file.close()
+        reporter.report(job.file.path, ScanError(message))

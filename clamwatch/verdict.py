@@ -1,0 +1,70 @@
+"""What a scan concluded about one file.
+
+Four kinds, and only two of them say anything about the content: a file that
+was not scanned (too large, a symlink, clamd lost) is never clean and never
+infected. A detection is data, never an exception.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class NotScannedReason(enum.Enum):
+    """Why a file was not scanned although nothing went wrong."""
+
+    TOO_LARGE = "too-large"  # over clamd's StreamMaxLength (INSTREAM) or our own limit
+    NOT_REGULAR = "not-regular"  # fifo, socket, device or directory
+    SYMLINK = "symlink"  # never followed: the target may be outside the tree
+    VANISHED = "vanished"  # removed before it could be opened
+    UNSUPPORTED = "unsupported"  # clamd cannot do what was asked (command unavailable)
+    EXCLUDED = "excluded"  # clamd's own ExcludePath matched
+
+
+@dataclass(frozen=True, slots=True)
+class Clean:
+    """clamd scanned the content and found nothing."""
+
+    kind = "clean"
+
+
+@dataclass(frozen=True, slots=True)
+class Infected:
+    """clamd scanned the content and reported a signature."""
+
+    signature: str
+    kind = "infected"
+
+
+@dataclass(frozen=True, slots=True)
+class NotScanned:
+    """The content was not scanned, for a reason that is not a failure."""
+
+    reason: NotScannedReason
+    detail: str
+    kind = "not-scanned"
+
+
+@dataclass(frozen=True, slots=True)
+class ScanError:
+    """Scanning failed: clamd's error reply, an I/O error, or clamd unreachable."""
+
+    message: str
+    kind = "error"
+
+
+Verdict = Clean | Infected | NotScanned | ScanError
+
+
+def describe(verdict: Verdict) -> str:
+    """The status part of a clamdscan-style line: ``OK``, ``Sig FOUND``, ``... ERROR``."""
+    match verdict:
+        case Clean():
+            return "OK"
+        case Infected(signature=signature):
+            return f"{signature} FOUND"
+        case NotScanned(detail=detail):
+            return f"Not scanned: {detail} ERROR"
+        case ScanError(message=message):
+            return f"{message} ERROR"
