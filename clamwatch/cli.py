@@ -11,6 +11,8 @@ from pathlib import Path
 from clamwatch import __version__
 from clamwatch.clamd.address import DEFAULT_CLAMD_CONF
 from clamwatch.clamd.job import TransportChoice
+from clamwatch.demo import run_demo
+from clamwatch.scan_command import ScanOptions, run_scan
 from clamwatch.units import parse_duration, parse_size
 
 _DESCRIPTION = """\
@@ -110,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=DEFAULT_CLAMD_CONF,
         metavar="FILE",
-        help=f"clamd.conf to find the socket and StreamMaxLength in (default: {DEFAULT_CLAMD_CONF})",
+        help="clamd.conf to read the socket and StreamMaxLength from"
+        f" (default: {DEFAULT_CLAMD_CONF})",
     )
     scan.add_argument(
         "--max-stream-size",
@@ -165,8 +168,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
     logging.basicConfig(level=level, format="clamwatch: %(message)s")
     if args.command == "scan":
-        from clamwatch.scan_command import ScanOptions, run_scan
-
         return run_scan(
             ScanOptions(
                 paths=args.paths,
@@ -182,8 +183,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 request_timeout=args.request_timeout,
             )
         )
-    from clamwatch.demo import run_demo
-
     return run_demo(args.workdir)
 
 

@@ -81,7 +81,10 @@ def classify(mode: int) -> NotScanned | None:
 def os_error_verdict(exc: OSError, what: str) -> Verdict:
     """An OSError met while opening or reading, as a verdict (never clean)."""
     if exc.errno in (errno.ENOENT, errno.ENOTDIR):
-        return NotScanned(NotScannedReason.VANISHED, "no such file or directory (vanished before it could be scanned)")
+        return NotScanned(
+            NotScannedReason.VANISHED,
+            "no such file or directory (vanished before it could be scanned)",
+        )
     if exc.errno == errno.ELOOP:
         return NotScanned(NotScannedReason.SYMLINK, "symbolic link not followed")
     return ScanError(f"{what} failed: {os.strerror(exc.errno or 0) if exc.errno else exc}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import resource
@@ -17,7 +18,7 @@ from clamwatch.clamd.address import (
     parse_address,
     read_clamd_conf,
 )
-from clamwatch.clamd.engine import ClamdUnavailable, Engine, EngineSettings
+from clamwatch.clamd.engine import ClamdUnavailableError, Engine, EngineSettings
 from clamwatch.clamd.job import ScanJob, ScanOutcome, TransportChoice
 from clamwatch.files import OpenedFile, open_for_scan
 from clamwatch.report import Reporter
@@ -76,10 +77,8 @@ def resolve_engine(options: ScanOptions) -> tuple[ClamdAddress, EngineSettings]:
 def _raise_nofile_limit() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY or soft < hard:
-        try:
+        with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        except (ValueError, OSError):
-            pass
 
 
 def run_scan(options: ScanOptions, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
@@ -97,7 +96,7 @@ def run_scan(options: ScanOptions, out: TextIO = sys.stdout, err: TextIO = sys.s
     try:
         try:
             engine.wait_ready(options.connect_timeout)
-        except ClamdUnavailable as exc:
+        except ClamdUnavailableError as exc:
             err.write(f"clamwatch scan: {exc}\n")
             return 2
         _scan_all(engine, options.paths, reporter)

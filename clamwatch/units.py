@@ -15,7 +15,9 @@ def parse_size(text: str) -> int:
     """Bytes from "1048576", "100K", "25M", "1G" (binary multiples, as clamd.conf reads them)."""
     match = _SIZE.match(text)
     if match is None:
-        raise ValueError(f"{text!r} is not a size (expected a number with an optional K, M, G or T)")
+        raise ValueError(
+            f"{text!r} is not a size (expected a number with an optional K, M, G or T)"
+        )
     return int(match.group(1)) * _SIZE_FACTORS[match.group(2).lower()]
 
 

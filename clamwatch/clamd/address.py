@@ -54,7 +54,9 @@ def parse_address(text: str) -> ClamdAddress:
         if not parts.hostname or port is None:
             raise AddressError(f"{text!r}: a tcp address needs a host and a port: tcp://HOST:PORT")
         return ClamdAddress(host=parts.hostname, port=port)
-    raise AddressError(f"{text!r} is not a clamd address (expected unix:///PATH or tcp://HOST:PORT)")
+    raise AddressError(
+        f"{text!r} is not a clamd address (expected unix:///PATH or tcp://HOST:PORT)"
+    )
 
 
 @dataclass(frozen=True, slots=True)

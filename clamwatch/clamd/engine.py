@@ -11,6 +11,7 @@ on a new session: a transport failure is never a verdict. Only after
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import math
 import random
@@ -59,7 +60,7 @@ class EngineSettings:
     backoff_max: float = 10.0
 
 
-class ClamdUnavailable(Exception):
+class ClamdUnavailableError(Exception):
     """clamd could not be reached within the time allowed."""
 
 
@@ -114,13 +115,13 @@ class Engine:
             self._wake()
 
     def wait_ready(self, timeout: float) -> Capabilities:
-        """Block until a session has finished its handshake; raise ClamdUnavailable."""
+        """Block until a session has finished its handshake; raise ClamdUnavailableError."""
         deadline = time.monotonic() + timeout
         with self._lock:
             while self._capabilities is None:
                 left = deadline - time.monotonic()
                 if left <= 0 or self._stopped.is_set():
-                    raise ClamdUnavailable(
+                    raise ClamdUnavailableError(
                         f"cannot reach clamd at {self.address}: {self._last_error or 'no answer'}"
                     )
                 self._ready.wait(min(left, 0.1))
@@ -147,10 +148,9 @@ class Engine:
         return self._unfinished
 
     def _wake(self) -> None:
-        try:
+        # BlockingIOError: the wake-up pipe is full, so the loop is awake anyway
+        with contextlib.suppress(OSError):
             self._wake_w.send(b"\0")
-        except (BlockingIOError, OSError):
-            pass  # already awake, or closing
 
     # -- the loop -------------------------------------------------------------------
 
@@ -185,10 +185,9 @@ class Engine:
                 if key.data is None:
                     self._drain_wake()
                     continue
-                session: Session = key.data
-                if session.state is SessionState.CLOSED:
-                    continue
-                self._service(session, mask, time.monotonic())
+                ready: Session = key.data
+                if ready.state is not SessionState.CLOSED:
+                    self._service(ready, mask, time.monotonic())
 
     def _take_inbox(self) -> bool:
         with self._lock:
@@ -275,8 +274,12 @@ class Engine:
         if not was_ready and not lost:
             self._connect_failed(now, reason)
         elif lost:
-            log.warning("%s to clamd lost (%s); %d request(s) will be sent again",
-                        session.name, reason, len(lost))
+            log.warning(
+                "%s to clamd lost (%s); %d request(s) will be sent again",
+                session.name,
+                reason,
+                len(lost),
+            )
         for entry in reversed(lost):
             self._requeue(entry, reason)
 
@@ -299,10 +302,8 @@ class Engine:
     def _unregister(self, session: Session) -> None:
         if session in self._interest:
             del self._interest[session]
-            try:
+            with contextlib.suppress(KeyError, ValueError):
                 self._selector.unregister(session.sock)
-            except (KeyError, ValueError):
-                pass
 
     def _drain(self, now: float) -> None:
         """Stopping: END every session as soon as it is not inside a stream."""
@@ -421,8 +422,9 @@ class Engine:
             reason = session.end_reason or "clamd closed the connection"
             self._session_lost(session, reason, now)
         elif isinstance(event, CommandFailed):
-            log.warning("%s: clamd refused request %d: %s", session.name, event.request_id,
-                        event.message)
+            log.warning(
+                "%s: clamd refused request %d: %s", session.name, event.request_id, event.message
+            )
         else:
             raise RemoteProtocolError(f"unexpected reply {event!r}")
 
@@ -444,9 +446,7 @@ class Engine:
                 continue
             oldest = next(iter(session.in_flight.values()), None)
             if oldest is not None and now - oldest.sent_at > timeout:
-                self._session_lost(
-                    session, f"no reply within {timeout:g} s (clamd stuck?)", now
-                )
+                self._session_lost(session, f"no reply within {timeout:g} s (clamd stuck?)", now)
                 continue
             if now - session.last_send >= self._keepalive:
                 session.ping(now)
@@ -459,14 +459,17 @@ class Engine:
         if any(s.state is SessionState.READY for s in self._sessions):
             return
         if not self._gave_up:
-            log.error("clamd unreachable for %.0f s at %s; failing waiting scans", limit,
-                      self.address)
+            log.error(
+                "clamd unreachable for %.0f s at %s; failing waiting scans", limit, self.address
+            )
         self._gave_up = True
         while self._queue:
             job = self._queue.popleft()
             self._deliver(
-                job, ScanError(f"clamd unreachable at {self.address}: {self._last_error}"),
-                None, None,
+                job,
+                ScanError(f"clamd unreachable at {self.address}: {self._last_error}"),
+                None,
+                None,
             )
 
     def _next_wakeup(self, now: float, drain_deadline: float | None) -> float:

@@ -273,7 +273,9 @@ class ClamdProtocol:
             elif isinstance(command, Instream):
                 self.state = State.STREAMING
         else:
-            raise LocalProtocolError(f"cannot send {type(command).__name__} in state {self.state.value}")
+            raise LocalProtocolError(
+                f"cannot send {type(command).__name__} in state {self.state.value}"
+            )
         if isinstance(command, Scan):
             if b"\0" in command.path:
                 raise LocalProtocolError("a path cannot hold a NUL byte")
@@ -381,7 +383,9 @@ class ClamdProtocol:
             body = record[match.end() :]
         pending = self._pending.pop(request_id, None)
         if pending is None:
-            raise RemoteProtocolError(f"reply for request {request_id}, which was not asked: {record[:80]!r}")
+            raise RemoteProtocolError(
+                f"reply for request {request_id}, which was not asked: {record[:80]!r}"
+            )
         try:
             text = body.decode("utf-8", "surrogateescape")
         except UnicodeDecodeError as exc:  # pragma: no cover - surrogateescape never fails
@@ -454,7 +458,7 @@ def _scan_status(pending: _Pending, body: bytes, text: str) -> str:
 
 def _scan_verdict(pending: _Pending, body: bytes, text: str) -> Verdict:
     status = _scan_status(pending, body, text)
-    if status == "OK" or status == "Empty file":
+    if status in {"OK", "Empty file"}:
         # clamd 1.4 answers OK for an empty file; older ones said "Empty
         # file". Either way clamd looked at every byte there was.
         return Clean()
@@ -478,4 +482,3 @@ def _error_verdict(message: str) -> Verdict:
     if message == "Not a regular file":
         return NotScanned(NotScannedReason.NOT_REGULAR, "not a regular file")
     return ScanError(message.rstrip(".") or "clamd reported an error")
-

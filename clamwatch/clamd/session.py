@@ -10,6 +10,7 @@ fast as the socket takes it.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
 from dataclasses import dataclass
@@ -291,14 +292,11 @@ class Session:
         self.state = SessionState.CLOSED
         self._stream = None
         self._out.clear()
-        try:
+        with contextlib.suppress(OSError):
             self.sock.close()
-        except OSError:
-            pass
         lost = list(self.in_flight.values())
         self.in_flight.clear()
         return lost
 
     def fileno(self) -> int:
         return self.sock.fileno()
-

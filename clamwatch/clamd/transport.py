@@ -27,7 +27,7 @@ def open_socket(address: ClamdAddress) -> tuple[socket.socket, bool]:
     try:
         if address.path is not None:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-            target: str | tuple[str, int] = address.path
+            target: str | tuple[object, ...] = address.path
         else:
             assert address.host is not None and address.port is not None
             family, kind, proto, _, target = socket.getaddrinfo(
