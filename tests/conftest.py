@@ -13,10 +13,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from helpers import ClamdFactory
 
 from clamwatch import testsig
 from clamwatch.privateclamd import CLAMD_BINARY, PrivateClamd
+from helpers import ClamdFactory
 
 # How long a test's threads get to finish after it returned: long enough
 # for a stopped event loop to notice, short enough to fail fast.

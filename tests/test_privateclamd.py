@@ -6,10 +6,10 @@ import struct
 from pathlib import Path
 
 import pytest
-from helpers import ClamdFactory, clamd_command, run_clamdscan
 
 from clamwatch.privateclamd import PrivateClamd
 from clamwatch.testsig import EICAR_SIGNATURE
+from helpers import ClamdFactory, clamd_command, run_clamdscan
 
 
 def test_ping_over_unix_socket(clamd: PrivateClamd) -> None:
