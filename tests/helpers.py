@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import queue
 import socket
 import subprocess
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Protocol
 
 import pytest
 
+from clamwatch.clamd.engine import Engine
+from clamwatch.clamd.job import ScanJob, ScanOutcome
+from clamwatch.files import OpenedFile, open_for_scan
 from clamwatch.privateclamd import PrivateClamd
 
 CLAMDSCAN_BINARY = Path("/usr/bin/clamdscan")
@@ -74,3 +79,56 @@ def clamd_command(address: str, command: bytes, *, timeout: float = 10.0) -> byt
         while chunk := conn.recv(4096):
             reply += chunk
         return reply
+
+
+def make_tree(root: Path, count: int, eicar: bytes, *, every: int = 100) -> set[Path]:
+    """``count`` small files in subfolders of ``root``; every ``every``-th holds EICAR.
+
+    Returns the paths of the infected ones.
+    """
+    infected: set[Path] = set()
+    for number in range(count):
+        folder = root / f"d{number // 100:03}"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"f{number:05}.bin"
+        if number % every == 0:
+            path.write_bytes(eicar + b"\n" + bytes(number % 251 for _ in range(number % 700)))
+            infected.add(path)
+        else:
+            path.write_bytes(b"clean %d " % number * (1 + number % 40))
+    return infected
+
+
+def scan_files(
+    engine: Engine, paths: list[Path], *, timeout: float = 120.0
+) -> dict[Path, ScanOutcome]:
+    """Open and submit every path, then wait (with a deadline) for all outcomes."""
+    done: queue.SimpleQueue[tuple[ScanJob, ScanOutcome]] = queue.SimpleQueue()
+    outcomes: dict[Path, ScanOutcome] = {}
+    submitted = 0
+    for path in paths:
+        opened = open_for_scan(str(path))
+        assert isinstance(opened, OpenedFile), f"{path}: {opened}"
+        engine.submit(ScanJob(opened, lambda j, o: done.put((j, o)), context=path))
+        submitted += 1
+    deadline = time.monotonic() + timeout
+    while len(outcomes) < submitted:
+        left = deadline - time.monotonic()
+        assert left > 0, f"only {len(outcomes)} of {submitted} outcomes within {timeout} s"
+        try:
+            job, outcome = done.get(timeout=left)
+        except queue.Empty:
+            continue
+        job.file.close()
+        assert isinstance(job.context, Path)
+        assert job.context not in outcomes, f"two outcomes for {job.context}"
+        outcomes[job.context] = outcome
+    return outcomes
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``predicate`` until it holds; fail naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        time.sleep(0.01)

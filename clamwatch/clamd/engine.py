@@ -60,6 +60,17 @@ class EngineSettings:
     backoff_max: float = 10.0
 
 
+@dataclass(slots=True)
+class EngineStats:
+    """Counters kept by the loop thread; read them for status lines and tests."""
+
+    sessions_opened: int = 0  # connections that completed the handshake
+    sessions_lost: int = 0  # ended by clamd or by a fault with requests in flight
+    requests_sent: int = 0  # scan requests written, retries included
+    requests_resent: int = 0  # requests handed back by a lost session
+    verdicts: int = 0  # outcomes delivered
+
+
 class ClamdUnavailableError(Exception):
     """clamd could not be reached within the time allowed."""
 
@@ -86,6 +97,7 @@ class Engine:
         self._capabilities: Capabilities | None = None
         self._last_error = ""
         self._unfinished: list[ScanJob] = []
+        self.stats = EngineStats()
         # loop-thread state
         self._queue: collections.deque[ScanJob] = collections.deque()
         self._sessions: list[Session] = []
@@ -239,6 +251,7 @@ class Engine:
         self._down_since = None
         self._gave_up = False
         self._backoff = self.settings.backoff_initial
+        self.stats.sessions_opened += 1
         with self._lock:
             first = self._capabilities is None
             self._capabilities = caps
@@ -274,6 +287,8 @@ class Engine:
         if not was_ready and not lost:
             self._connect_failed(now, reason)
         elif lost:
+            self.stats.sessions_lost += 1
+            self.stats.requests_resent += len(lost)
             log.warning(
                 "%s to clamd lost (%s); %d request(s) will be sent again",
                 session.name,
@@ -344,6 +359,7 @@ class Engine:
                     self._deliver(job, refused, None, caps.version)
                     continue
                 session.begin(job, transport, now)
+                self.stats.requests_sent += 1
                 in_flight += 1
             if session.requests >= self.settings.max_requests_per_session:
                 # clamd's request ids are C ints: start afresh long before.
@@ -367,6 +383,7 @@ class Engine:
     def _deliver(
         self, job: ScanJob, verdict: Verdict, transport: Transport | None, version: str | None
     ) -> None:
+        self.stats.verdicts += 1
         try:
             job.on_done(job, ScanOutcome(verdict, transport, version, job.attempts))
         except Exception:

@@ -1,0 +1,236 @@
+"""The clamd engine against the real clamd (Debian's clamav-daemon, a private instance)."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from clamwatch.clamd.address import parse_address
+from clamwatch.clamd.engine import ClamdUnavailableError, Engine, EngineSettings
+from clamwatch.clamd.job import ScanJob, ScanOutcome, Transport, TransportChoice
+from clamwatch.files import OpenedFile, open_for_scan
+from clamwatch.privateclamd import PrivateClamd
+from clamwatch.testsig import EICAR_SIGNATURE
+from clamwatch.verdict import Clean, Infected, NotScanned, NotScannedReason, ScanError
+from helpers import ClamdFactory, make_tree, run_clamdscan, scan_files, wait_for
+
+
+@contextmanager
+def running(address: str, **settings: object) -> Iterator[Engine]:
+    engine = Engine(parse_address(address), EngineSettings(**settings))  # type: ignore[arg-type]
+    engine.start()
+    try:
+        yield engine
+    finally:
+        engine.close()
+
+
+def clamdscan_infected(clamd: PrivateClamd, root: Path) -> set[Path]:
+    result = run_clamdscan(clamd, "--multiscan", "--fdpass", "--no-summary", str(root))
+    assert result.returncode == 1, result.stderr
+    found = re.findall(r"^(.*): (\S+) FOUND$", result.stdout, re.MULTILINE)
+    assert {sig for _, sig in found} == {EICAR_SIGNATURE}
+    return {Path(path) for path, _ in found}
+
+
+@pytest.mark.parametrize(
+    ("transport", "use_tcp"),
+    [
+        (TransportChoice.FILDES, False),
+        (TransportChoice.INSTREAM, False),
+        (TransportChoice.AUTO, True),
+    ],
+    ids=["fildes-unix", "instream-unix", "instream-tcp"],
+)
+def test_thousand_files_in_one_session_agree_with_clamdscan(
+    clamd: PrivateClamd, tmp_path: Path, eicar: bytes, transport: TransportChoice, use_tcp: bool
+) -> None:
+    infected = make_tree(tmp_path, 1000, eicar)
+    expected = clamdscan_infected(clamd, tmp_path)
+    assert expected == infected  # the tree is what we think it is, by clamdscan's word
+
+    address = clamd.tcp_address if use_tcp else clamd.unix_address
+    with running(address, transport=transport, sessions=1) as engine:
+        outcomes = scan_files(engine, sorted(p for p in tmp_path.rglob("*.bin")))
+        stats = engine.stats
+
+    assert len(outcomes) == 1000
+    found = {path for path, o in outcomes.items() if isinstance(o.verdict, Infected)}
+    assert found == expected
+    assert all(o.verdict == Infected(EICAR_SIGNATURE) for p, o in outcomes.items() if p in found)
+    assert all(isinstance(o.verdict, Clean) for p, o in outcomes.items() if p not in found)
+    wanted = (
+        Transport.INSTREAM if use_tcp or transport is TransportChoice.INSTREAM else Transport.FILDES
+    )
+    assert {o.transport for o in outcomes.values()} == {wanted}
+    assert stats.sessions_opened == 1, "all 1,000 requests went through one IDSESSION"
+    assert stats.requests_sent == 1000 and stats.requests_resent == 0
+
+
+def test_auto_transport_is_fildes_on_a_unix_socket(clamd: PrivateClamd, tmp_path: Path) -> None:
+    (tmp_path / "a").write_bytes(b"a")
+    with running(clamd.unix_address) as engine:
+        caps = engine.wait_ready(10)
+        outcome = scan_files(engine, [tmp_path / "a"])[tmp_path / "a"]
+    assert "FILDES" in caps.commands and caps.max_threads == 4
+    assert caps.version.startswith("ClamAV ")
+    assert outcome.transport is Transport.FILDES and outcome.verdict == Clean()
+    assert outcome.clamd_version == caps.version
+
+
+def test_empty_file_is_clean(clamd: PrivateClamd, tmp_path: Path) -> None:
+    (tmp_path / "empty").write_bytes(b"")
+    with running(clamd.unix_address) as engine:
+        assert scan_files(engine, [tmp_path / "empty"])[tmp_path / "empty"].verdict == Clean()
+
+
+def test_file_removed_after_open_is_still_scanned(
+    clamd: PrivateClamd, tmp_path: Path, eicar: bytes
+) -> None:
+    """The descriptor is what is scanned: unlinking the name changes nothing."""
+    path = tmp_path / "gone"
+    path.write_bytes(eicar)
+    opened = open_for_scan(str(path))
+    assert isinstance(opened, OpenedFile)
+    path.unlink()
+    done: queue.SimpleQueue[ScanOutcome] = queue.SimpleQueue()
+    with running(clamd.unix_address) as engine:
+        engine.submit(ScanJob(opened, lambda job, outcome: done.put(outcome)))
+        outcome = done.get(timeout=30)
+    opened.close()
+    assert outcome.verdict == Infected(EICAR_SIGNATURE)
+
+
+@pytest.mark.parametrize("known_limit", [True, False], ids=["limit-known", "limit-from-clamd"])
+def test_file_over_stream_max_length_is_not_scanned_over_tcp(
+    clamd_factory: ClamdFactory, tmp_path: Path, eicar: bytes, known_limit: bool
+) -> None:
+    server = clamd_factory(stream_max_length="1M")
+    limit = 1 << 20
+    exact = tmp_path / "exact"
+    exact.write_bytes(b"x" * limit)
+    over = tmp_path / "over"
+    over.write_bytes(eicar + b"y" * limit)
+    small = tmp_path / "small"
+    small.write_bytes(eicar)
+    settings: dict[str, object] = {"max_stream_size": limit} if known_limit else {}
+    with running(server.tcp_address, **settings) as engine:
+        outcomes = scan_files(engine, [exact, over, small])
+    verdict = outcomes[over].verdict
+    assert isinstance(verdict, NotScanned) and verdict.reason is NotScannedReason.TOO_LARGE
+    assert outcomes[exact].verdict == Clean()
+    assert outcomes[small].verdict == Infected(EICAR_SIGNATURE)
+    # known limit: refused without sending anything
+    assert (outcomes[over].transport is None) == known_limit
+
+
+def test_session_idle_past_read_timeout_keeps_working(
+    clamd_factory: ClamdFactory, tmp_path: Path, eicar: bytes
+) -> None:
+    server = clamd_factory(read_timeout=1)
+    (tmp_path / "bad").write_bytes(eicar)
+    (tmp_path / "good").write_bytes(b"good")
+    # keepalive longer than ReadTimeout: clamd ends the idle session, the engine
+    # opens a new one and learns to ping more often
+    with running(server.unix_address, sessions=1, keepalive=5.0) as engine:
+        assert scan_files(engine, [tmp_path / "good"])[tmp_path / "good"].verdict == Clean()
+        wait_for(lambda: engine.stats.sessions_opened >= 2, 10, "a new session after ReadTimeout")
+        outcome = scan_files(engine, [tmp_path / "bad"])[tmp_path / "bad"]
+    assert outcome.verdict == Infected(EICAR_SIGNATURE)
+    assert outcome.attempts == 1
+
+    # keepalive well inside ReadTimeout: the same session lives on
+    with running(server.unix_address, sessions=1, keepalive=0.3) as engine:
+        assert scan_files(engine, [tmp_path / "good"])[tmp_path / "good"].verdict == Clean()
+        opened = engine.stats.sessions_opened
+        # Idleness is the condition under test here, not a wait for an event:
+        # 2.5 times clamd's ReadTimeout with nothing to scan.
+        time.sleep(2.5)
+        outcome = scan_files(engine, [tmp_path / "bad"])[tmp_path / "bad"]
+        assert engine.stats.sessions_opened == opened == 1
+    assert outcome.verdict == Infected(EICAR_SIGNATURE)
+
+
+def test_clamd_killed_mid_burst_and_restarted_loses_nothing(
+    clamd_factory: ClamdFactory, tmp_path: Path, eicar: bytes
+) -> None:
+    server = clamd_factory(max_threads=2)
+    infected = make_tree(tmp_path, 2000, eicar, every=50)
+    paths = sorted(tmp_path.rglob("*.bin"))
+    killed = threading.Event()
+
+    def kill_and_restart(engine: Engine) -> None:
+        wait_for(lambda: engine.stats.verdicts >= 300, 60, "300 verdicts before the kill")
+        server.kill()
+        killed.set()
+        server.restart()
+
+    with running(server.unix_address, sessions=2, backoff_max=0.5) as engine:
+        killer = threading.Thread(target=kill_and_restart, args=(engine,))
+        killer.start()
+        try:
+            outcomes = scan_files(engine, paths, timeout=120)
+        finally:
+            killer.join()
+        stats = engine.stats
+    assert killed.is_set()
+    assert stats.verdicts >= 2000
+    assert stats.requests_resent > 0, "the kill should have caught requests in flight"
+    assert stats.sessions_opened >= 3
+    found = {p for p, o in outcomes.items() if isinstance(o.verdict, Infected)}
+    assert found == infected
+    assert all(isinstance(o.verdict, Clean) for p, o in outcomes.items() if p not in infected)
+
+
+def test_unreachable_clamd_is_an_error_never_a_verdict(tmp_path: Path) -> None:
+    address = f"unix://{tmp_path}/no-clamd.sock"
+    (tmp_path / "f").write_bytes(b"data")
+    with running(address, give_up_after=0.5, backoff_max=0.1) as engine:
+        with pytest.raises(ClamdUnavailableError, match=r"no-clamd\.sock: No such file"):
+            engine.wait_ready(0.3)
+        outcome = scan_files(engine, [tmp_path / "f"], timeout=10)[tmp_path / "f"]
+    assert isinstance(outcome.verdict, ScanError)
+    assert "clamd unreachable" in outcome.verdict.message
+    assert outcome.transport is None
+
+
+def test_scans_wait_for_a_late_clamd(
+    clamd_factory: ClamdFactory, tmp_path: Path, eicar: bytes
+) -> None:
+    """Started before clamd: the jobs wait, then get their true verdicts."""
+    server = clamd_factory()
+    server.stop()
+    (tmp_path / "bad").write_bytes(eicar)
+    with running(server.unix_address, backoff_max=0.2) as engine:
+        starter = threading.Timer(1.0, server.restart)
+        starter.start()
+        try:
+            outcome = scan_files(engine, [tmp_path / "bad"], timeout=60)[tmp_path / "bad"]
+        finally:
+            starter.join()
+    assert outcome.verdict == Infected(EICAR_SIGNATURE)
+
+
+def test_nonregular_files_never_reach_clamd(tmp_path: Path) -> None:
+    """fifos, directories, symlinks and vanished names never reach clamd."""
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "target").write_bytes(b"t")
+    (tmp_path / "link").symlink_to(tmp_path / "target")
+    reasons = {
+        name: open_for_scan(str(tmp_path / name)) for name in ("fifo", "dir", "link", "vanished")
+    }
+    assert {name: getattr(v, "reason", v) for name, v in reasons.items()} == {
+        "fifo": NotScannedReason.NOT_REGULAR,
+        "dir": NotScannedReason.NOT_REGULAR,
+        "link": NotScannedReason.SYMLINK,
+        "vanished": NotScannedReason.VANISHED,
+    }
