@@ -237,7 +237,7 @@ class Engine:
     def _connect_failed(self, now: float, message: str) -> None:
         if self._down_since is None:
             self._down_since = now
-            log.warning("clamd is unreachable: %s; retrying", message)
+            log.warning("clamd at %s is unreachable: %s; retrying", self.address, message)
         self._last_error = message
         jitter = random.uniform(0.8, 1.2)
         self._next_connect = now + self._backoff * jitter
@@ -290,8 +290,9 @@ class Engine:
             self.stats.sessions_lost += 1
             self.stats.requests_resent += len(lost)
             log.warning(
-                "%s to clamd lost (%s); %d request(s) will be sent again",
+                "%s to clamd at %s lost (%s); %d request(s) will be sent again",
                 session.name,
+                self.address,
                 reason,
                 len(lost),
             )

@@ -157,7 +157,7 @@ class Session:
     def on_writable(self, now: float) -> None:
         """Write what the socket takes; raises ClamdConnectionError when it is gone."""
         if self.state is SessionState.CONNECTING:
-            finish_connect(self.sock, self.address)
+            finish_connect(self.sock)
             self._start_session(now)
         self.fill_stream(now)
         while self._out:
@@ -167,7 +167,7 @@ class Session:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                raise ClamdConnectionError(f"{self.address}: {describe_os_error(exc)}") from exc
+                raise ClamdConnectionError(describe_os_error(exc)) from exc
             item.started = True
             del item.data[:sent]
             if item.data:
@@ -247,7 +247,7 @@ class Session:
         except (BlockingIOError, InterruptedError):
             return []
         except OSError as exc:
-            raise ClamdConnectionError(f"{self.address}: {describe_os_error(exc)}") from exc
+            raise ClamdConnectionError(describe_os_error(exc)) from exc
         self.proto.receive_data(data)
         events: list[Event] = []
         while True:

@@ -36,7 +36,7 @@ def open_socket(address: ClamdAddress) -> tuple[socket.socket, bool]:
             sock = socket.socket(family, kind | socket.SOCK_CLOEXEC, proto)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except OSError as exc:
-        raise ClamdConnectionError(f"{address}: {describe_os_error(exc)}") from exc
+        raise ClamdConnectionError(describe_os_error(exc)) from exc
     sock.setblocking(False)
     code = sock.connect_ex(target)
     if code == 0:
@@ -45,14 +45,14 @@ def open_socket(address: ClamdAddress) -> tuple[socket.socket, bool]:
         return sock, False
     sock.close()
     # EAGAIN on a Unix socket: clamd's listen backlog is full; retried later
-    raise ClamdConnectionError(f"{address}: {os.strerror(code)}")
+    raise ClamdConnectionError(os.strerror(code))
 
 
-def finish_connect(sock: socket.socket, address: ClamdAddress) -> None:
+def finish_connect(sock: socket.socket) -> None:
     """After a nonblocking connect became writable: did it succeed?"""
     code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
     if code != 0:
-        raise ClamdConnectionError(f"{address}: {os.strerror(code)}")
+        raise ClamdConnectionError(os.strerror(code))
 
 
 def send_with_fd(sock: socket.socket, data: bytes | bytearray | memoryview, fd: int | None) -> int:

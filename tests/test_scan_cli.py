@@ -1,0 +1,204 @@
+"""`clamwatch scan` as an admin runs it: a real process against the real clamd."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from clamwatch.privateclamd import PrivateClamd
+from clamwatch.testsig import EICAR_SIGNATURE
+
+
+def clamwatch(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "clamwatch", *args],
+        capture_output=True,
+        text=True,
+        errors="surrogateescape",
+        stdin=subprocess.DEVNULL,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def lines(output: str) -> dict[str, str]:
+    """``path: status`` lines before the summary, keyed by path."""
+    result: dict[str, str] = {}
+    for line in output.split("\n"):
+        if line.startswith("---") or not line:
+            break
+        path, _, status = line.partition(": ")  # no test path holds ": "
+        result[path] = status
+    return result
+
+
+@pytest.fixture
+def uploads(tmp_path: Path, eicar: bytes) -> Path:
+    root = tmp_path / "uploads"
+    (root / "sub").mkdir(parents=True)
+    (root / "clean.txt").write_text("clean\n")
+    (root / "sub" / "virus.com").write_bytes(eicar)
+    return root
+
+
+def test_infected_tree_prints_each_file_and_exits_1(clamd: PrivateClamd, uploads: Path) -> None:
+    result = clamwatch("scan", "--address", clamd.unix_address, str(uploads))
+    assert result.returncode == 1, result.stderr
+    assert lines(result.stdout) == {
+        f"{uploads}/clean.txt": "OK",
+        f"{uploads}/sub/virus.com": f"{EICAR_SIGNATURE} FOUND",
+    }
+    assert "Scanned files: 2\nInfected files: 1\nNot scanned: 0\nErrors: 0\n" in result.stdout
+
+
+@pytest.mark.parametrize("flag", ["--fdpass", "--stream"])
+def test_clean_tree_exits_0(clamd: PrivateClamd, tmp_path: Path, flag: str) -> None:
+    (tmp_path / "a").write_text("a")
+    (tmp_path / "b").write_text("b")
+    result = clamwatch("scan", flag, "--no-summary", "--address", clamd.unix_address, str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert lines(result.stdout) == {f"{tmp_path}/a": "OK", f"{tmp_path}/b": "OK"}
+    assert "SCAN SUMMARY" not in result.stdout
+
+
+def test_tcp_address_streams(clamd: PrivateClamd, uploads: Path) -> None:
+    result = clamwatch("scan", "--json", "--address", clamd.tcp_address, str(uploads))
+    assert result.returncode == 1
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert {r["transport"] for r in records} == {"instream"}
+    assert "Infected files: 1" in result.stderr  # the summary goes to stderr with --json
+
+
+def test_fdpass_over_tcp_is_refused(clamd: PrivateClamd, uploads: Path) -> None:
+    result = clamwatch("scan", "--fdpass", "--address", clamd.tcp_address, str(uploads))
+    assert result.returncode == 2
+    assert "FILDES needs a Unix socket" in result.stderr
+    assert result.stdout == ""
+
+
+def test_symlink_fifo_and_missing_are_not_scanned_exit_2(
+    clamd: PrivateClamd, tmp_path: Path
+) -> None:
+    (tmp_path / "real").write_text("real")
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    os.mkfifo(tmp_path / "fifo")
+    missing = tmp_path / "missing"
+    result = clamwatch("scan", "--address", clamd.unix_address, str(tmp_path), str(missing))
+    assert result.returncode == 2
+    assert lines(result.stdout) == {
+        f"{tmp_path}/fifo": "Not scanned: a fifo, not a regular file ERROR",
+        f"{tmp_path}/link": "Not scanned: symbolic link not followed ERROR",
+        f"{tmp_path}/real": "OK",
+        str(missing): "Not scanned: no such file or directory"
+        " (vanished before it could be scanned) ERROR",
+    }
+    assert "Not scanned: 3" in result.stdout
+
+
+def test_infected_only_and_json_records(clamd: PrivateClamd, uploads: Path) -> None:
+    result = clamwatch("scan", "-i", "--json", "--address", clamd.unix_address, str(uploads))
+    assert result.returncode == 1
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert records == [
+        {
+            "path": f"{uploads}/sub/virus.com",
+            "verdict": "infected",
+            "signature": EICAR_SIGNATURE,
+            "transport": "fildes",
+            "attempts": 1,
+            "clamd_version": records[0]["clamd_version"],
+        }
+    ]
+    assert records[0]["clamd_version"].startswith("ClamAV ")
+
+
+def test_odd_names_print_unambiguously(clamd: PrivateClamd, tmp_path: Path, eicar: bytes) -> None:
+    newline = tmp_path / "two\nlines"
+    backslash = tmp_path / "two\\nlines"  # a backslash and an n, not a newline
+    latin1 = os.fsencode(tmp_path) + b"/caf\xe9"
+    newline.write_bytes(eicar)
+    backslash.write_text("clean")
+    with open(latin1, "wb") as handle:
+        handle.write(eicar)
+    result = clamwatch("scan", "--no-summary", "--address", clamd.unix_address, str(tmp_path))
+    assert result.returncode == 1
+    assert lines(result.stdout) == {
+        f"{tmp_path}/two\\nlines": f"{EICAR_SIGNATURE} FOUND",
+        f"{tmp_path}/two\\\\nlines": "OK",
+        f"{tmp_path}/caf\\xe9": f"{EICAR_SIGNATURE} FOUND",
+    }
+    as_json = clamwatch("scan", "--json", "--address", clamd.unix_address, os.fsdecode(latin1))
+    (record,) = [json.loads(line) for line in as_json.stdout.splitlines()]
+    assert base64.b64decode(record["path_b64"]) == latin1
+    assert record["verdict"] == "infected"
+
+
+def test_unreachable_clamd_exits_2_naming_the_address(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("f")
+    address = f"unix://{tmp_path}/nothing.sock"
+    result = clamwatch("scan", "--timeout", "1s", "--address", address, str(tmp_path))
+    assert result.returncode == 2
+    assert f"cannot reach clamd at {address}: No such file or directory" in result.stderr
+    assert ": OK" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--address", "http://x"], "is not a clamd address"),
+        (["--address", "tcp://host"], "needs a host and a port"),
+        (["--max-stream-size", "lots"], "is not a size"),
+        (["--timeout", "soon"], "is not a duration"),
+        (["--clamd-conf", "/nonexistent/clamd.conf"], "/nonexistent/clamd.conf"),
+    ],
+)
+def test_bad_arguments_exit_2_with_a_clear_message(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    result = clamwatch("scan", *args, str(tmp_path))
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_clamd_conf_discovery_and_its_stream_limit(
+    clamd: PrivateClamd, tmp_path: Path, eicar: bytes
+) -> None:
+    conf = tmp_path / "clamd.conf"
+    conf.write_text(
+        f"# a clamd.conf\nTCPSocket {clamd.tcp_port}\nTCPAddr 127.0.0.1\nStreamMaxLength 1K\n"
+    )
+    (tmp_path / "big").write_bytes(eicar + b"x" * 2048)
+    (tmp_path / "small").write_bytes(eicar)
+    result = clamwatch("scan", "--clamd-conf", str(conf), "--no-summary", str(tmp_path))
+    assert result.returncode == 1
+    assert lines(result.stdout) == {
+        str(conf): "OK",
+        f"{tmp_path}/big": "Not scanned: 2116 bytes, larger than clamd's StreamMaxLength"
+        " (1024 bytes) ERROR",
+        f"{tmp_path}/small": f"{EICAR_SIGNATURE} FOUND",
+    }
+
+
+def test_progress_line_on_request(clamd: PrivateClamd, uploads: Path) -> None:
+    command = [sys.executable, "-m", "clamwatch", "scan", "--address", clamd.unix_address]
+    shown = subprocess.run([*command, "--progress", str(uploads)], capture_output=True, check=False)
+    assert shown.returncode == 1
+    assert re.search(
+        rb"\r\x1b\[K[12] files, [01] infected, 0 not scanned, \d+ files/s", shown.stderr
+    )
+    plain = subprocess.run([*command, str(uploads)], capture_output=True, check=False)
+    assert plain.returncode == 1
+    assert plain.stderr == b""  # stderr is not a terminal here
+
+
+def test_help_documents_exit_status() -> None:
+    result = clamwatch("scan", "--help")
+    assert result.returncode == 0
+    assert "exit status:" in result.stdout and "--fdpass" in result.stdout
