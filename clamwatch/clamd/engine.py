@@ -108,6 +108,7 @@ class Engine:
         self._down_since: float | None = None
         self._keepalive = self.settings.keepalive
         self._gave_up = False
+        self._probe = True  # ask VERSIONCOMMANDS and STATS at the start of each session
         self._thread = threading.Thread(target=self._run, name="clamwatch-clamd", daemon=True)
 
     # -- public, any thread -----------------------------------------------------
@@ -225,7 +226,7 @@ class Engine:
             return
         self._session_number += 1
         try:
-            session = Session(self.address, now, self._session_number)
+            session = Session(self.address, now, self._session_number, probe=self._probe)
         except ClamdConnectionError as exc:
             self._connect_failed(now, str(exc))
             return
@@ -233,6 +234,8 @@ class Engine:
         self._sessions.append(session)
         self._interest[session] = selectors.EVENT_READ | selectors.EVENT_WRITE
         self._selector.register(session.sock, self._interest[session], session)
+        if session.state is SessionState.READY:  # connected at once, without a handshake
+            self._session_ready(session, now)
 
     def _connect_failed(self, now: float, message: str) -> None:
         if self._down_since is None:
@@ -400,7 +403,10 @@ class Engine:
                     if session.state is SessionState.CLOSED:
                         return
             if mask & selectors.EVENT_WRITE and session.state is not SessionState.CLOSED:
+                connecting = session.state is SessionState.CONNECTING
                 session.on_writable(now)
+                if connecting and session.state is SessionState.READY:
+                    self._session_ready(session, now)
                 if session.state is SessionState.READY and self._queue:
                     self._dispatch(now)
                     session.on_writable(now)
@@ -427,6 +433,16 @@ class Engine:
         elif isinstance(event, Pong):
             pass
         elif isinstance(event, SessionEnded):
+            if session.capabilities is None and event.reason != "COMMAND READ TIMED OUT":
+                # clamd 1.5+ ends a session over a disabled command: do
+                # without VERSIONCOMMANDS and STATS from now on.
+                self._probe = False
+                log.warning(
+                    "clamd at %s refused the handshake (%s); assuming no FILDES and"
+                    " default limits",
+                    self.address,
+                    event.reason,
+                )
             if event.reason == "COMMAND READ TIMED OUT":
                 self._keepalive = max(0.5, self._keepalive / 2)
                 log.warning(

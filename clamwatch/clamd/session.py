@@ -97,7 +97,9 @@ class Capabilities:
 class Session:
     """A clamd IDSESSION. Not thread-safe: only the engine's loop thread touches it."""
 
-    def __init__(self, address: ClamdAddress, now: float, number: int) -> None:
+    def __init__(
+        self, address: ClamdAddress, now: float, number: int, *, probe: bool = True
+    ) -> None:
         self.address = address
         self.name = f"session {number}"
         self.sock, connected = open_socket(address)
@@ -115,6 +117,9 @@ class Session:
         self._caps_version = ""
         self._caps_commands: frozenset[str] = frozenset()
         self._max_threads: int | None = None
+        # False when clamd ended a session over VERSIONCOMMANDS or STATS
+        # (disabled commands end the session in clamd 1.5+): skip them.
+        self._probe = probe
         # set by the engine from clamd.conf or --max-stream-size
         self.stream_limit: int | None = None
         if connected:
@@ -141,6 +146,10 @@ class Session:
     def _start_session(self, now: float) -> None:
         self._queue(self.proto.start_session())
         self.state = SessionState.HANDSHAKE
+        if not self._probe:
+            self.capabilities = Capabilities("", frozenset(), None)
+            self.state = SessionState.READY
+            return
         for command, what in ((VersionCommands(), "versioncommands"), (Stats(), "stats")):
             request_id = self._command(command, now)
             assert request_id is not None
