@@ -26,7 +26,8 @@ def display_path(path: str | bytes) -> str:
         elif 0xDC80 <= code <= 0xDCFF:  # a byte that is not UTF-8 (surrogateescape)
             out.append(f"\\x{code - 0xDC00:02x}")
         elif not ch.isprintable() and ch != " ":
-            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+            # \u for characters: \x stays for bytes that are not UTF-8
+            out.append(f"\\x{code:02x}" if code < 0x80 else f"\\u{code:04x}")
         else:
             out.append(ch)
     return "".join(out)

@@ -40,18 +40,18 @@ def parse_address(text: str) -> ClamdAddress:
     """``unix:///run/clamav/clamd.ctl``, ``/run/clamav/clamd.ctl``, ``tcp://127.0.0.1:3310``."""
     if text.startswith("/"):
         return ClamdAddress(path=text)
-    parts = urlsplit(text)
-    if parts.scheme == "unix":
-        path = parts.netloc + parts.path if parts.netloc else parts.path
+    if text.startswith("unix:"):
+        path = text.removeprefix("unix:").removeprefix("//")  # "#", "?" are file name bytes
         if not path.startswith("/"):
             raise AddressError(f"{text!r}: a unix address needs an absolute path: unix:///path")
         return ClamdAddress(path=path)
+    try:
+        parts = urlsplit(text)
+        port = parts.port if parts.scheme == "tcp" else None
+    except ValueError as exc:
+        raise AddressError(f"{text!r}: {exc}") from exc
     if parts.scheme == "tcp":
-        try:
-            port = parts.port
-        except ValueError as exc:
-            raise AddressError(f"{text!r}: {exc}") from exc
-        if not parts.hostname or port is None:
+        if not parts.hostname or not port:
             raise AddressError(f"{text!r}: a tcp address needs a host and a port: tcp://HOST:PORT")
         return ClamdAddress(host=parts.hostname, port=port)
     raise AddressError(

@@ -438,8 +438,7 @@ class Engine:
                 # without VERSIONCOMMANDS and STATS from now on.
                 self._probe = False
                 log.warning(
-                    "clamd at %s refused the handshake (%s); assuming no FILDES and"
-                    " default limits",
+                    "clamd at %s refused the handshake (%s); assuming no FILDES and default limits",
                     self.address,
                     event.reason,
                 )

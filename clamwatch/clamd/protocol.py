@@ -243,6 +243,7 @@ class ClamdProtocol:
         self._next_id = 1
         self._pending: dict[int, _Pending] = {}
         self._buffer = bytearray()
+        self._scanned = 0  # how much of _buffer is known to hold no NUL
         self._eof = False
         self._closed_reported = False
         self._in_session = False
@@ -263,6 +264,8 @@ class ClamdProtocol:
 
     def send(self, command: Command) -> Outgoing:
         """Frame one command. Inside a session the reply will carry ``request_id``."""
+        if isinstance(command, Scan) and b"\0" in command.path:
+            raise LocalProtocolError("a path cannot hold a NUL byte")
         if self.state is State.IDLE:
             if isinstance(command, End):
                 raise LocalProtocolError("END outside IDSESSION")
@@ -277,8 +280,6 @@ class ClamdProtocol:
                 f"cannot send {type(command).__name__} in state {self.state.value}"
             )
         if isinstance(command, Scan):
-            if b"\0" in command.path:
-                raise LocalProtocolError("a path cannot hold a NUL byte")
             data = b"zSCAN " + command.path + b"\0"
         else:
             data = b"z" + _WIRE_NAME[type(command)] + b"\0"
@@ -341,11 +342,15 @@ class ClamdProtocol:
             del self._buffer[: len(READ_TIMED_OUT)]
             self.state = State.ENDING
             return SessionEnded(READ_TIMED_OUT.decode().strip())
-        end = self._buffer.find(b"\0")
+        end = self._buffer.find(b"\0", self._scanned)
         if end < 0:
+            self._scanned = len(self._buffer)
             return self._incomplete()
+        if end > MAX_RECORD:
+            raise RemoteProtocolError(f"reply longer than {MAX_RECORD} bytes")
         record = bytes(self._buffer[:end])
         del self._buffer[: end + 1]
+        self._scanned = 0
         return self._parse(record)
 
     def _incomplete(self) -> Event | NeedData:
@@ -354,10 +359,8 @@ class ClamdProtocol:
         if not self._eof:
             return NEED_DATA
         if self._buffer:
-            if READ_TIMED_OUT.startswith(bytes(self._buffer)) or self._buffer.rstrip(b"\n") in (
-                b"COMMAND READ TIMED OUT",
-            ):
-                # a truncated timeout notice: clamd closed right after it
+            if self._buffer.rstrip(b"\n") == READ_TIMED_OUT.rstrip(b"\n"):
+                # the notice without its newline: clamd closed right after it
                 self._buffer.clear()
                 self.state = State.ENDING
                 return SessionEnded("COMMAND READ TIMED OUT")
@@ -412,7 +415,7 @@ def _typed_reply(request_id: int, pending: _Pending, body: bytes, text: str) -> 
     if kind in (_Kind.SCAN, _Kind.FILDES, _Kind.INSTREAM):
         return ScanReply(request_id, _scan_verdict(pending, body, text))
     if text in ("COMMAND UNAVAILABLE", "UNKNOWN COMMAND") or text.endswith(" ERROR"):
-        return CommandFailed(request_id, text.removesuffix(" ERROR"))
+        return CommandFailed(request_id, text.removesuffix(" ERROR").rstrip("."))
     if kind is _Kind.PING:
         if text != "PONG":
             raise RemoteProtocolError(f"PING answered with {text[:80]!r}")
@@ -449,7 +452,9 @@ def _scan_status(pending: _Pending, body: bytes, text: str) -> str:
         prefix = pending.path + b": "
         if body.startswith(prefix):
             return body[len(prefix) :].decode("utf-8", "surrogateescape")
-        return text
+        # clamd names the realpath() of what it scanned for FOUND and most
+        # errors (scanner.c, scan_callback): split at the last ": " then.
+        return text.rpartition(": ")[2] if ": " in text else text
     if pending.kind is _Kind.FILDES:
         match = _FD_NAME.match(text)
         return text[match.end() :] if match else text
@@ -467,8 +472,9 @@ def _scan_verdict(pending: _Pending, body: bytes, text: str) -> Verdict:
         if not signature or "\n" in signature:
             raise RemoteProtocolError(f"malformed detection: {text[:80]!r}")
         return Infected(signature)
-    if status == "Excluded":
-        return NotScanned(NotScannedReason.EXCLUDED, "excluded by clamd's ExcludePath")
+    if status.startswith("Excluded"):
+        # "Excluded" (ExcludePath) or "Excluded (another filesystem)"
+        return NotScanned(NotScannedReason.EXCLUDED, f"clamd said: {status}")
     if status in ("COMMAND UNAVAILABLE", "UNKNOWN COMMAND"):
         return NotScanned(NotScannedReason.UNSUPPORTED, f"clamd answered {status}")
     if status.endswith("ERROR"):
@@ -479,6 +485,6 @@ def _scan_verdict(pending: _Pending, body: bytes, text: str) -> Verdict:
 def _error_verdict(message: str) -> Verdict:
     if message.startswith("INSTREAM size limit exceeded"):
         return NotScanned(NotScannedReason.TOO_LARGE, "larger than clamd's StreamMaxLength")
-    if message == "Not a regular file":
+    if message in ("Not a regular file", "Not supported file type"):
         return NotScanned(NotScannedReason.NOT_REGULAR, "not a regular file")
     return ScanError(message.rstrip(".") or "clamd reported an error")
