@@ -11,15 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from clamwatch.clamd.address import (
-    DEFAULT_CLAMD_CONF,
-    AddressError,
-    ClamdAddress,
-    parse_address,
-    read_clamd_conf,
-)
-from clamwatch.clamd.engine import ClamdUnavailableError, Engine, EngineSettings
+from clamwatch.clamd.address import DEFAULT_CLAMD_CONF, AddressError
+from clamwatch.clamd.engine import ClamdUnavailableError, Engine
 from clamwatch.clamd.job import ScanJob, ScanOutcome, TransportChoice
+from clamwatch.clamd.settings import resolve_engine
+from clamwatch.config import ClamdSettings
 from clamwatch.files import OpenedFile, open_for_scan
 from clamwatch.report import Reporter
 from clamwatch.verdict import ScanError
@@ -48,32 +44,6 @@ class ScanOptions:
     request_timeout: float = 180.0
 
 
-def resolve_engine(options: ScanOptions) -> tuple[ClamdAddress, EngineSettings]:
-    """The address to use and the engine settings, from the options and clamd.conf."""
-    conf = None
-    if options.address is None:
-        conf = read_clamd_conf(options.clamd_conf)
-        address = conf.address()
-    else:
-        address = parse_address(options.address)
-        if options.clamd_conf != DEFAULT_CLAMD_CONF:
-            conf = read_clamd_conf(options.clamd_conf)
-    max_stream = options.max_stream_size
-    keepalive = 30.0
-    if conf is not None:
-        max_stream = max_stream or conf.stream_max_length
-        if conf.read_timeout:
-            keepalive = max(0.5, min(keepalive, conf.read_timeout / 3))
-    settings = EngineSettings(
-        transport=options.transport,
-        max_stream_size=max_stream,
-        keepalive=keepalive,
-        give_up_after=options.connect_timeout,
-        request_timeout=options.request_timeout,
-    )
-    return address, settings
-
-
 def _raise_nofile_limit() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY or soft < hard:
@@ -83,8 +53,19 @@ def _raise_nofile_limit() -> None:
 
 def run_scan(options: ScanOptions, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     """Scan every file below ``options.paths``; return clamdscan's exit code."""
+    clamd = ClamdSettings(
+        address=options.address,
+        clamd_conf=options.clamd_conf,
+        transport=options.transport,
+        request_timeout=options.request_timeout,
+        max_stream_size=options.max_stream_size,
+    )
     try:
-        address, settings = resolve_engine(options)
+        address, settings = resolve_engine(
+            clamd,
+            give_up_after=options.connect_timeout,
+            conf_given=options.clamd_conf != DEFAULT_CLAMD_CONF,
+        )
         engine = Engine(address, settings)
     except (AddressError, ValueError) as exc:
         err.write(f"clamwatch scan: {exc}\n")

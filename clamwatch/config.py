@@ -1,0 +1,239 @@
+"""clamwatch's configuration: TOML, validated key by key.
+
+Every problem names the file, the key, the bad value and what was expected;
+unknown keys are errors, so a typo never silently falls back to a default.
+etc/clamwatch/clamwatch.toml documents every key with its default.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from clamwatch.clamd.job import TransportChoice
+from clamwatch.units import parse_duration, parse_size
+
+DEFAULT_CONFIG = Path("/etc/clamwatch/clamwatch.toml")
+
+T = TypeVar("T")
+
+
+class ConfigError(Exception):
+    """A configuration problem, worded for the admin who has to fix it."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClamdSettings:
+    address: str | None = None  # None: from clamd_conf
+    clamd_conf: Path = Path("/etc/clamav/clamd.conf")
+    transport: TransportChoice = TransportChoice.AUTO
+    sessions: int = 2
+    max_in_flight: int | None = None  # None: twice clamd's MaxThreads
+    request_timeout: float = 180.0
+    keepalive: float | None = None  # None: a third of clamd's ReadTimeout, at most 30 s
+    max_stream_size: int | None = None  # None: clamd.conf's StreamMaxLength
+
+
+@dataclass(frozen=True, slots=True)
+class WatchConfig:
+    path: Path
+    name: str
+    exclude: tuple[str, ...] = ()
+    exclude_regex: tuple[re.Pattern[str], ...] = ()
+    min_size: int = 0
+    max_size: int | None = None
+    skip_uids: frozenset[int] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonSettings:
+    state_directory: Path = Path("/var/lib/clamwatch")
+    max_pending: int = 50_000
+    settle_time: float = 2.0
+    startup_scan: str = "changed"  # changed | all | none
+    stop_timeout: float = 20.0
+    log_format: str = "text"  # text | json
+    backend: str = "watchdog"  # watchdog | pyinotify
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    source: Path
+    clamd: ClamdSettings
+    daemon: DaemonSettings
+    watches: tuple[WatchConfig, ...]
+
+
+# -- value parsers: each raises ValueError with what was expected ----------------
+
+
+def _string(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError("expected a string")
+    return value
+
+
+def _positive_int(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError("expected a whole number of 1 or more")
+    return value
+
+
+def _size(value: object) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return parse_size(_string(value))
+
+
+def _duration(value: object) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    return parse_duration(_string(value))
+
+
+def _choice(*choices: str) -> Callable[[object], str]:
+    def parse(value: object) -> str:
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}")
+        return str(value)
+
+    return parse
+
+
+def _absolute_path(value: object) -> Path:
+    path = Path(_string(value))
+    if not path.is_absolute():
+        raise ValueError("expected an absolute path")
+    return path
+
+
+def _strings(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError("expected a list of strings")
+    return tuple(value)
+
+
+def _regexes(value: object) -> tuple[re.Pattern[str], ...]:
+    patterns = []
+    for text in _strings(value):
+        try:
+            patterns.append(re.compile(text))
+        except re.error as exc:
+            raise ValueError(f"{text!r} is not a regular expression: {exc}") from exc
+    return tuple(patterns)
+
+
+def _uids(value: object) -> frozenset[int]:
+    if not isinstance(value, list) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value
+    ):
+        raise ValueError("expected a list of numeric uids")
+    return frozenset(value)
+
+
+def _optional(parse: Callable[[object], T], none: object = "") -> Callable[[object], T | None]:
+    """``none`` ("" or 0) written in the file means "not set"."""
+
+    def parse_optional(value: object) -> T | None:
+        return None if value == none else parse(value)
+
+    return parse_optional
+
+
+# -- sections --------------------------------------------------------------------
+
+_CLAMD_KEYS: dict[str, Callable[[object], Any]] = {
+    "address": _optional(_string),
+    "clamd_conf": _absolute_path,
+    "transport": lambda v: TransportChoice(_choice("auto", "fildes", "instream")(v)),
+    "sessions": _positive_int,
+    "max_in_flight": _optional(_positive_int, 0),
+    "request_timeout": _duration,
+    "keepalive": _optional(_duration),
+    "max_stream_size": _optional(_size),
+}
+
+_DAEMON_KEYS: dict[str, Callable[[object], Any]] = {
+    "state_directory": _absolute_path,
+    "max_pending": _positive_int,
+    "settle_time": _duration,
+    "startup_scan": _choice("changed", "all", "none"),
+    "stop_timeout": _duration,
+    "log_format": _choice("text", "json"),
+    "backend": _choice("watchdog", "pyinotify"),
+}
+
+_WATCH_KEYS: dict[str, Callable[[object], Any]] = {
+    "path": _absolute_path,
+    "name": _string,
+    "exclude": _strings,
+    "exclude_regex": _regexes,
+    "min_size": _size,
+    "max_size": _optional(_size),
+    "skip_uids": _uids,
+}
+
+
+def _section(
+    source: Path, where: str, table: object, keys: Mapping[str, Callable[[object], Any]]
+) -> dict[str, Any]:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{source}: [{where}] must be a table")
+    values: dict[str, Any] = {}
+    for key, raw in table.items():
+        parse = keys.get(key)
+        if parse is None:
+            known = ", ".join(sorted(keys))
+            raise ConfigError(f"{source}: [{where}] unknown key {key!r} (known keys: {known})")
+        try:
+            values[key] = parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: [{where}] {key} = {raw!r}: {exc}") from exc
+    return values
+
+
+def parse_config(source: Path, data: Mapping[str, object]) -> Config:
+    """Validate a parsed TOML document."""
+    unknown = set(data) - {"clamd", "daemon", "watch"}
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown section {sorted(unknown)[0]!r} (known: clamd, daemon, watch)"
+        )
+    clamd = ClamdSettings(**_section(source, "clamd", data.get("clamd", {}), _CLAMD_KEYS))
+    daemon = DaemonSettings(**_section(source, "daemon", data.get("daemon", {}), _DAEMON_KEYS))
+    raw_watches = data.get("watch", [])
+    if not isinstance(raw_watches, list):
+        raise ConfigError(f"{source}: watches are written [[watch]], an array of tables")
+    watches: list[WatchConfig] = []
+    for number, table in enumerate(raw_watches, 1):
+        values = _section(source, f"watch #{number}", table, _WATCH_KEYS)
+        if "path" not in values:
+            raise ConfigError(f"{source}: [watch #{number}] has no path")
+        values.setdefault("name", str(values["path"]))
+        watches.append(WatchConfig(**values))
+    paths = [w.path for w in watches]
+    for watch in watches:
+        for other in paths:
+            if other != watch.path and watch.path.is_relative_to(other):
+                raise ConfigError(
+                    f"{source}: watch {str(watch.path)!r} lies inside watch {str(other)!r};"
+                    " one watch covers its whole tree"
+                )
+        if paths.count(watch.path) > 1:
+            raise ConfigError(f"{source}: {str(watch.path)!r} is watched twice")
+    return Config(source, clamd, daemon, tuple(watches))
+
+
+def load_config(source: Path = DEFAULT_CONFIG) -> Config:
+    try:
+        with source.open("rb") as handle:
+            data = tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError(f"{source}: {exc.strerror or exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
+    return parse_config(source, data)
