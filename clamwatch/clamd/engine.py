@@ -420,6 +420,14 @@ class Engine:
         if session.handle_handshake(event):
             if session.state is SessionState.READY:
                 self._session_ready(session, now)
+            elif session.refused and self._probe:
+                self._probe = False
+                log.warning(
+                    "clamd at %s refused the handshake (%s); assuming no FILDES and"
+                    " default limits from now on",
+                    self.address,
+                    session.refused,
+                )
             return
         if isinstance(event, ScanReply):
             entry = session.take(event)
@@ -434,11 +442,11 @@ class Engine:
             pass
         elif isinstance(event, SessionEnded):
             if session.capabilities is None and event.reason != "COMMAND READ TIMED OUT":
-                # clamd 1.5+ ends a session over a disabled command: do
-                # without VERSIONCOMMANDS and STATS from now on.
+                # an id-less refusal of the handshake: do without it from now on
                 self._probe = False
                 log.warning(
-                    "clamd at %s refused the handshake (%s); assuming no FILDES and default limits",
+                    "clamd at %s ended the session during the handshake (%s); assuming no"
+                    " FILDES and default limits from now on",
                     self.address,
                     event.reason,
                 )

@@ -111,6 +111,7 @@ class Session:
         self.last_send = now
         self.requests = 0
         self.end_reason = ""
+        self.refused = ""  # why clamd refused a handshake command, if it did
         self._out: list[_OutItem] = []
         self._stream: _Stream | None = None
         self._handshake: dict[int, str] = {}
@@ -277,16 +278,17 @@ class Session:
             self._caps_version, self._caps_commands = event.version, event.commands
         elif isinstance(event, StatsReply):
             self._max_threads = event.max_threads
-        elif isinstance(event, CommandFailed) and what == "stats":
-            self._max_threads = None  # STATS disabled (EnableStatsCommand no)
         elif isinstance(event, CommandFailed):
-            # no VERSIONCOMMANDS (clamd before 0.95): assume no FILDES
-            self._caps_version, self._caps_commands = "", frozenset()
+            # clamd 1.5+ answers a disabled command (EnableStatsCommand no)
+            # with "N: COMMAND UNAVAILABLE" and then ends the session: this
+            # one is of no use, and later ones must not ask again.
+            self.refused = event.message
+            self.state = SessionState.DRAINING
         elif isinstance(event, (Pong, VersionReply)):
             pass
         else:
             raise RemoteProtocolError(f"unexpected reply during the handshake: {event!r}")
-        if not self._handshake and self.state is SessionState.HANDSHAKE:
+        if not self._handshake and self.state is SessionState.HANDSHAKE and not self.refused:
             self.capabilities = Capabilities(
                 self._caps_version, self._caps_commands, self._max_threads
             )
