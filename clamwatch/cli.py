@@ -9,10 +9,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from clamwatch import __version__
-from clamwatch.clamd.address import DEFAULT_CLAMD_CONF
+from clamwatch.clamd.address import DEFAULT_CLAMD_CONF, AddressError
 from clamwatch.clamd.job import TransportChoice
+from clamwatch.config import DEFAULT_CONFIG, ConfigError, load_config
+from clamwatch.daemon import Daemon, setup_logging
 from clamwatch.demo import run_demo
 from clamwatch.scan_command import ScanOptions, run_scan
+from clamwatch.state import StateError
 from clamwatch.units import parse_duration, parse_size
 
 _DESCRIPTION = """\
@@ -50,6 +53,23 @@ examples:
   clamwatch scan /srv/uploads
   clamwatch scan --infected --json /srv/uploads > found.jsonl
   clamwatch scan --stream --address tcp://clamd.example:3310 /srv/uploads"""
+
+
+_RUN_DESCRIPTION = """\
+Watch the trees listed as [[watch]] in the configuration and scan every file
+that is finished being written: closed after writing, moved into a tree, or
+created and then left alone for settle_time. New directories are walked (files
+often land in them before their watch exists), a kernel queue overflow walks
+every tree again, and a watch root that does not exist yet is waited for.
+
+Each verdict is logged to stderr, one line per file (or one JSON object with
+--log-format json): clean, infected with its signature, not scanned, or an
+error. While clamd is unreachable files wait and are retried; none is ever
+reported clean without being scanned.
+
+SIGTERM or SIGINT stops watching, lets scans in flight finish (stop_timeout),
+saves what was still to do under state_directory and exits 0; the next start
+scans it, and whatever changed meanwhile (startup_scan)."""
 
 
 def _size(text: str) -> int:
@@ -148,6 +168,26 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     progress.add_argument("--no-progress", dest="progress", action="store_false")
 
+    run = commands.add_parser(
+        "run",
+        help="run the watch daemon in the foreground",
+        description=_RUN_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument(
+        "--config",
+        type=Path,
+        default=DEFAULT_CONFIG,
+        metavar="FILE",
+        help=f"the configuration file (default: {DEFAULT_CONFIG})",
+    )
+    run.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        help="one line of text per event, or one JSON object per event with the fields the"
+        " journal carries (default: log_format from the configuration, else text)",
+    )
+
     demo = commands.add_parser(
         "demo",
         help="run a private clamd and scan a generated demo folder",
@@ -183,7 +223,31 @@ def main(argv: Sequence[str] | None = None) -> int:
                 request_timeout=args.request_timeout,
             )
         )
+    if args.command == "run":
+        return run_daemon(args.config, args.log_format)
     return run_demo(args.workdir)
+
+
+def run_daemon(config_path: Path, log_format: str | None) -> int:
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        sys.stderr.write(f"clamwatch: {exc}\n")
+        return 2
+    if not config.watches:
+        sys.stderr.write(f"clamwatch: {config_path}: no [[watch]] is configured\n")
+        return 2
+    setup_logging(log_format or config.daemon.log_format)
+    try:
+        daemon = Daemon(config)
+    except (AddressError, ValueError) as exc:
+        sys.stderr.write(f"clamwatch: {exc}\n")
+        return 2
+    try:
+        return daemon.run()
+    except StateError as exc:
+        sys.stderr.write(f"clamwatch: {exc}\n")
+        return 1
 
 
 if __name__ == "__main__":

@@ -114,7 +114,7 @@ class Session:
         self.refused = ""  # why clamd refused a handshake command, if it did
         self._out: list[_OutItem] = []
         self._stream: _Stream | None = None
-        self._handshake: dict[int, str] = {}
+        self._handshake: set[int] = set()
         self._caps_version = ""
         self._caps_commands: frozenset[str] = frozenset()
         self._max_threads: int | None = None
@@ -151,10 +151,10 @@ class Session:
             self.capabilities = Capabilities("", frozenset(), None)
             self.state = SessionState.READY
             return
-        for command, what in ((VersionCommands(), "versioncommands"), (Stats(), "stats")):
+        for command in (VersionCommands(), Stats()):
             request_id = self._command(command, now)
             assert request_id is not None
-            self._handshake[request_id] = what
+            self._handshake.add(request_id)
 
     @property
     def wants_write(self) -> bool:
@@ -273,7 +273,7 @@ class Session:
         request_id = getattr(event, "request_id", None)
         if request_id not in self._handshake:
             return False
-        what = self._handshake.pop(request_id)
+        self._handshake.discard(request_id)
         if isinstance(event, CommandsReply):
             self._caps_version, self._caps_commands = event.version, event.commands
         elif isinstance(event, StatsReply):

@@ -1,0 +1,206 @@
+"""`clamwatch run`: the watch daemon, wired together.
+
+watcher --Work--> dispatcher --Work--> pipeline --ScanJob--> engine --> verdict events
+   ^                  ^
+   |                  +-- walker (new directories, overflow, startup scans)
+   +-- roots supervised (missing, deleted and re-created)
+
+SIGTERM or SIGINT: stop watching, let the scans in flight finish within
+``stop_timeout``, save what was still to do in the state file, exit 0. The
+next start scans it, and (startup_scan = "changed") whatever changed while
+clamwatch was not running.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from types import FrameType
+
+from clamwatch.clamd.engine import Engine
+from clamwatch.clamd.settings import resolve_engine
+from clamwatch.config import Config
+from clamwatch.dispatch import Dispatcher, Rescan, Work
+from clamwatch.events import EventKind, JsonFormatter, TextFormatter, emit, shown
+from clamwatch.pipeline import Pipeline, Result
+from clamwatch.state import State, load_state, save_state
+from clamwatch.verdict import Clean, Infected, NotScanned, ScanError, describe
+from clamwatch.watch.filters import WatchFilter
+from clamwatch.watch.walker import Walker
+from clamwatch.watch.watchdog_backend import TreeWatcher
+
+log = logging.getLogger(__name__)
+
+_CHECKPOINT_EVERY = 30.0  # seconds between state file checkpoints
+_SLACK = 2.0  # seconds of clock and timestamp granularity allowed for in "changed"
+
+
+def setup_logging(log_format: str, level: int = logging.INFO) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # watchdog's own warnings stay visible; its debug chatter does not
+    logging.getLogger("watchdog").setLevel(logging.WARNING)
+
+
+@dataclass(slots=True)
+class _Coverage:
+    """Per watch: when it was armed this run, and whether its startup walk ended."""
+
+    armed_at: dict[str, float] = field(default_factory=dict)
+    walked: set[str] = field(default_factory=set)
+
+
+class Daemon:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        settings = config.daemon
+        address, engine_settings = resolve_engine(config.clamd, give_up_after=None)
+        self.engine = Engine(address, engine_settings)
+        self.dispatcher = Dispatcher(settings.max_pending, settings.settle_time)
+        own = (str(settings.state_directory),)
+        self.filters = {str(w.path): WatchFilter(w, own) for w in config.watches}
+        self.pipeline = Pipeline(self.dispatcher, self.engine, self.filters, self._report)
+        self.walker = Walker(self.dispatcher, self.filters, self._walked)
+        self.watcher = TreeWatcher(list(self.filters.values()), self.dispatcher, self._armed)
+        self.stop_requested = threading.Event()
+        self.state = State()
+        self._coverage = _Coverage()
+
+    # -- verdicts ---------------------------------------------------------------------
+
+    def _report(self, result: Result) -> None:
+        work, verdict = result.work, result.verdict
+        fields: dict[str, object] = {
+            "path": work.path,
+            "watch": work.watch,
+            "verdict": verdict.kind,
+            "latency_ms": round(result.latency * 1000, 1),
+            "reason": work.reason,
+            "action": "report",
+        }
+        if result.outcome is not None:
+            fields["transport"] = (
+                result.outcome.transport.value if result.outcome.transport else None
+            )
+            fields["attempts"] = result.outcome.attempts
+            fields["clamd_version"] = result.outcome.clamd_version
+        message = f"{shown(work.path)}: {describe(verdict)}"
+        match verdict:
+            case Clean():
+                self.pipeline.scanned += 1
+                emit(EventKind.CLEAN, message, logging.INFO, **fields)
+            case Infected(signature=signature):
+                self.pipeline.scanned += 1
+                self.pipeline.infected += 1
+                emit(EventKind.DETECTION, message, logging.WARNING, signature=signature, **fields)
+            case NotScanned(reason=reason, detail=detail):
+                emit(
+                    EventKind.NOT_SCANNED,
+                    message,
+                    logging.WARNING,
+                    not_scanned=reason.value,
+                    detail=detail,
+                    **fields,
+                )
+            case ScanError(message=error):
+                emit(EventKind.SCAN_ERROR, message, logging.ERROR, error=error, **fields)
+
+    # -- watches and walks ---------------------------------------------------------------
+
+    def _armed(self, rules: WatchFilter, first: bool) -> None:
+        root = rules.root
+        self._coverage.armed_at[root] = time.time()
+        mode = self.config.daemon.startup_scan
+        if not first:
+            # deleted and created again: whatever it holds now is new to us
+            self.dispatcher.rescan(Rescan(root, root, "watch root re-created"))
+            return
+        covered = self.state.covered_at.get(root)
+        if mode == "none":
+            self._coverage.walked.add(root)
+        elif mode == "changed" and covered is not None:
+            self.dispatcher.rescan(
+                Rescan(root, root, "changed while not running", newer_than=covered - _SLACK)
+            )
+        else:
+            self.dispatcher.rescan(Rescan(root, root, "startup scan", if_changed=False))
+
+    def _walked(self, request: Rescan) -> None:
+        if request.directory == request.watch and request.reason in (
+            "changed while not running",
+            "startup scan",
+        ):
+            self._coverage.walked.add(request.watch)
+
+    def _checkpoint(self) -> None:
+        """Save what is still to do, and how far each watch is covered.
+
+        Everything unresolved (waiting, settling, in flight, directories to
+        walk) is saved by name, so coverage may move up to now, unless a walk
+        is under way: the directory being walked is in no list.
+        """
+        now = time.time()
+        if self.walker.walking is None:
+            for root in self._coverage.walked:
+                self.state.covered_at[root] = now
+        snapshot = self.dispatcher.snapshot()
+        self.state.pending = snapshot.paths
+        self.state.rescans = [(r.directory, r.watch) for r in snapshot.rescans]
+        save_state(self.config.daemon.state_directory, self.state)
+
+    # -- running ----------------------------------------------------------------------
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.stop_requested.set()
+
+    def run(self) -> int:
+        settings = self.config.daemon
+        emit(
+            EventKind.STARTED,
+            f"clamwatch starting: {len(self.filters)} watch(es), clamd at {self.engine.address}",
+            config=str(self.config.source),
+        )
+        self.state = load_state(settings.state_directory)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        self.engine.start()
+        for path, watch in self.state.pending:
+            if watch in self.filters:
+                self.dispatcher.due(Work(path, watch, time.monotonic(), "pending at last stop"))
+        for directory, watch in self.state.rescans:
+            if watch in self.filters:
+                self.dispatcher.rescan(Rescan(directory, watch, "pending at last stop"))
+        self.pipeline.start()
+        self.walker.start()
+        self.watcher.start()
+        emit(
+            EventKind.READY,
+            f"clamwatch ready: watching {self.watcher.armed} of {len(self.filters)} tree(s)",
+        )
+        while not self.stop_requested.wait(_CHECKPOINT_EVERY):
+            self._checkpoint()
+        return self._stop()
+
+    def _stop(self) -> int:
+        settings = self.config.daemon
+        emit(EventKind.STOPPING, "clamwatch stopping: finishing the scans in flight")
+        deadline = time.monotonic() + settings.stop_timeout
+        self.watcher.stop()
+        self.walker.stop()
+        self.pipeline.stop(deadline)  # what it did not finish is in the snapshot
+        self._checkpoint()
+        saved = len(self.state.pending) + len(self.state.rescans)
+        emit(
+            EventKind.STOPPED,
+            f"clamwatch stopped: {self.pipeline.scanned} scanned, {self.pipeline.infected}"
+            f" infected, {saved} saved for the next start",
+            pending=saved,
+        )
+        return 0

@@ -1,0 +1,297 @@
+"""The dispatcher: the only place where work waits.
+
+Producers (the watcher's thread, the tree walker) say a path *may* have new
+content; the scanning pipeline takes work out. In between:
+
+- one entry per path: a newer event for a path that waits replaces the older
+  one (keeping the older one's time, so latency counts from the first event);
+- a path whose scan is in flight is marked dirty and scanned again after, so
+  a file modified during its scan still gets a verdict for its last version;
+- files seen only as "created" settle until their size and mtime stop
+  changing (or their close arrives);
+- bounded: when ``max_pending`` entries wait, a further path becomes "walk its
+  directory again later" (a set of directories, itself bounded by collapsing
+  into the watch root), so a burst never grows memory without bound and
+  nothing is dropped silently.
+
+Every method is thread-safe; none blocks except :meth:`wait_for_room` and
+:meth:`wait`, which only the walker and the pipeline call.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+# Directories waiting to be walked again before they collapse into a rescan
+# of their whole watch: each costs a path string, the walk costs more.
+MAX_RESCANS = 4096
+
+
+class Mode(enum.Enum):
+    DUE = "due"  # scan as soon as there is room
+    SETTLE = "settle"  # scan once size and mtime are stable (or at close)
+
+
+@dataclass(slots=True)
+class Work:
+    path: str
+    watch: str  # the watch's root, as configured
+    since: float  # monotonic time of the first event for this version
+    reason: str  # close, moved, created, rescan, startup, ...
+    if_changed: bool = False  # skip when this version already has its verdict
+    newer_than: float | None = None  # startup: skip files unchanged since (epoch s)
+    tries: int = 0  # scans that ended in a transport error
+
+
+@dataclass(frozen=True, slots=True)
+class Rescan:
+    directory: str
+    watch: str
+    reason: str
+    mode: Mode = Mode.DUE
+    if_changed: bool = True
+    newer_than: float | None = None
+
+
+@dataclass(slots=True)
+class _Settling:
+    work: Work
+    size: int = -1
+    mtime_ns: int = -1
+    stable_since: float = 0.0
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """What is still to do, for the state file at stop."""
+
+    paths: list[tuple[str, str]] = field(default_factory=list)  # (path, watch)
+    rescans: list[Rescan] = field(default_factory=list)
+
+
+class Dispatcher:
+    def __init__(
+        self, max_pending: int, settle_time: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.max_pending = max_pending
+        self.settle_time = settle_time
+        self.clock = clock
+        self.cond = threading.Condition()
+        self._pending: dict[str, Work] = {}
+        self._settling: dict[str, _Settling] = {}
+        self._in_flight: dict[str, Work] = {}
+        # in flight and to be looked at again after: path -> if_changed (False
+        # when an event said the content changed, True when only a walk saw it)
+        self._dirty: dict[str, bool] = {}
+        self._rescans: dict[str, Rescan] = {}
+        self._delayed: list[tuple[float, Work]] = []
+        self.degraded = 0  # paths turned into directory rescans because we were full
+        self.stopping = False
+
+    # -- producers --------------------------------------------------------------------
+
+    def _full(self) -> bool:
+        return len(self._pending) + len(self._settling) >= self.max_pending
+
+    def due(self, work: Work) -> None:
+        """``work.path`` may have new content: scan it as soon as there is room."""
+        with self.cond:
+            self._due(work)
+            self.cond.notify_all()
+
+    def _due(self, work: Work) -> None:
+        path = work.path
+        self._settling.pop(path, None)
+        if path in self._in_flight:
+            self._mark_dirty(path, work.if_changed)
+            return
+        old = self._pending.get(path)
+        if old is not None:
+            old.if_changed = old.if_changed and work.if_changed
+            old.reason = work.reason if not work.if_changed else old.reason
+            if work.newer_than is None:
+                old.newer_than = None
+            return
+        if self._full():
+            self.degraded += 1
+            self._rescan(Rescan(os.path.dirname(path) or "/", work.watch, "queue full"))
+            return
+        self._pending[path] = work
+
+    def _mark_dirty(self, path: str, if_changed: bool) -> None:
+        self._dirty[path] = self._dirty.get(path, True) and if_changed
+
+    def settle(self, work: Work) -> None:
+        """``work.path`` was created: scan it once it stops changing, or at its close."""
+        with self.cond:
+            path = work.path
+            if path in self._in_flight:
+                self._mark_dirty(path, work.if_changed)
+            elif path not in self._pending and path not in self._settling:
+                if self._full():
+                    self.degraded += 1
+                    self._rescan(
+                        Rescan(os.path.dirname(path) or "/", work.watch, "queue full", Mode.SETTLE)
+                    )
+                else:
+                    self._settling[path] = _Settling(work, stable_since=self.clock())
+            self.cond.notify_all()
+
+    def rescan(self, request: Rescan) -> None:
+        """Walk ``request.directory`` again (later, in the walker's thread)."""
+        with self.cond:
+            self._rescan(request)
+            self.cond.notify_all()
+
+    def _rescan(self, request: Rescan) -> None:
+        if any(parent in self._rescans for parent in _parents(request.directory)):
+            return  # that directory, or one above it, will be walked anyway
+        if len(self._rescans) >= MAX_RESCANS:
+            # collapse everything of this watch into one walk of its root
+            for key in [k for k, r in self._rescans.items() if r.watch == request.watch]:
+                del self._rescans[key]
+            request = replace(request, directory=request.watch, reason="too many rescans")
+        self._rescans[request.directory] = request
+
+    def retry_later(self, work: Work, delay: float) -> None:
+        with self.cond:
+            self._in_flight.pop(work.path, None)
+            self._delayed.append((self.clock() + delay, work))
+            self.cond.notify_all()
+
+    def wait_for_room(self) -> bool:
+        """Block until there is room for one more entry; False when stopping."""
+        with self.cond:
+            while self._full() and not self.stopping:
+                self.cond.wait(0.5)
+            return not self.stopping
+
+    # -- the pipeline -----------------------------------------------------------------
+
+    def take(self, limit: int) -> list[Work]:
+        """Up to ``limit`` entries, oldest first; they count as in flight until done()."""
+        batch: list[Work] = []
+        with self.cond:
+            self._release_delayed()
+            while self._pending and len(batch) < limit:
+                path = next(iter(self._pending))
+                work = self._pending.pop(path)
+                self._in_flight[path] = work
+                batch.append(work)
+            if batch:
+                self.cond.notify_all()  # room for the walker
+        return batch
+
+    def _release_delayed(self) -> None:
+        if not self._delayed:
+            return
+        now = self.clock()
+        ready = [w for t, w in self._delayed if t <= now]
+        self._delayed = [(t, w) for t, w in self._delayed if t > now]
+        for work in ready:
+            self._pending.setdefault(work.path, work)
+
+    def done(self, path: str) -> None:
+        """The scan of ``path`` ended; scan again if it changed meanwhile."""
+        with self.cond:
+            work = self._in_flight.pop(path, None)
+            if_changed = self._dirty.pop(path, None)
+            if if_changed is not None and work is not None:
+                self._due(Work(path, work.watch, self.clock(), "changed during scan", if_changed))
+            self.cond.notify_all()
+
+    def next_rescan(self) -> Rescan | None:
+        with self.cond:
+            if not self._rescans:
+                return None
+            key = next(iter(self._rescans))
+            return self._rescans.pop(key)
+
+    def settle_check(self, stat: Callable[[str], os.stat_result | None]) -> None:
+        """Promote created files whose size and mtime held still for settle_time."""
+        with self.cond:
+            entries = list(self._settling.values())
+        now = self.clock()
+        promote: list[Work] = []
+        gone: list[str] = []
+        for entry in entries:
+            st = stat(entry.work.path)
+            if st is None:
+                gone.append(entry.work.path)
+            elif (st.st_size, st.st_mtime_ns) != (entry.size, entry.mtime_ns):
+                entry.size, entry.mtime_ns, entry.stable_since = st.st_size, st.st_mtime_ns, now
+            elif now - entry.stable_since >= self.settle_time:
+                promote.append(entry.work)
+        with self.cond:
+            for path in gone:
+                self._settling.pop(path, None)
+            for work in promote:
+                if self._settling.get(work.path) is not None:
+                    self._due(replace(work, reason=f"{work.reason}, settled"))
+            if promote:
+                self.cond.notify_all()
+
+    def wait(self, timeout: float) -> None:
+        with self.cond:
+            if not self._pending and not self.stopping:
+                self.cond.wait(timeout)
+
+    # -- status -----------------------------------------------------------------------
+
+    @property
+    def depth(self) -> int:
+        with self.cond:
+            return len(self._pending) + len(self._settling) + len(self._delayed)
+
+    @property
+    def settling(self) -> int:
+        with self.cond:
+            return len(self._settling)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing waits, settles, walks or is in flight."""
+        with self.cond:
+            return not (
+                self._pending or self._settling or self._in_flight or self._rescans or self._delayed
+            )
+
+    def oldest(self) -> float | None:
+        """The monotonic time of the oldest work not yet done, for the coverage checkpoint."""
+        with self.cond:
+            times = [w.since for w in self._pending.values()]
+            times += [s.work.since for s in self._settling.values()]
+            times += [w.since for w in self._in_flight.values()]
+            times += [w.since for _, w in self._delayed]
+            return min(times) if times else None
+
+    def snapshot(self) -> Snapshot:
+        with self.cond:
+            works = [
+                *self._pending.values(),
+                *(s.work for s in self._settling.values()),
+                *self._in_flight.values(),
+                *(w for _, w in self._delayed),
+            ]
+            return Snapshot([(w.path, w.watch) for w in works], list(self._rescans.values()))
+
+    def stop(self) -> None:
+        with self.cond:
+            self.stopping = True
+            self.cond.notify_all()
+
+
+def _parents(directory: str) -> list[str]:
+    """``directory`` and every directory above it."""
+    found = [directory]
+    while True:
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            return found
+        found.append(parent)
+        directory = parent

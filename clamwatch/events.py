@@ -1,0 +1,96 @@
+"""Every notable thing the daemon does, as a structured log event.
+
+Events go through :mod:`logging` with two extras, ``event`` (an
+:class:`EventKind`) and ``fields`` (lower-case names: path, verdict,
+signature, action, latency_ms, watch, ...). The formatters below print them
+as a line of text or as one JSON object; a journald handler maps the same
+fields to CLAMWATCH_* journal fields. Only the daemon's setup installs
+handlers (style.md).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping
+
+from clamwatch.names import display_path
+
+log = logging.getLogger("clamwatch.events")
+
+
+class EventKind(enum.Enum):
+    STARTED = "started"  # the daemon is starting
+    READY = "ready"  # config loaded, clamd answered, watches armed
+    CLEAN = "clean"  # a file was scanned and is clean
+    DETECTION = "detection"  # a file is infected
+    NOT_SCANNED = "not-scanned"  # a file was not scanned (too large, symlink, ...)
+    SCAN_ERROR = "scan-error"  # scanning failed after retries
+    CLAMD_LOST = "clamd-lost"  # clamd became unreachable
+    CLAMD_BACK = "clamd-back"  # clamd answers again
+    OVERFLOW_RESCAN = "overflow-rescan"  # events were lost; trees are walked again
+    WATCH_WAITING = "watch-waiting"  # a watch root does not exist (yet)
+    WATCH_ARMED = "watch-armed"  # a watch root is watched
+    WATCH_FAILED = "watch-failed"  # a watch could not be set up
+    STOPPING = "stopping"  # SIGTERM/SIGINT: draining
+    STOPPED = "stopped"  # drained and saved what was pending
+
+
+def emit(kind: EventKind, message: str, level: int = logging.INFO, **fields: object) -> None:
+    """Log one event; ``fields`` hold its facts (None values are left out)."""
+    log.log(
+        level,
+        message,
+        extra={"event": kind, "fields": {k: v for k, v in fields.items() if v is not None}},
+    )
+
+
+def _fields(record: logging.LogRecord) -> Mapping[str, object]:
+    fields = getattr(record, "fields", None)
+    return fields if isinstance(fields, dict) else {}
+
+
+def _jsonable(value: object) -> object:
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fsdecode(value)
+    return str(value)
+
+
+class TextFormatter(logging.Formatter):
+    """``clamwatch[LEVEL]: message``: what an admin reads on a terminal."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = f"clamwatch[{record.levelname.lower()}]: {record.getMessage()}"
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per event, with the fields the journal will carry."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        kind = getattr(record, "event", None)
+        data: dict[str, object] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "event": kind.value if isinstance(kind, EventKind) else "log",
+            "message": record.getMessage(),
+            "logger": record.name,
+        }
+        for key, value in _fields(record).items():
+            data[key] = _jsonable(value)
+        if record.exc_info:
+            data["exception"] = self.formatException(record.exc_info)
+        return json.dumps(data, ensure_ascii=False)
+
+
+def shown(path: str) -> str:
+    """A path as it appears inside an event message."""
+    return display_path(path)

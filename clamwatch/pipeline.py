@@ -1,0 +1,232 @@
+"""The scanning pipeline: work from the dispatcher, through the engine, to a verdict.
+
+One thread ("clamwatch-dispatch") takes work from the dispatcher, opens each
+file once (the disk I/O stays off the engine's socket loop), hands it to the
+engine, and turns outcomes into verdict events. It keeps at most ``window``
+files open and handed to the engine: while clamd is down those wait in the
+engine, everything else waits as a path in the dispatcher.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from clamwatch.clamd.engine import Engine
+from clamwatch.clamd.job import ScanJob, ScanOutcome
+from clamwatch.dispatch import Dispatcher, Work
+from clamwatch.files import OpenedFile, open_for_scan
+from clamwatch.verdict import NotScanned, NotScannedReason, ScanError, Verdict
+from clamwatch.watch.filters import WatchFilter
+
+log = logging.getLogger(__name__)
+
+# A transport failure after the engine's own retries: try the file again
+# later, a few times, before reporting an error.
+_RETRY_DELAYS = (10.0, 60.0, 300.0)
+_SETTLE_EVERY = 0.25  # seconds between checks of files that settle
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    work: Work
+    verdict: Verdict
+    outcome: ScanOutcome | None
+    latency: float  # seconds from the first event to the verdict
+
+
+class SeenVersions:
+    """Which (path, inode, size, mtime) versions already have a verdict, bounded.
+
+    Rescans after a lost event skip what is in here, so a file gets one final
+    verdict per version of its content. Only hashes are kept (about 100 bytes
+    an entry); the oldest go first.
+    """
+
+    def __init__(self, limit: int = 262_144) -> None:
+        self.limit = limit
+        self._seen: dict[int, None] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(path: str, st: os.stat_result) -> int:
+        return hash((path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+
+    def add(self, key: int) -> None:
+        with self._lock:
+            self._seen.pop(key, None)
+            self._seen[key] = None
+            if len(self._seen) > self.limit:
+                del self._seen[next(iter(self._seen))]
+
+    def __contains__(self, key: int) -> bool:
+        with self._lock:
+            return key in self._seen
+
+
+class Pipeline:
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        engine: Engine,
+        filters: dict[str, WatchFilter],
+        report: Callable[[Result], None],
+        window: int = 256,
+    ) -> None:
+        self.dispatcher = dispatcher
+        self.engine = engine
+        self.filters = filters
+        self.report = report
+        self.window = window
+        self.seen = SeenVersions()
+        self._outstanding: dict[ScanJob, Work] = {}
+        self._completed: list[tuple[ScanJob, ScanOutcome]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="clamwatch-dispatch", daemon=True)
+        self.scanned = 0
+        self.infected = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    @property
+    def outstanding(self) -> int:
+        return len(self._outstanding)
+
+    # -- engine thread ------------------------------------------------------------------
+
+    def _on_done(self, job: ScanJob, outcome: ScanOutcome) -> None:
+        with self.dispatcher.cond:
+            self._completed.append((job, outcome))
+            self.dispatcher.cond.notify_all()
+
+    # -- pipeline thread ----------------------------------------------------------------
+
+    def _run(self) -> None:
+        next_settle = 0.0
+        while not self._stop.is_set():
+            self._finish_completed()
+            now = time.monotonic()
+            if now >= next_settle:
+                self.dispatcher.settle_check(_lstat)
+                next_settle = now + _SETTLE_EVERY
+            free = self.window - len(self._outstanding)
+            batch = self.dispatcher.take(free) if free > 0 else []
+            for work in batch:
+                self._start(work)
+            if not batch:
+                with self.dispatcher.cond:
+                    if not self._completed and not self._stop.is_set():
+                        self.dispatcher.cond.wait(_SETTLE_EVERY)
+        self._finish_completed()
+
+    def _finish_completed(self) -> None:
+        with self.dispatcher.cond:
+            completed, self._completed = self._completed, []
+        for job, outcome in completed:
+            work = self._outstanding.pop(job)
+            job.file.close()
+            self._conclude(work, outcome.verdict, outcome, job)
+
+    def _conclude(
+        self, work: Work, verdict: Verdict, outcome: ScanOutcome | None, job: ScanJob | None
+    ) -> None:
+        if isinstance(verdict, ScanError) and outcome is not None and outcome.transport is None:
+            pass  # decided without clamd (clamd unreachable): retried below like a loss
+        if (
+            isinstance(verdict, ScanError)
+            and outcome is not None
+            and work.tries < len(_RETRY_DELAYS)
+            and verdict.message.startswith(("clamd connection lost", "clamd unreachable"))
+        ):
+            delay = _RETRY_DELAYS[work.tries]
+            work.tries += 1
+            log.warning("%s: %s; trying again in %.0f s", work.path, verdict.message, delay)
+            self.dispatcher.retry_later(work, delay)
+            return
+        if job is not None and not isinstance(verdict, ScanError):
+            identity = job.file.identity
+            self.seen.add(
+                hash((work.path, identity.dev, identity.ino, identity.size, identity.mtime_ns))
+            )
+        self.report(Result(work, verdict, outcome, time.monotonic() - work.since))
+        self.dispatcher.done(work.path)
+
+    def _start(self, work: Work) -> None:
+        rules = self.filters.get(work.watch)
+        if rules is None or rules.excluded(work.path):
+            self.dispatcher.done(work.path)
+            return
+        st = _lstat(work.path)
+        if st is None:
+            log.debug("%s vanished before it could be scanned", work.path)
+            self.dispatcher.done(work.path)
+            return
+        if work.if_changed and SeenVersions.key(work.path, st) in self.seen:
+            self.dispatcher.done(work.path)
+            return
+        if work.newer_than is not None and max(st.st_mtime, st.st_ctime) < work.newer_than:
+            self.dispatcher.done(work.path)
+            return
+        skipped = rules.skipped_by_stat(st)
+        if skipped is not None:
+            log.debug("%s skipped: %s", work.path, skipped)
+            self.dispatcher.done(work.path)
+            return
+        if rules.too_large(st.st_size):
+            verdict = NotScanned(
+                NotScannedReason.TOO_LARGE,
+                f"{st.st_size} bytes, over the watch's max_size ({rules.watch.max_size})",
+            )
+            self._conclude(work, verdict, None, None)
+            return
+        opened = open_for_scan(work.path)
+        if not isinstance(opened, OpenedFile):
+            if isinstance(opened, NotScanned) and opened.reason is NotScannedReason.VANISHED:
+                log.debug("%s vanished before it could be scanned", work.path)
+                self.dispatcher.done(work.path)
+            else:
+                self._conclude(work, opened, None, None)
+            return
+        job = ScanJob(opened, self._on_done, context=work.path)
+        self._outstanding[job] = work
+        self.engine.submit(job)
+
+    # -- stopping -----------------------------------------------------------------------
+
+    def stop(self, deadline: float) -> list[Work]:
+        """Stop taking work; wait for what is in the engine until ``deadline``.
+
+        Returns the work that got no verdict (to be saved for the next start).
+        """
+        self.dispatcher.stop()
+        while self._outstanding and time.monotonic() < deadline and self._thread.is_alive():
+            with self.dispatcher.cond:
+                self.dispatcher.cond.wait(0.05)
+        self._stop.set()
+        with self.dispatcher.cond:
+            self.dispatcher.cond.notify_all()
+        self._thread.join()
+        unfinished = self.engine.close(timeout=max(1.0, deadline - time.monotonic()))
+        left: list[Work] = []
+        for job in unfinished:
+            job.file.close()
+            work = self._outstanding.pop(job, None)
+            if work is not None:
+                left.append(work)
+        left.extend(self._outstanding.values())
+        for job in self._outstanding:
+            job.file.close()
+        self._outstanding.clear()
+        return left
+
+
+def _lstat(path: str) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except OSError:
+        return None

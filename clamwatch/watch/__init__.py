@@ -1,0 +1,1 @@
+"""Watching trees: kernel events in, "this path may have new content" out."""

@@ -1,0 +1,49 @@
+"""Which files of a watch are scanned: exclusions, sizes, owners, our own files."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from dataclasses import dataclass
+
+from clamwatch.config import WatchConfig
+
+
+@dataclass(frozen=True, slots=True)
+class WatchFilter:
+    """The rules of one watch. ``own`` are clamwatch's own folders (state, quarantine)."""
+
+    watch: WatchConfig
+    own: tuple[str, ...] = ()
+
+    @property
+    def root(self) -> str:
+        return str(self.watch.path)
+
+    def excluded(self, path: str) -> bool:
+        """Excluded by name: a glob, a regular expression, or one of our own folders.
+
+        A glob without a slash matches the file name (``*.part``); one with a
+        slash matches the path below the watch root (``cache/*``). Regular
+        expressions are searched in the whole path.
+        """
+        for own in self.own:
+            if path == own or path.startswith(own.rstrip("/") + "/"):
+                return True
+        name = os.path.basename(path)
+        relative = os.path.relpath(path, self.root)
+        for pattern in self.watch.exclude:
+            if fnmatch.fnmatchcase(relative if "/" in pattern else name, pattern):
+                return True
+        return any(regex.search(path) for regex in self.watch.exclude_regex)
+
+    def skipped_by_stat(self, st: os.stat_result) -> str | None:
+        """Why a file is skipped silently (owner or minimum size), or None."""
+        if st.st_uid in self.watch.skip_uids:
+            return f"owned by uid {st.st_uid}, listed in skip_uids"
+        if st.st_size < self.watch.min_size:
+            return f"{st.st_size} bytes, under min_size ({self.watch.min_size})"
+        return None
+
+    def too_large(self, size: int) -> bool:
+        return self.watch.max_size is not None and size > self.watch.max_size

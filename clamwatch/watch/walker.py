@@ -1,0 +1,99 @@
+"""Walking directories again: new directories, moved-in trees, overflow and startup scans.
+
+Runs on its own thread ("clamwatch-walk") so a large tree never stalls the
+watcher; it waits for room in the dispatcher before each file, so a walk of
+a million files holds one directory listing in memory, not a million paths.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+
+from clamwatch.dispatch import Dispatcher, Mode, Rescan, Work
+from clamwatch.watch.filters import WatchFilter
+
+log = logging.getLogger(__name__)
+
+
+class Walker:
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        filters: dict[str, WatchFilter],
+        on_walked: Callable[[Rescan], None] = lambda request: None,
+    ) -> None:
+        self.dispatcher = dispatcher
+        self.filters = filters
+        self.on_walked = on_walked
+        self.walking: Rescan | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="clamwatch-walk", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self.dispatcher.cond:
+            self.dispatcher.cond.notify_all()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            request = self.dispatcher.next_rescan()
+            if request is None:
+                with self.dispatcher.cond:
+                    self.dispatcher.cond.wait(0.25)
+                continue
+            self.walking = request
+            finished = self._walk(request)
+            self.walking = None
+            if finished:
+                self.on_walked(request)
+            else:
+                self.dispatcher.rescan(request)  # stopped midway: saved for the next start
+
+    def _walk(self, request: Rescan) -> bool:
+        rules = self.filters.get(request.watch)
+        if rules is None:
+            return True
+        stack = [request.directory]
+        while stack:
+            directory = stack.pop()
+            try:
+                with os.scandir(directory) as entries:
+                    listed = list(entries)
+            except OSError as exc:
+                log.debug("cannot walk %s: %s", directory, exc.strerror)
+                continue
+            for entry in listed:
+                if self._stop.is_set():
+                    return False
+                path = entry.path
+                if rules.excluded(path):
+                    continue
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(path)
+                        continue
+                except OSError:
+                    continue
+                if not self.dispatcher.wait_for_room():
+                    return False
+                work = Work(
+                    path,
+                    request.watch,
+                    time.monotonic(),
+                    request.reason,
+                    if_changed=request.if_changed,
+                    newer_than=request.newer_than,
+                )
+                if request.mode is Mode.SETTLE:
+                    self.dispatcher.settle(work)
+                else:
+                    self.dispatcher.due(work)
+        return True
