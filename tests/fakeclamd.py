@@ -12,7 +12,8 @@ Requests are numbered 1, 2, ... across the whole FakeClamd (every
 connection), in the order they are read; every command that gets a reply is
 a request, the IDSESSION that opens a session and its END are not. The
 `*_after` and `*_at` fault fields count in these numbers, and each fault
-fires once per FakeClamd.
+fires once per FakeClamd; with `Faults.repeat` they count each connection's
+requests from 1 instead and fire on every connection.
 
 One thread accepts; each connection gets a thread of its own that reads,
 "scans" and writes; there is no shared worker pool. `stop()` joins them all.
@@ -148,6 +149,10 @@ class Faults:
     #: it holds; a client must keep at least `batch` requests in flight or
     #: end its session to see replies.
     batch: int = 1
+    #: Commands whose replies leave as soon as they are ready, outside any
+    #: batch: e.g. {"VERSIONCOMMANDS", "STATS"}, so that a client which waits
+    #: for its handshake before it sends scans still gets going.
+    unbatched: frozenset[str] = frozenset()
     #: Seed for ReplyOrder.SHUFFLED (each connection starts from it).
     seed: int = 0
     #: Write every reply one byte per send().
@@ -168,6 +173,10 @@ class Faults:
     #: The first N requests are served; when request N+1 is read the
     #: connection is closed without replying to it (or to anything pending).
     drop_after: int | None = None
+    #: The four numbered faults above count each connection's requests
+    #: (1, 2, ... from its first) and fire on every connection: a clamd that
+    #: fails at the same point however often it is asked again.
+    repeat: bool = False
     #: Commands answered with "COMMAND UNAVAILABLE", as clamd 1.5+ does for a
     #: command disabled in clamd.conf (VERSION, STATS, RELOAD, SHUTDOWN there;
     #: any name here). Inside a session the reply carries the request id and
@@ -303,8 +312,11 @@ class _Mode(enum.Enum):
 @dataclass(frozen=True, slots=True)
 class _Request:
     request_id: int | None  # the session id, None outside a session
-    serial: int  # the FakeClamd-wide request number
+    # The number the numbered faults count in: FakeClamd-wide, or this
+    # connection's own with Faults.repeat.
+    serial: int
     term: bytes  # the reply terminator this command chose
+    name: str = ""  # the command (or the unknown text), for Faults.unbatched
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,6 +325,7 @@ class _Reply:
     serial: int | None  # the request it answers, None for connection-level replies
     ready_at: float  # time.monotonic() when the "scan" is done
     data: bytes
+    batched: bool = True  # False: leaves as soon as it is ready (Faults.unbatched)
 
 
 class _Waker:
@@ -477,6 +490,8 @@ class _Connection:
         self._pending: list[_Reply] = []  # not ready yet (scan_delay)
         self._ready: list[_Reply] = []  # ready, held back by the batch policy
         self._seq = 0
+        self._requests = 0  # this connection's requests, for Faults.repeat
+        self._open_scans: set[int] = set()  # scan requests read and not answered
         self._stalled = False
         self._last_input = time.monotonic()
         self._fresh_input = False  # a read brought bytes _parse() has not seen
@@ -612,7 +627,8 @@ class _Connection:
             outcome = Outcome.STOPPED  # stop() shut the socket down under us
         self._close_descriptors()
         # Recorded before the socket closes: a client that saw EOF finds it.
-        self._server.finish(self._state, outcome)
+        self._server.finish(self._state, outcome, unanswered_scans=len(self._open_scans))
+        self._open_scans.clear()
         with self._sock_lock:
             self._sock_closed = True
             # OSError: the client is gone already.
@@ -678,9 +694,15 @@ class _Connection:
     def _new_request(self, name: str, argument: str | None, term: bytes) -> _Request | None:
         """Number the request, log it, and apply drop_after; None if dropped."""
         request_id = self._next_id if self._session else None
-        serial = self._server.log_command(self._state, name, argument, request_id)
+        scan = name in _SCAN_COMMANDS or name in ("FILDES", "INSTREAM")
+        serial = self._server.log_command(self._state, name, argument, request_id, scan=scan)
         if self._session:
             self._next_id += 1
+        self._requests += 1
+        if self._faults.repeat:
+            serial = self._requests
+        if scan:
+            self._open_scans.add(serial)
         drop = self._faults.drop_after
         if drop is not None and serial == drop + 1:
             self._flush_ready()
@@ -688,7 +710,7 @@ class _Connection:
             self._ready.clear()
             self._outcome = Outcome.DROPPED
             return None
-        return _Request(request_id, serial, term)
+        return _Request(request_id, serial, term, name)
 
     def _dispatch(self, name: str | None, argument: str | None, request: _Request) -> None:
         if self._session and name not in _SESSION_COMMANDS:
@@ -806,7 +828,7 @@ class _Connection:
 
     def _reply(self, request: _Request, text: str, *, delay: bool = False) -> None:
         data = _record(request.request_id, text, request.term)
-        self._queue(request.serial, data, delay=delay)
+        self._queue(request.serial, data, delay=delay, batched=self._batched(request))
 
     def _refuse(self, request: _Request | None, text: str, term: bytes | None = None) -> None:
         """An error reply that ends the connection once pending replies are out.
@@ -818,17 +840,26 @@ class _Connection:
             request_id = self._next_id if self._session else None
             self._queue(None, _record(request_id, text, term or self._term))
         else:
-            self._queue(request.serial, _record(request.request_id, text, request.term))
+            self._queue(
+                request.serial,
+                _record(request.request_id, text, request.term),
+                batched=self._batched(request),
+            )
         self._end(Outcome.REFUSED)
+
+    def _batched(self, request: _Request) -> bool:
+        return request.name not in self._faults.unbatched
 
     def _end(self, outcome: Outcome) -> None:
         self._mode = _Mode.DONE
         self._done_outcome = outcome
 
-    def _queue(self, serial: int | None, data: bytes, *, delay: bool = False) -> None:
+    def _queue(
+        self, serial: int | None, data: bytes, *, delay: bool = False, batched: bool = True
+    ) -> None:
         ready_at = time.monotonic() + (self._faults.scan_delay if delay else 0.0)
         self._seq += 1
-        self._pending.append(_Reply(self._seq, serial, ready_at, data))
+        self._pending.append(_Reply(self._seq, serial, ready_at, data, batched))
         if serial is not None and serial == self._faults.stall_after:
             # The request is complete (a FILDES has its descriptor, an
             # INSTREAM its last chunk): send what is ready, then go silent.
@@ -853,6 +884,11 @@ class _Connection:
         """Write held replies in batches of exactly `batch` (a partial one if forced)."""
         size = self._faults.batch
         self._ready.sort(key=lambda r: r.seq)
+        for reply in [r for r in self._ready if not r.batched]:
+            self._ready.remove(reply)
+            self._write(reply)
+            if self._outcome is not None:
+                return
         while self._ready and (len(self._ready) >= size or force):
             batch = self._ready[:size]
             del self._ready[:size]
@@ -868,6 +904,11 @@ class _Connection:
     def _write(self, reply: _Reply) -> None:
         faults = self._faults
         data = reply.data
+        if reply.serial in self._open_scans:
+            # Counted as answered before the bytes leave: the client may send
+            # its next request as soon as it has read them.
+            self._open_scans.discard(reply.serial)
+            self._server.scan_answered()
         if reply.serial is not None and reply.serial == faults.garbage_at:
             data = faults.garbage
         cut = faults.close_mid_reply_after
@@ -906,6 +947,8 @@ class FakeClamd:
         self._states: list[_ConnState] = []
         self._counts: Counter[str] = Counter()
         self._serial = 0
+        self._scans_pending = 0
+        self._max_scans_pending = 0
         self._stopping = False
         self._stall_released = False
         self._stalled: set[int] = set()
@@ -1024,6 +1067,18 @@ class FakeClamd:
             return self._serial
 
     @property
+    def scans_pending(self) -> int:
+        """Scan requests (FILDES, INSTREAM, SCAN...) read and not answered, on all connections."""
+        with self._cond:
+            return self._scans_pending
+
+    @property
+    def max_scans_pending(self) -> int:
+        """The most scan requests that were ever pending at once, on all connections."""
+        with self._cond:
+            return self._max_scans_pending
+
+    @property
     def stalled(self) -> bool:
         """True while a connection sits in the stall_after fault."""
         with self._cond:
@@ -1071,6 +1126,7 @@ class FakeClamd:
         request_id: int | None = None,
         *,
         is_request: bool = True,
+        scan: bool = False,
     ) -> int:
         """Record a command record; a request gets the next request number (returned)."""
         with self._cond:
@@ -1078,6 +1134,9 @@ class FakeClamd:
             if is_request:
                 self._serial += 1
                 serial = self._serial
+            if scan:
+                self._scans_pending += 1
+                self._max_scans_pending = max(self._max_scans_pending, self._scans_pending)
             state.commands.append(Received(name, argument, request_id, serial))
             self._counts[name] += 1
             self._cond.notify_all()
@@ -1100,8 +1159,14 @@ class FakeClamd:
                 self._stalled.discard(state.number)
             self._cond.notify_all()
 
-    def finish(self, state: _ConnState, outcome: Outcome) -> None:
+    def scan_answered(self) -> None:
         with self._cond:
+            self._scans_pending -= 1
+            self._cond.notify_all()
+
+    def finish(self, state: _ConnState, outcome: Outcome, *, unanswered_scans: int = 0) -> None:
+        with self._cond:
+            self._scans_pending -= unanswered_scans
             state.outcome = outcome
             self._stalled.discard(state.number)
             self._cond.notify_all()

@@ -672,6 +672,41 @@ def test_fault_numbers_count_across_connections() -> None:
         assert exchange(fake.unix_address, [PING]) == b"PONG\0"
 
 
+def test_repeat_fires_the_fault_on_every_connection() -> None:
+    with FakeClamd(Faults(drop_after=1, repeat=True)) as fake:
+        for _ in range(3):
+            assert exchange(fake.unix_address, [IDSESSION, PING, PING, PING]) == b"1: PONG\0"
+        assert [c.outcome for c in fake.connections()] == [Outcome.DROPPED] * 3
+        # the log keeps the FakeClamd-wide numbers
+        assert [c.serial for c in fake.connections()[2].commands] == [None, 5, 6]
+
+
+def test_unbatched_replies_skip_the_batch() -> None:
+    faults = Faults(order=ReplyOrder.REVERSED, batch=3, unbatched=frozenset({"VERSION"}))
+    with (
+        FakeClamd(faults) as fake,
+        session(fake, b"zVERSION\0", PING, PING, b"zVERSION\0") as client,
+    ):
+        assert client.read_records(2) == [b"1: ClamAV 1.4.6\0", b"4: ClamAV 1.4.6\0"]
+        assert client.quiet_for(QUIET_SECONDS)  # the two PONGs wait for a third
+        assert client.send(PING)
+        assert ids(client.read_records(3)) == [5, 3, 2]
+
+
+def test_scans_pending_counts_what_is_read_and_not_answered(files: Files) -> None:
+    with FakeClamd(Faults(scan_delay=0.3)) as fake:
+        with session(fake, fildes(files.eicar), fildes(files.clean), PING) as client:
+            assert client.read_records(1) == [b"3: PONG\0"]
+            assert fake.scans_pending == 2
+            client.read_records(2)
+            fake.wait_until(lambda: fake.scans_pending == 0, DEADLINE)
+        with session(fake, fildes(files.clean)):
+            fake.wait_until(lambda: fake.scans_pending == 1, DEADLINE)
+        # the client hung up before the reply: no longer pending
+        fake.wait_until(lambda: fake.scans_pending == 0, DEADLINE)
+        assert fake.max_scans_pending == 2
+
+
 @pytest.mark.parametrize("term", [b"\0", b"\n"])
 def test_command_unavailable_outside_a_session(term: bytes) -> None:
     prefix = b"z" if term == b"\0" else b"n"

@@ -210,13 +210,15 @@ class Engine:
             return self._stopping
 
     def _drain_wake(self) -> None:
-        with self._lock:
-            self._wake_pending = False
-        try:
+        # Drain first, then clear the flag: a submit() between the two then
+        # finds the flag still set and its job is taken by the next
+        # _take_inbox anyway; cleared first, its wake byte could be drained
+        # here and every later submit would skip waking the loop.
+        with contextlib.suppress(BlockingIOError):
             while self._wake_r.recv(4096):
                 pass
-        except BlockingIOError:
-            pass
+        with self._lock:
+            self._wake_pending = False
 
     # -- sessions ---------------------------------------------------------------------
 
@@ -253,7 +255,6 @@ class Engine:
             log.warning("clamd is back at %s after %.1f s", self.address, now - self._down_since)
         self._down_since = None
         self._gave_up = False
-        self._backoff = self.settings.backoff_initial
         self.stats.sessions_opened += 1
         with self._lock:
             first = self._capabilities is None
@@ -290,6 +291,11 @@ class Engine:
         if not was_ready and not lost:
             self._connect_failed(now, reason)
         elif lost:
+            # lost with work in flight: reconnect after a growing pause until a
+            # verdict shows clamd works, so a clamd that fails every connection
+            # does not burn every request's attempts in a tight loop
+            self._next_connect = now + self._backoff * random.uniform(0.8, 1.2)
+            self._backoff = min(self._backoff * 2, self.settings.backoff_max)
             self.stats.sessions_lost += 1
             self.stats.requests_resent += len(lost)
             log.warning(
@@ -398,23 +404,45 @@ class Engine:
     def _service(self, session: Session, mask: int, now: float) -> None:
         try:
             if mask & selectors.EVENT_READ:
-                for event in session.on_readable():
-                    self._handle(session, event, now)
-                    if session.state is SessionState.CLOSED:
-                        return
+                self._read(session, now)
             if mask & selectors.EVENT_WRITE and session.state is not SessionState.CLOSED:
-                connecting = session.state is SessionState.CONNECTING
-                session.on_writable(now)
-                if connecting and session.state is SessionState.READY:
-                    self._session_ready(session, now)
-                if session.state is SessionState.READY and self._queue:
-                    self._dispatch(now)
-                    session.on_writable(now)
+                self._write(session, now)
         except ClamdConnectionError as exc:
-            self._session_lost(session, str(exc), now)
+            self._read_remaining(session, now)
+            if session.state is not SessionState.CLOSED:
+                self._session_lost(session, str(exc), now)
         except (RemoteProtocolError, LocalProtocolError) as exc:
             log.warning("%s: clamd protocol error: %s", session.name, exc)
             self._session_lost(session, f"protocol error: {exc}", now)
+
+    def _read(self, session: Session, now: float) -> bool:
+        """Handle what one read brings; False when there was nothing to read."""
+        events = session.on_readable()
+        for event in events:
+            self._handle(session, event, now)
+            if session.state is SessionState.CLOSED:
+                return True
+        if session.failure is not None:
+            raise session.failure
+        return bool(events)
+
+    def _write(self, session: Session, now: float) -> None:
+        connecting = session.state is SessionState.CONNECTING
+        session.on_writable(now)
+        if connecting and session.state is SessionState.READY:
+            self._session_ready(session, now)
+        if session.state is SessionState.READY and self._queue:
+            self._dispatch(now)
+            session.on_writable(now)
+
+    def _read_remaining(self, session: Session, now: float) -> None:
+        """A write failed: clamd may have answered and closed (StreamMaxLength).
+
+        Take the replies already in the socket before calling the rest lost.
+        """
+        with contextlib.suppress(ClamdConnectionError, RemoteProtocolError, LocalProtocolError):
+            while session.state is not SessionState.CLOSED and self._read(session, now):
+                pass
 
     def _handle(self, session: Session, event: Event, now: float) -> None:
         if session.handle_handshake(event):
@@ -434,6 +462,7 @@ class Engine:
             if entry is None:
                 raise RemoteProtocolError(f"reply for request {event.request_id} not in flight")
             verdict = entry.local_verdict or event.verdict
+            self._backoff = self.settings.backoff_initial  # clamd works: reconnect at once
             version = session.capabilities.version if session.capabilities else None
             self._deliver(entry.job, verdict, entry.transport, version)
             if not session.in_flight and session.state is SessionState.DRAINING:

@@ -112,6 +112,7 @@ class Session:
         self.requests = 0
         self.end_reason = ""
         self.refused = ""  # why clamd refused a handshake command, if it did
+        self.failure: RemoteProtocolError | None = None  # garbage seen after good replies
         self._out: list[_OutItem] = []
         self._stream: _Stream | None = None
         self._handshake: set[int] = set()
@@ -251,7 +252,12 @@ class Session:
     # -- reading ----------------------------------------------------------------
 
     def on_readable(self) -> list[Event]:
-        """Read and parse what clamd sent. Raises ClamdConnectionError or RemoteProtocolError."""
+        """Read and parse what clamd sent.
+
+        Raises ClamdConnectionError when the socket fails. A protocol error
+        after good replies in the same read is kept in ``failure`` so that
+        those replies still count; the engine then drops the session.
+        """
         try:
             data = self.sock.recv(_RECV_SIZE)
         except (BlockingIOError, InterruptedError):
@@ -261,7 +267,11 @@ class Session:
         self.proto.receive_data(data)
         events: list[Event] = []
         while True:
-            event = self.proto.next_event()
+            try:
+                event = self.proto.next_event()
+            except RemoteProtocolError as exc:
+                self.failure = exc
+                return events
             if isinstance(event, NeedData):
                 return events
             events.append(event)
@@ -296,6 +306,17 @@ class Session:
         return True
 
     def take(self, event: ScanReply) -> InFlight | None:
+        """The request a scan reply answers.
+
+        clamd may answer an INSTREAM before its body is all sent (StreamMaxLength
+        passed: it replies, then closes). The rest of the body must not be
+        sent, and the session is of no further use.
+        """
+        if self._stream is not None and self._stream.request_id == event.request_id:
+            self._stream = None
+            self._out.clear()
+            self.state = SessionState.DRAINING
+            self.end_reason = "clamd answered a stream before its end"
         return self.in_flight.pop(event.request_id, None)
 
     def close(self) -> list[InFlight]:
