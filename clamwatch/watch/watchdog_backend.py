@@ -35,8 +35,8 @@ from watchdog.events import (
     FileSystemEvent,
     FileSystemEventHandler,
 )
-from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
+from watchdog.observers.inotify import InotifyObserver
 
 from clamwatch.dispatch import Dispatcher, Mode, Rescan, Work
 from clamwatch.events import EventKind, emit
@@ -142,7 +142,9 @@ class TreeWatcher:
     ) -> None:
         self.dispatcher = dispatcher
         self.on_armed = on_armed  # (watch, first time) -> walk it as needed
-        self._observer: BaseObserver = Observer()
+        # full events: a file moved in from outside the tree is a move with no
+        # source, not a "created" that would wait for settle_time
+        self._observer: BaseObserver = InotifyObserver(generate_full_events=True)
         self._roots = [_Root(rules, _Handler(rules, dispatcher)) for rules in filters]
         self._overflow = OverflowDetector(self._overflowed)
         self._stop = threading.Event()

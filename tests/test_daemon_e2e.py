@@ -1,0 +1,307 @@
+"""`clamwatch run` end to end: real inotify on real files, the real clamd."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from clamwatch.privateclamd import PrivateClamd
+from clamwatch.testsig import EICAR_SIGNATURE
+from daemonproc import DaemonProcess, write_config
+from helpers import ClamdFactory
+
+StartDaemon = Callable[..., DaemonProcess]
+
+
+@pytest.fixture
+def watched(tmp_path: Path) -> Path:
+    root = tmp_path / "uploads"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def start_daemon(tmp_path: Path, clamd: PrivateClamd, watched: Path) -> Iterator[StartDaemon]:
+    """Start `clamwatch run` on ``watched``; stopped (SIGTERM) at the end of the test."""
+    started: list[DaemonProcess] = []
+
+    def start(
+        *,
+        address: str | None = None,
+        watches: list[Path] | None = None,
+        wait_ready: bool = True,
+        **daemon: Any,
+    ) -> DaemonProcess:
+        daemon.setdefault("settle_time", "500ms")
+        watch_list = watches or [watched]
+        config = write_config(
+            tmp_path / f"clamwatch-{len(started)}.toml",
+            address=address or clamd.unix_address,
+            watches=watch_list,
+            state_directory=tmp_path / "state",
+            daemon=daemon,
+        )
+        proc = DaemonProcess(config)
+        started.append(proc)
+        if wait_ready:
+            proc.wait_event("ready", timeout=30)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+def only_once(daemon: DaemonProcess, paths: list[Path]) -> dict[str, dict[str, Any]]:
+    """Every path has exactly one verdict; returns them by path."""
+    verdicts = daemon.verdicts()
+    twice = {p: [e["reason"] for e in v] for p, v in verdicts.items() if len(v) > 1}
+    assert not twice, (
+        f"{len(twice)} files got more than one verdict, e.g. {list(twice.items())[:3]}"
+    )
+    return {str(p): verdicts[str(p)][0] for p in paths}
+
+
+def test_eicar_written_into_a_watched_tree_is_reported(
+    start_daemon: StartDaemon, watched: Path, eicar: bytes
+) -> None:
+    daemon = start_daemon()
+    bad, good = watched / "bad.com", watched / "good.txt"
+    bad.write_bytes(eicar)
+    good.write_text("hello")
+    daemon.wait_verdicts([bad, good], timeout=30)
+    found = only_once(daemon, [bad, good])
+    assert found[str(bad)]["event"] == "detection"
+    assert found[str(bad)]["signature"] == EICAR_SIGNATURE
+    assert found[str(bad)]["reason"] == "closed after write"
+    assert found[str(bad)]["transport"] == "fildes"
+    assert 0 <= found[str(bad)]["latency_ms"] < 5000
+    assert found[str(good)]["event"] == "clean"
+
+
+def test_cp_r_of_a_tree(
+    start_daemon: StartDaemon, watched: Path, tmp_path: Path, eicar: bytes
+) -> None:
+    daemon = start_daemon()
+    source = tmp_path / "source"
+    files = []
+    for number in range(60):
+        path = source / f"d{number % 6}" / f"sub{number % 2}" / f"f{number}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(eicar if number % 10 == 0 else b"clean %d" % number)
+        files.append(path)
+    subprocess.run(["cp", "-r", str(source), str(watched / "copy")], check=True)
+    copies = [watched / "copy" / p.relative_to(source) for p in files]
+    daemon.wait_verdicts(copies, timeout=60)
+    found = only_once(daemon, copies)
+    infected = {p for p, e in found.items() if e["event"] == "detection"}
+    assert infected == {str(watched / "copy" / p.relative_to(source)) for p in files[::10]}
+
+
+def test_mv_from_outside_and_rsync_style_rename(
+    start_daemon: StartDaemon, watched: Path, tmp_path: Path, eicar: bytes
+) -> None:
+    daemon = start_daemon()
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(eicar)
+    moved = watched / "moved.bin"
+    os.rename(outside, moved)
+    # rsync: write a hidden temporary name, then rename it to the final name
+    temporary = watched / ".final.txt.Xa9c2Q"
+    temporary.write_bytes(eicar)
+    final = watched / "final.txt"
+    os.rename(temporary, final)
+    daemon.wait_verdicts([moved, final], timeout=30)
+    verdicts = daemon.verdicts()
+    assert verdicts[str(moved)][0]["reason"] == "moved in"
+    assert verdicts[str(moved)][0]["event"] == "detection"
+    assert [e["event"] for e in verdicts[str(final)]] == ["detection"]
+
+
+def test_200_new_directories_with_3_files_each(start_daemon: StartDaemon, watched: Path) -> None:
+    """Writes land in a new directory before its watch exists: the walk finds them."""
+    daemon = start_daemon()
+    paths: list[Path] = []
+
+    def writer(first: int) -> None:
+        for number in range(first, 200, 4):
+            directory = watched / f"dir{number:03}"
+            directory.mkdir()
+            for name in ("a", "b", "c"):
+                (directory / name).write_bytes(b"file %d %s" % (number, name.encode()))
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    paths = [watched / f"dir{n:03}" / name for n in range(200) for name in "abc"]
+    daemon.wait_verdicts(paths, timeout=90)
+    found = only_once(daemon, paths)
+    assert {e["event"] for e in found.values()} == {"clean"}
+
+
+def test_overflow_while_stopped_every_file_still_gets_a_verdict(
+    start_daemon: StartDaemon, watched: Path
+) -> None:
+    """SIGSTOP the daemon while 20,000 files are written: the kernel queue overflows.
+
+    The files go into directories that are already watched (a probe file in
+    each got its verdict), so each write queues kernel events: three per
+    file, far over the default fs.inotify.max_queued_events of 16,384.
+    """
+    daemon = start_daemon()
+    directories = [watched / f"batch{n:02}" for n in range(20)]
+    probes = []
+    for directory in directories:
+        directory.mkdir()
+        (directory / "probe").write_bytes(b"probe")
+        probes.append(directory / "probe")
+    daemon.wait_verdicts(probes, timeout=60)
+    daemon.signal(signal.SIGSTOP)
+    paths = []
+    try:
+        for number in range(20_000):
+            path = directories[number // 1000] / f"f{number:05}"
+            path.write_bytes(b"%d" % number)
+            paths.append(path)
+    finally:
+        daemon.signal(signal.SIGCONT)
+    daemon.wait_verdicts(paths, timeout=300)
+    assert any(e["event"] == "overflow-rescan" for e in daemon.events)
+    verdicts = daemon.verdicts()
+    assert all(verdicts[str(p)][0]["event"] == "clean" for p in paths)
+    duplicates = sum(len(verdicts[str(p)]) - 1 for p in paths)
+    assert duplicates == 0, f"{duplicates} duplicate verdicts"
+
+
+def test_clamd_stopped_for_10_s_mid_burst(
+    clamd_factory: ClamdFactory,
+    start_daemon: StartDaemon,
+    watched: Path,
+    eicar: bytes,
+) -> None:
+    server = clamd_factory(max_threads=2)
+    daemon = start_daemon(address=server.unix_address)
+    paths = [watched / f"f{n:04}" for n in range(600)]
+    for number, path in enumerate(paths[:200]):
+        path.write_bytes(eicar if number % 7 == 0 else b"clean %d" % number)
+    daemon.wait_verdicts(paths[:50], timeout=60)
+    server.kill()
+    for number, path in enumerate(paths[200:], 200):
+        path.write_bytes(eicar if number % 7 == 0 else b"clean %d" % number)
+    # clamd down for 10 s is the condition under test, not a wait for an event
+    time.sleep(10)
+    server.restart()
+    daemon.wait_verdicts(paths, timeout=120)
+    found = only_once(daemon, paths)
+    for number, path in enumerate(paths):
+        assert found[str(path)]["event"] == ("detection" if number % 7 == 0 else "clean"), path
+
+
+def test_sigterm_mid_burst_then_restart_misses_nothing(
+    start_daemon: StartDaemon, watched: Path, eicar: bytes
+) -> None:
+    daemon = start_daemon()
+    paths = [watched / f"f{n:05}" for n in range(3000)]
+    for number, path in enumerate(paths):
+        path.write_bytes(eicar if number % 100 == 0 else b"clean %d" % number)
+    daemon.wait_until(
+        lambda events: sum(e["event"] in ("clean", "detection") for e in events) >= 200,
+        60,
+        "200 verdicts",
+    )
+    assert daemon.stop() == 0
+    stopped = [e for e in daemon.events if e["event"] == "stopped"]
+    assert len(stopped) == 1
+    first_run = daemon.verdicts()
+    # written while clamwatch is not running: the next start must find it
+    late = watched / "written-while-stopped"
+    late.write_bytes(eicar)
+    again = start_daemon()
+    again.wait_until(
+        lambda events: (
+            {str(p) for p in [*paths, late]}
+            <= set(first_run)
+            | {e.get("path") for e in events if e["event"] in ("clean", "detection")}
+        ),
+        120,
+        "every file scanned across both runs",
+    )
+    second_run = again.verdicts()
+    assert second_run[str(late)][0]["event"] == "detection"
+    infected = {
+        p
+        for run in (first_run, second_run)
+        for p, evs in run.items()
+        if evs[0]["event"] == "detection"
+    }
+    assert infected == {str(p) for p in paths[::100]} | {str(late)}
+
+
+def test_watch_root_created_late_and_recreated(
+    start_daemon: StartDaemon, tmp_path: Path, eicar: bytes
+) -> None:
+    root = tmp_path / "later"
+    daemon = start_daemon(watches=[root])
+    waiting = daemon.wait_event("watch-waiting")
+    assert "does not exist yet" in waiting["message"]
+    root.mkdir()
+    daemon.wait_until(
+        lambda evs: any(e["event"] == "watch-armed" for e in evs), 15, "the root to be armed"
+    )
+    first = root / "one"
+    first.write_bytes(eicar)
+    daemon.wait_verdicts([first], timeout=30)
+    shutil.rmtree(root)
+    daemon.wait_until(
+        lambda evs: any("was removed" in e["message"] for e in evs), 15, "the root removal"
+    )
+    root.mkdir()
+    daemon.wait_until(
+        lambda evs: sum(e["event"] == "watch-armed" for e in evs) >= 2, 15, "re-arming"
+    )
+    second = root / "two"
+    second.write_bytes(eicar)
+    daemon.wait_verdicts([second], timeout=30)
+
+
+def test_files_wait_for_a_late_clamd(
+    clamd_factory: ClamdFactory, start_daemon: StartDaemon, watched: Path, eicar: bytes
+) -> None:
+    server = clamd_factory()
+    server.stop()
+    daemon = start_daemon(address=server.unix_address)
+    bad = watched / "bad"
+    bad.write_bytes(eicar)
+    daemon.wait_until(
+        lambda evs: any("unreachable" in e["message"] for e in evs), 30, "clamd unreachable"
+    )
+    assert not daemon.verdicts()  # waiting, not reported
+    server.restart()
+    daemon.wait_verdicts([bad], timeout=60)
+    assert daemon.verdicts()[str(bad)][0]["event"] == "detection"
+
+
+def test_bad_config_is_refused_naming_file_and_key(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text('[daemon]\nmax_pendnig = 10\n[[watch]]\npath = "/srv"\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "clamwatch", "run", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert f"{config}: [daemon] unknown key 'max_pendnig'" in result.stderr
