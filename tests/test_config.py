@@ -1,0 +1,100 @@
+"""The configuration: the shipped file, and errors that name the file and the key."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from clamwatch import config
+from clamwatch.clamd.job import TransportChoice
+from clamwatch.config import ConfigError, load_config, parse_config
+
+SHIPPED = Path(__file__).parent.parent / "etc" / "clamwatch" / "clamwatch.toml"
+
+
+def uncommented_defaults(text: str) -> str:
+    """The shipped file with every ``#key = value`` line made live."""
+    lines = []
+    for line in text.splitlines():
+        match = re.match(r"^#(\[\[watch\]\]|\w+ = .*)$", line)
+        lines.append(match.group(1) if match else line)
+    return "\n".join(lines)
+
+
+def test_shipped_config_loads_and_has_no_watch(tmp_path: Path) -> None:
+    loaded = load_config(SHIPPED)
+    assert loaded.watches == ()
+    assert loaded.clamd == config.ClamdSettings()
+    assert loaded.daemon == config.DaemonSettings()
+
+
+def test_shipped_config_documents_every_key_with_its_default(tmp_path: Path) -> None:
+    text = uncommented_defaults(SHIPPED.read_text())
+    data = tomllib.loads(text)
+    for section, keys in (
+        ("clamd", config._CLAMD_KEYS),
+        ("daemon", config._DAEMON_KEYS),
+    ):
+        assert set(data[section]) == set(keys), section
+    assert set(data["watch"][0]) == set(config._WATCH_KEYS)
+    parsed = parse_config(SHIPPED, data)
+    # the documented values are the defaults
+    assert parsed.clamd == config.ClamdSettings()
+    assert parsed.daemon == config.DaemonSettings()
+    watch = parsed.watches[0]
+    assert watch == config.WatchConfig(path=Path("/srv/uploads"), name="/srv/uploads")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[clamd]\nadress = 'x'\n", "[clamd] unknown key 'adress'"),
+        ("[clamd]\ntransport = 'pigeon'\n", "transport = 'pigeon': expected one of auto"),
+        ("[clamd]\nsessions = 0\n", "sessions = 0: expected a whole number of 1 or more"),
+        ("[daemon]\nsettle_time = 'soon'\n", "settle_time = 'soon': 'soon' is not a duration"),
+        ("[daemon]\nmax_pending = '10'\n", "max_pending = '10': expected a whole number"),
+        ("[daemon]\nstate_directory = 'var/lib'\n", "expected an absolute path"),
+        ("[[watch]]\nname = 'x'\n", "[watch #1] has no path"),
+        ("[[watch]]\npath = '/srv'\nexclude = '*.part'\n", "expected a list of strings"),
+        ("[[watch]]\npath = '/srv'\nexclude_regex = ['(']\n", "is not a regular expression"),
+        ("[[watch]]\npath = '/srv'\nmax_size = '10 apples'\n", "is not a size"),
+        ("[[watch]]\npath = '/srv'\nskip_uids = ['www-data']\n", "a list of numeric uids"),
+        ("[[watch]]\npath = '/srv'\n[[watch]]\npath = '/srv/a'\n", "lies inside watch '/srv'"),
+        ("[[watch]]\npath = '/srv'\n[[watch]]\npath = '/srv'\n", "'/srv' is watched twice"),
+        ("[watch]\npath = '/srv'\n", "an array of tables"),
+        ("[daemons]\n", "unknown section 'daemons'"),
+        ("[clamd\n", "not valid TOML"),
+    ],
+)
+def test_bad_config_names_file_key_and_problem(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "clamwatch.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value).startswith(f"{path}: ")
+    assert message in str(info.value)
+
+
+def test_values_the_human_way(tmp_path: Path) -> None:
+    path = tmp_path / "clamwatch.toml"
+    path.write_text(
+        "[clamd]\ntransport = 'instream'\nrequest_timeout = '2m'\nmax_stream_size = '25M'\n"
+        "[daemon]\nsettle_time = 1.5\n"
+        "[[watch]]\npath = '/srv/up'\nexclude = ['*.part']\nmin_size = '1K'\nskip_uids = [33]\n"
+    )
+    loaded = load_config(path)
+    assert loaded.clamd.transport is TransportChoice.INSTREAM
+    assert loaded.clamd.request_timeout == 120.0
+    assert loaded.clamd.max_stream_size == 25 << 20
+    assert loaded.daemon.settle_time == 1.5
+    (watch,) = loaded.watches
+    assert (watch.exclude, watch.min_size, watch.skip_uids) == (("*.part",), 1024, {33})
+    assert watch.name == "/srv/up"
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"missing\.toml: No such file or directory"):
+        load_config(tmp_path / "missing.toml")
