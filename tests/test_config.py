@@ -91,7 +91,7 @@ def test_values_the_human_way(tmp_path: Path) -> None:
     assert loaded.clamd.max_stream_size == 25 << 20
     assert loaded.daemon.settle_time == 1.5
     (watch,) = loaded.watches
-    assert (watch.exclude, watch.min_size, watch.skip_uids) == (("*.part",), 1024, {33})
+    assert (watch.exclude, watch.min_size, watch.skip_uids) == (("*.part",), 1024, frozenset({33}))
     assert watch.name == "/srv/up"
 
 
