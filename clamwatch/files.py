@@ -90,12 +90,16 @@ def os_error_verdict(exc: OSError, what: str) -> Verdict:
     return ScanError(f"{what} failed: {os.strerror(exc.errno or 0) if exc.errno else exc}")
 
 
-def open_for_scan(path: str) -> OpenedFile | Verdict:
-    """Open ``path`` for scanning, or say why it will not be scanned."""
-    try:
-        before = os.lstat(path)
-    except OSError as exc:
-        return os_error_verdict(exc, "lstat")
+def open_for_scan(path: str, before: os.stat_result | None = None) -> OpenedFile | Verdict:
+    """Open ``path`` for scanning, or say why it will not be scanned.
+
+    ``before`` is the path's lstat result when the caller has one already.
+    """
+    if before is None:
+        try:
+            before = os.lstat(path)
+        except OSError as exc:
+            return os_error_verdict(exc, "lstat")
     refused = classify(before.st_mode)
     if refused is not None:
         return refused

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from clamwatch.clamd.engine import Engine
 from clamwatch.clamd.job import ScanJob, ScanOutcome
 from clamwatch.dispatch import Dispatcher, Work
-from clamwatch.files import OpenedFile, open_for_scan
+from clamwatch.files import FileIdentity, OpenedFile, open_for_scan
 from clamwatch.verdict import NotScanned, NotScannedReason, ScanError, Verdict
 from clamwatch.watch.filters import WatchFilter
 
@@ -55,6 +55,11 @@ class SeenVersions:
     @staticmethod
     def key(path: str, st: os.stat_result) -> int:
         return hash((path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+
+    @staticmethod
+    def key_of(path: str, identity: FileIdentity) -> int:
+        """The same key, from the identity the scanned descriptor had."""
+        return hash((path, identity.dev, identity.ino, identity.size, identity.mtime_ns))
 
     def add(self, key: int) -> None:
         with self._lock:
@@ -135,8 +140,6 @@ class Pipeline:
     def _conclude(
         self, work: Work, verdict: Verdict, outcome: ScanOutcome | None, job: ScanJob | None
     ) -> None:
-        if isinstance(verdict, ScanError) and outcome is not None and outcome.transport is None:
-            pass  # decided without clamd (clamd unreachable): retried below like a loss
         if (
             isinstance(verdict, ScanError)
             and outcome is not None
@@ -150,9 +153,7 @@ class Pipeline:
             return
         if job is not None and not isinstance(verdict, ScanError):
             identity = job.file.identity
-            self.seen.add(
-                hash((work.path, identity.dev, identity.ino, identity.size, identity.mtime_ns))
-            )
+            self.seen.add(SeenVersions.key_of(work.path, identity))
         self.report(Result(work, verdict, outcome, time.monotonic() - work.since))
         self.dispatcher.done(work.path)
 
@@ -184,7 +185,7 @@ class Pipeline:
             )
             self._conclude(work, verdict, None, None)
             return
-        opened = open_for_scan(work.path)
+        opened = open_for_scan(work.path, st)
         if not isinstance(opened, OpenedFile):
             if isinstance(opened, NotScanned) and opened.reason is NotScannedReason.VANISHED:
                 log.debug("%s vanished before it could be scanned", work.path)
