@@ -117,6 +117,17 @@ def _strings(value: object) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _globs(value: object) -> tuple[str, ...]:
+    globs = _strings(value)
+    for glob in globs:
+        if glob.startswith("/") or glob.endswith("/") or not glob:
+            raise ValueError(
+                f"{glob!r} can never match: globs match a file name (*.part) or a path below"
+                " the watch root (cache/*), with no leading or trailing slash"
+            )
+    return globs
+
+
 def _regexes(value: object) -> tuple[re.Pattern[str], ...]:
     patterns = []
     for text in _strings(value):
@@ -170,7 +181,7 @@ _DAEMON_KEYS: dict[str, Callable[[object], Any]] = {
 _WATCH_KEYS: dict[str, Callable[[object], Any]] = {
     "path": _absolute_path,
     "name": _string,
-    "exclude": _strings,
+    "exclude": _globs,
     "exclude_regex": _regexes,
     "min_size": _size,
     "max_size": _optional(_size),

@@ -3,8 +3,9 @@
 Producers (the watcher's thread, the tree walker) say a path *may* have new
 content; the scanning pipeline takes work out. In between:
 
-- one entry per path: a newer event for a path that waits replaces the older
-  one (keeping the older one's time, so latency counts from the first event);
+- one entry per path: a newer event for a path that waits is merged into the
+  older one, which keeps its time (latency counts from the first event that
+  made the file due: its close, or the end of its settling);
 - a path whose scan is in flight is marked dirty and scanned again after, so
   a file modified during its scan still gets a verdict for its last version;
 - files seen only as "created" settle until their size and mtime stop
@@ -155,12 +156,15 @@ class Dispatcher:
             # collapse everything of this watch into one walk of its root
             for key in [k for k, r in self._rescans.items() if r.watch == request.watch]:
                 del self._rescans[key]
-            request = replace(request, directory=request.watch, reason="too many rescans")
+            if request.directory != request.watch:
+                request = replace(request, directory=request.watch, reason="too many rescans")
         self._rescans[request.directory] = request
 
     def retry_later(self, work: Work, delay: float) -> None:
         with self.cond:
             self._in_flight.pop(work.path, None)
+            if self._dirty.pop(work.path, True) is False:
+                work.if_changed = False  # changed during the failed scan: the retry covers it
             self._delayed.append((self.clock() + delay, work))
             self.cond.notify_all()
 
@@ -194,7 +198,11 @@ class Dispatcher:
         ready = [w for t, w in self._delayed if t <= now]
         self._delayed = [(t, w) for t, w in self._delayed if t > now]
         for work in ready:
-            self._pending.setdefault(work.path, work)
+            if work.path in self._in_flight:
+                # scanned again meanwhile: look again after that scan instead
+                self._mark_dirty(work.path, work.if_changed)
+            else:
+                self._pending.setdefault(work.path, work)
 
     def done(self, path: str) -> None:
         """The scan of ``path`` ended; scan again if it changed meanwhile."""
@@ -230,6 +238,8 @@ class Dispatcher:
         with self.cond:
             for path in gone:
                 self._settling.pop(path, None)
+            if gone:
+                self.cond.notify_all()  # room for the walker
             for work in promote:
                 if self._settling.get(work.path) is not None:
                     self._due(replace(work, reason=f"{work.reason}, settled"))

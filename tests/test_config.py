@@ -98,3 +98,11 @@ def test_values_the_human_way(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"missing\.toml: No such file or directory"):
         load_config(tmp_path / "missing.toml")
+
+
+@pytest.mark.parametrize("glob", ["/cache/*", "cache/", ""])
+def test_globs_that_can_never_match_are_refused(tmp_path: Path, glob: str) -> None:
+    path = tmp_path / "clamwatch.toml"
+    path.write_text(f"[[watch]]\npath = '/srv'\nexclude = ['{glob}']\n")
+    with pytest.raises(ConfigError, match="can never match"):
+        load_config(path)

@@ -27,15 +27,18 @@ class WatchFilter:
         slash matches the path below the watch root (``cache/*``). Regular
         expressions are searched in the whole path.
         """
-        for own in self.own:
-            if path == own or path.startswith(own.rstrip("/") + "/"):
-                return True
+        if self.own_folder(path):
+            return True
         name = os.path.basename(path)
         relative = os.path.relpath(path, self.root)
         for pattern in self.watch.exclude:
             if fnmatch.fnmatchcase(relative if "/" in pattern else name, pattern):
                 return True
         return any(regex.search(path) for regex in self.watch.exclude_regex)
+
+    def own_folder(self, path: str) -> bool:
+        """``path`` is one of clamwatch's own folders or below one."""
+        return any(path == own or path.startswith(own.rstrip("/") + "/") for own in self.own)
 
     def skipped_by_stat(self, st: os.stat_result) -> str | None:
         """Why a file is skipped silently (owner or minimum size), or None."""

@@ -74,13 +74,16 @@ class Walker:
                 if self._stop.is_set():
                     return False
                 path = entry.path
-                if rules.excluded(path):
-                    continue
                 try:
                     if entry.is_dir(follow_symlinks=False):
-                        stack.append(path)
+                        # globs and regexes judge files, as for events; only
+                        # our own folders are pruned whole
+                        if not rules.own_folder(path):
+                            stack.append(path)
                         continue
                 except OSError:
+                    continue
+                if rules.excluded(path):
                     continue
                 if not self.dispatcher.wait_for_room():
                     return False
