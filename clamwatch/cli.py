@@ -190,15 +190,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo",
-        help="run a private clamd and scan a generated demo folder",
-        description="Start a private clamd with the bundled test signature, write a demo upload"
-        " folder (clean files and one EICAR test file) and scan it, then stop clamd.",
+        help="run the daemon with a private clamd on a demo upload folder",
+        description="Start a private clamd with the bundled test signature and run the"
+        " clamwatch daemon on a demo upload folder. Once it is watching, demo uploads"
+        " arrive (clean files and one EICAR test file) and their verdicts are logged;"
+        " drop more files in yourself. Ctrl-C stops the daemon, then clamd.",
     )
     demo.add_argument(
         "--workdir",
         type=Path,
         default=Path("/tmp/clamwatch-demo"),
-        help="where the private clamd and the demo folder live (default: /tmp/clamwatch-demo)",
+        help="where the private clamd, the state and the demo uploads live"
+        " (default: /tmp/clamwatch-demo)",
+    )
+    demo.add_argument(
+        "--for",
+        dest="duration",
+        type=_duration,
+        metavar="DURATION",
+        help="stop after this long (default: run until Ctrl-C)",
     )
     return parser
 
@@ -225,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if args.command == "run":
         return run_daemon(args.config, args.log_format)
-    return run_demo(args.workdir)
+    return run_demo(args.workdir, args.duration)
 
 
 def run_daemon(config_path: Path, log_format: str | None) -> int:

@@ -57,7 +57,6 @@ class DaemonSettings:
     startup_scan: str = "changed"  # changed | all | none
     stop_timeout: float = 20.0
     log_format: str = "text"  # text | json
-    backend: str = "watchdog"  # watchdog | pyinotify
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +174,6 @@ _DAEMON_KEYS: dict[str, Callable[[object], Any]] = {
     "startup_scan": _choice("changed", "all", "none"),
     "stop_timeout": _duration,
     "log_format": _choice("text", "json"),
-    "backend": _choice("watchdog", "pyinotify"),
 }
 
 _WATCH_KEYS: dict[str, Callable[[object], Any]] = {

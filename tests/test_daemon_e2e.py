@@ -305,3 +305,97 @@ def test_bad_config_is_refused_naming_file_and_key(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert f"{config}: [daemon] unknown key 'max_pendnig'" in result.stderr
+
+
+@pytest.mark.parametrize("mode", ["all", "none", "changed"])
+def test_startup_scan_modes(
+    start_daemon: StartDaemon, watched: Path, eicar: bytes, mode: str
+) -> None:
+    """Files already there at the first start: scanned with all and changed, not with none."""
+    before = watched / "already-there"
+    before.write_bytes(eicar)
+    daemon = start_daemon(startup_scan=mode)
+    after = watched / "written-after-start"
+    after.write_bytes(eicar)
+    daemon.wait_verdicts([after], timeout=30)
+    if mode == "none":
+        daemon.stop()
+        assert str(before) not in daemon.verdicts()
+    else:
+        daemon.wait_verdicts([before], timeout=30)
+        assert daemon.verdicts()[str(before)][0]["event"] == "detection"
+
+
+def test_exclusions_sizes_and_uids(
+    start_daemon: StartDaemon, tmp_path: Path, watched: Path, clamd: PrivateClamd, eicar: bytes
+) -> None:
+    config = tmp_path / "rules.toml"
+    config.write_text(
+        f'[clamd]\naddress = "{clamd.unix_address}"\n'
+        f'[daemon]\nstate_directory = "{tmp_path / "state"}"\nsettle_time = "500ms"\n'
+        f'[[watch]]\npath = "{watched}"\nexclude = ["*.part", "cache/*"]\n'
+        f'exclude_regex = ["/private/"]\nmin_size = 10\nmax_size = "1K"\nskip_uids = [4242]\n'
+    )
+    daemon = DaemonProcess(config)
+    try:
+        daemon.wait_event("ready")
+        (watched / "cache").mkdir()
+        (watched / "private").mkdir()
+        skipped = [
+            watched / "upload.part",
+            watched / "cache" / "blob",
+            watched / "private" / "secret",
+            watched / "tiny",
+        ]
+        for path in skipped:
+            path.write_bytes(eicar if path.name != "tiny" else b"123")
+        # owned by a skipped uid from the moment it appears: made outside, moved in
+        outside = tmp_path / "owned-by-4242"
+        outside.write_bytes(eicar)
+        os.chown(outside, 4242, 4242)
+        os.rename(outside, watched / "owned-by-4242")
+        skipped.append(watched / "owned-by-4242")
+        big = watched / "big"
+        big.write_bytes(eicar + b"x" * 2048)
+        marker = watched / "marker"
+        marker.write_bytes(eicar)
+        daemon.wait_verdicts([big, marker], timeout=30)
+    finally:
+        daemon.stop()
+    verdicts = daemon.verdicts()
+    assert verdicts[str(big)][0]["event"] == "not-scanned"
+    assert verdicts[str(big)][0]["not_scanned"] == "too-large"
+    assert verdicts[str(marker)][0]["event"] == "detection"
+    assert not {str(p) for p in skipped} & set(verdicts)
+
+
+def test_state_directory_inside_a_watch_is_never_scanned(
+    tmp_path: Path, watched: Path, clamd: PrivateClamd, eicar: bytes
+) -> None:
+    state = watched / ".clamwatch-state"
+    config = write_config(
+        tmp_path / "c.toml", address=clamd.unix_address, watches=[watched], state_directory=state
+    )
+    with DaemonProcess(config) as daemon:
+        daemon.wait_event("ready")
+        state.mkdir(exist_ok=True)
+        (state / "planted").write_bytes(eicar)
+        marker = watched / "marker"
+        marker.write_bytes(eicar)
+        daemon.wait_verdicts([marker], timeout=30)
+        assert str(state / "planted") not in daemon.verdicts()
+
+
+def test_demo_runs_the_daemon_on_a_private_clamd(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "clamwatch", "demo", "--workdir", str(tmp_path), "--for", "6s"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    found = f"{tmp_path}/uploads/docs/eicar-test-file.com: {EICAR_SIGNATURE} FOUND"
+    assert found in result.stderr
+    assert result.stderr.count(": OK\n") == 22
+    assert "clamwatch stopped: 23 scanned, 1 infected" in result.stderr
