@@ -60,11 +60,19 @@ class DaemonSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class QuarantineSettings:
+    directory: Path = Path("/var/lib/clamwatch/quarantine")
+    max_age: float | None = None  # seconds; None: kept until deleted
+    max_total_size: int | None = None  # bytes; None: no limit
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     source: Path
     clamd: ClamdSettings
     daemon: DaemonSettings
     watches: tuple[WatchConfig, ...]
+    quarantine: QuarantineSettings = QuarantineSettings()
 
 
 # -- value parsers: each raises ValueError with what was expected ----------------
@@ -176,6 +184,12 @@ _DAEMON_KEYS: dict[str, Callable[[object], Any]] = {
     "log_format": _choice("text", "json"),
 }
 
+_QUARANTINE_KEYS: dict[str, Callable[[object], Any]] = {
+    "directory": _absolute_path,
+    "max_age": _optional(_duration),
+    "max_total_size": _optional(_size),
+}
+
 _WATCH_KEYS: dict[str, Callable[[object], Any]] = {
     "path": _absolute_path,
     "name": _string,
@@ -207,13 +221,17 @@ def _section(
 
 def parse_config(source: Path, data: Mapping[str, object]) -> Config:
     """Validate a parsed TOML document."""
-    unknown = set(data) - {"clamd", "daemon", "watch"}
+    unknown = set(data) - {"clamd", "daemon", "quarantine", "watch"}
     if unknown:
         raise ConfigError(
-            f"{source}: unknown section {sorted(unknown)[0]!r} (known: clamd, daemon, watch)"
+            f"{source}: unknown section {sorted(unknown)[0]!r}"
+            " (known: clamd, daemon, quarantine, watch)"
         )
     clamd = ClamdSettings(**_section(source, "clamd", data.get("clamd", {}), _CLAMD_KEYS))
     daemon = DaemonSettings(**_section(source, "daemon", data.get("daemon", {}), _DAEMON_KEYS))
+    quarantine = QuarantineSettings(
+        **_section(source, "quarantine", data.get("quarantine", {}), _QUARANTINE_KEYS)
+    )
     raw_watches = data.get("watch", [])
     if not isinstance(raw_watches, list):
         raise ConfigError(f"{source}: watches are written [[watch]], an array of tables")
@@ -234,7 +252,7 @@ def parse_config(source: Path, data: Mapping[str, object]) -> Config:
                 )
         if paths.count(watch.path) > 1:
             raise ConfigError(f"{source}: {str(watch.path)!r} is watched twice")
-    return Config(source, clamd, daemon, tuple(watches))
+    return Config(source, clamd, daemon, tuple(watches), quarantine)
 
 
 def load_config(source: Path = DEFAULT_CONFIG) -> Config:

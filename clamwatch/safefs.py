@@ -1,0 +1,94 @@
+"""File operations that act only on the inode that was scanned, and never replace.
+
+clamd-behaviour.md, "Safe quarantine": before moving or removing, the path
+must still name the scanned (device, inode, size, mtime). Checking and then
+acting leaves a window in which the name can be swapped, so the name is first
+taken out of the way by a rename that never replaces (renameat2
+RENAME_NOREPLACE), the identity is checked on the name we now own, and only
+then is it removed or kept; a mismatch is renamed back. No file that was not
+scanned is ever moved, removed or overwritten.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import secrets
+
+from clamwatch.files import FileIdentity
+
+# <linux/fs.h>
+RENAME_NOREPLACE = 1
+_AT_FDCWD = -100
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+_renameat2 = _libc.renameat2
+_renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+_renameat2.restype = ctypes.c_int
+
+
+def rename_noreplace(source: str, target: str) -> None:
+    """rename(2) that fails with FileExistsError instead of replacing ``target``.
+
+    OSError EXDEV across file systems; EINVAL where the file system lacks
+    RENAME_NOREPLACE (then nothing was renamed).
+    """
+    if _renameat2(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target), RENAME_NOREPLACE):
+        code = ctypes.get_errno()
+        raise OSError(code, f"{os.strerror(code)}: {source!r} -> {target!r}")
+
+
+def names_same_file(st: os.stat_result, identity: FileIdentity) -> bool:
+    """The stat result is of the scanned inode, unchanged (size and mtime too)."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) == (
+        identity.dev,
+        identity.ino,
+        identity.size,
+        identity.mtime_ns,
+    )
+
+
+def path_names(path: str, identity: FileIdentity) -> bool:
+    try:
+        return names_same_file(os.lstat(path), identity)
+    except OSError:
+        return False
+
+
+def _staging_name(path: str) -> str:
+    directory, name = os.path.split(path)
+    return os.path.join(directory, f".clamwatch-{secrets.token_hex(6)}-{name}"[:255])
+
+
+def move_if_same(path: str, identity: FileIdentity, target: str) -> bool:
+    """Rename ``path`` to ``target`` (same file system) if it is the scanned file.
+
+    Returns False, with everything as it was, when ``path`` no longer names the
+    scanned inode. Raises FileExistsError when ``target`` exists, OSError EXDEV
+    across file systems.
+    """
+    if not path_names(path, identity):
+        return False
+    rename_noreplace(path, target)
+    if path_names(target, identity):
+        return True
+    # swapped in the instant between the check and the rename: put it back
+    try:
+        rename_noreplace(target, path)
+    except OSError as exc:
+        raise OSError(
+            exc.errno or errno.EIO,
+            f"{path!r} was replaced while being moved; the new file is at {target!r}",
+        ) from exc
+    return False
+
+
+def remove_if_same(path: str, identity: FileIdentity) -> bool:
+    """Unlink ``path`` if it is the scanned file; False (nothing done) if not."""
+    staging = _staging_name(path)
+    if not move_if_same(path, identity, staging):
+        return False
+    os.unlink(staging)
+    return True
