@@ -10,11 +10,12 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from clamwatch.clamd.job import TransportChoice
+from clamwatch.policy import FileAction, Policy, Rule, parse_rule
 from clamwatch.units import parse_duration, parse_size
 
 DEFAULT_CONFIG = Path("/etc/clamwatch/clamwatch.toml")
@@ -47,6 +48,11 @@ class WatchConfig:
     min_size: int = 0
     max_size: int | None = None
     skip_uids: frozenset[int] = frozenset()
+    policy: Policy = field(default_factory=Policy)
+    release_to: Path | None = None
+    hook: tuple[str, ...] = ()  # argv, never a shell
+    hook_timeout: float = 30.0
+    chmod_on_failure: bool = False  # chmod 000 a file that should be quarantined but cannot
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +78,7 @@ class Config:
     clamd: ClamdSettings
     daemon: DaemonSettings
     watches: tuple[WatchConfig, ...]
-    quarantine: QuarantineSettings = QuarantineSettings()
+    quarantine: QuarantineSettings = field(default_factory=QuarantineSettings)
 
 
 # -- value parsers: each raises ValueError with what was expected ----------------
@@ -100,6 +106,12 @@ def _duration(value: object) -> float:
     if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
         return float(value)
     return parse_duration(_string(value))
+
+
+def _boolean(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("expected true or false")
+    return value
 
 
 def _choice(*choices: str) -> Callable[[object], str]:
@@ -198,6 +210,14 @@ _WATCH_KEYS: dict[str, Callable[[object], Any]] = {
     "min_size": _size,
     "max_size": _optional(_size),
     "skip_uids": _uids,
+    "on_clean": _strings,
+    "on_infected": _strings,
+    "on_not_scanned": _strings,
+    "on_error": _strings,
+    "release_to": _optional(_absolute_path),
+    "hook": _strings,
+    "hook_timeout": _duration,
+    "chmod_on_failure": _boolean,
 }
 
 
@@ -217,6 +237,32 @@ def _section(
         except ValueError as exc:
             raise ConfigError(f"{source}: [{where}] {key} = {raw!r}: {exc}") from exc
     return values
+
+
+_RULE_KEYS = ("on_clean", "on_infected", "on_not_scanned", "on_error")
+
+
+def _policy(source: Path, where: str, values: dict[str, Any]) -> Policy:
+    """The watch's rules; pops the on_* keys from ``values``."""
+    defaults = Policy()
+    rules: dict[str, Rule] = {}
+    for key in _RULE_KEYS:
+        kind = key.removeprefix("on_")
+        words = values.pop(key, None)
+        if words is None:
+            rules[kind] = getattr(defaults, kind)
+            continue
+        try:
+            rules[kind] = parse_rule(words, for_clean=kind == "clean")
+        except ValueError as exc:
+            raise ConfigError(f"{source}: [{where}] {key} = {list(words)!r}: {exc}") from exc
+    policy = Policy(**rules)
+    used = [policy.clean, policy.infected, policy.not_scanned, policy.error]
+    if any(r.file_action is FileAction.RELEASE for r in used) and values.get("release_to") is None:
+        raise ConfigError(f"{source}: [{where}] uses release but sets no release_to")
+    if any(r.hook for r in used) and not values.get("hook"):
+        raise ConfigError(f"{source}: [{where}] uses hook but sets no hook command")
+    return policy
 
 
 def parse_config(source: Path, data: Mapping[str, object]) -> Config:
@@ -241,6 +287,7 @@ def parse_config(source: Path, data: Mapping[str, object]) -> Config:
         if "path" not in values:
             raise ConfigError(f"{source}: [watch #{number}] has no path")
         values.setdefault("name", str(values["path"]))
+        values["policy"] = _policy(source, f"watch #{number}", values)
         watches.append(WatchConfig(**values))
     paths = [w.path for w in watches]
     for watch in watches:

@@ -37,6 +37,7 @@ def test_shipped_config_documents_every_key_with_its_default(tmp_path: Path) -> 
     for section, keys in (
         ("clamd", config._CLAMD_KEYS),
         ("daemon", config._DAEMON_KEYS),
+        ("quarantine", config._QUARANTINE_KEYS),
     ):
         assert set(data[section]) == set(keys), section
     assert set(data["watch"][0]) == set(config._WATCH_KEYS)
@@ -44,6 +45,7 @@ def test_shipped_config_documents_every_key_with_its_default(tmp_path: Path) -> 
     # the documented values are the defaults
     assert parsed.clamd == config.ClamdSettings()
     assert parsed.daemon == config.DaemonSettings()
+    assert parsed.quarantine == config.QuarantineSettings()
     watch = parsed.watches[0]
     assert watch == config.WatchConfig(path=Path("/srv/uploads"), name="/srv/uploads")
 
@@ -66,6 +68,15 @@ def test_shipped_config_documents_every_key_with_its_default(tmp_path: Path) -> 
         ("[[watch]]\npath = '/srv'\n[[watch]]\npath = '/srv'\n", "'/srv' is watched twice"),
         ("[watch]\npath = '/srv'\n", "an array of tables"),
         ("[daemons]\n", "unknown section 'daemons'"),
+        ("[[watch]]\npath = '/srv'\non_clean = ['move']\n", "never quarantines clean files"),
+        ("[[watch]]\npath = '/srv'\non_infected = ['release']\n", "for clean files only"),
+        ("[[watch]]\npath = '/srv'\non_infected = ['move', 'remove']\n", "at most one of"),
+        ("[[watch]]\npath = '/srv'\non_infected = ['burn']\n", "unknown action 'burn'"),
+        ("[[watch]]\npath = '/srv'\non_infected = ['none', 'tag']\n", "cannot be combined"),
+        ("[[watch]]\npath = '/srv'\non_clean = ['release']\n", "sets no release_to"),
+        ("[[watch]]\npath = '/srv'\non_infected = ['hook']\n", "sets no hook command"),
+        ("[[watch]]\npath = '/srv'\nchmod_on_failure = 'yes'\n", "expected true or false"),
+        ("[quarantine]\nmax_age = 'forever'\n", "is not a duration"),
         ("[clamd\n", "not valid TOML"),
     ],
 )
