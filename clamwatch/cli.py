@@ -14,6 +14,7 @@ from clamwatch.clamd.job import TransportChoice
 from clamwatch.config import DEFAULT_CONFIG, ConfigError, load_config
 from clamwatch.daemon import Daemon, setup_logging
 from clamwatch.demo import run_demo
+from clamwatch.quarantine_command import run_quarantine
 from clamwatch.scan_command import ScanOptions, run_scan
 from clamwatch.state import StateError
 from clamwatch.units import parse_duration, parse_size
@@ -210,7 +211,131 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DURATION",
         help="stop after this long (default: run until Ctrl-C)",
     )
+    _add_quarantine_parser(commands)
     return parser
+
+
+_QUARANTINE_DESCRIPTION = """\
+Look after the quarantine: list, show, restore, delete and purge the files
+clamwatch moved or copied there.
+
+Each entry is the file's content (mode 0600, in a directory of mode 0700) and
+a JSON record of where it came from (the exact bytes of the name, also when
+they are not UTF-8), its owner, group, mode, size, mtime and sha256, the
+signature clamd found, clamd's version and when it was found. Entry ids look
+like 20261125T095900Z-3f9a1c2b: the UTC time of detection and a random part.
+
+The quarantine directory is --directory, else [quarantine] directory in the
+configuration file (--config), else /var/lib/clamwatch/quarantine when no
+configuration file exists."""
+
+_QUARANTINE_EPILOG = """\
+exit status:
+  0  done
+  1  no such entry, or the operation was refused (the message says why)
+  2  the command line or the configuration is wrong
+
+examples:
+  clamwatch quarantine list
+  clamwatch quarantine show 20261125T095900Z-3f9a1c2b
+  clamwatch quarantine restore 20261125T095900Z-3f9a1c2b --to /root/inspect/
+  clamwatch quarantine purge --older-than 30d"""
+
+
+def _duration_text(text: str) -> str:
+    _duration(text)  # checked here so that a bad duration is a usage error
+    return text
+
+
+def _add_quarantine_parser(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> None:
+    # Accepted before or after the action: SUPPRESS leaves a value given
+    # before it alone (argparse copies only what the action's parser set).
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument(
+        "--config",
+        type=Path,
+        default=argparse.SUPPRESS,
+        metavar="FILE",
+        help="the configuration file whose [quarantine] directory to use"
+        f" (default: {DEFAULT_CONFIG})",
+    )
+    where.add_argument(
+        "--directory",
+        type=Path,
+        default=argparse.SUPPRESS,
+        metavar="DIR",
+        help="the quarantine directory, instead of the configured one",
+    )
+    quarantine = commands.add_parser(
+        "quarantine",
+        parents=[where],
+        help="list, show, restore, delete or purge quarantined files",
+        description=_QUARANTINE_DESCRIPTION,
+        epilog=_QUARANTINE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    actions = quarantine.add_subparsers(dest="quarantine_command", metavar="ACTION", required=True)
+
+    listing = actions.add_parser(
+        "list",
+        parents=[where],
+        help="list the entries, oldest first",
+        description="List the entries, oldest first: id, detection time, size, signature and"
+        " original path (escaped like `clamwatch scan` prints names).",
+    )
+    listing.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object per entry: the record's fields, original_path_b64 holding"
+        " the name's exact bytes, and data_path",
+    )
+    show = actions.add_parser(
+        "show", parents=[where], help="show one entry", description="Show everything the"
+        " record of one entry holds, and where its content is kept.",
+    )  # fmt: skip
+    show.add_argument("id", metavar="ID", help="the entry's id, as `list` prints it")
+    show.add_argument("--json", action="store_true", help="print the record as a JSON object")
+
+    restore = actions.add_parser(
+        "restore",
+        parents=[where],
+        help="put a file back and delete its entry",
+        description="Write the entry's content back where it came from (or to --to) with its"
+        " owner, group, mode and modification time, then delete the entry. The file appears"
+        " whole (written beside it and renamed into place) and an existing file is never"
+        " replaced unless --force is given. A file restored into a watched tree is scanned"
+        " again, and quarantined again if it is still found infected.",
+    )
+    restore.add_argument("id", metavar="ID", help="the entry's id")
+    restore.add_argument(
+        "--to",
+        metavar="PATH",
+        help="where to write it instead; an existing directory receives it under its original name",
+    )
+    restore.add_argument("--force", action="store_true", help="replace an existing file")
+
+    delete = actions.add_parser(
+        "delete", parents=[where], help="delete one entry for good",
+        description="Delete an entry's content and record.",
+    )  # fmt: skip
+    delete.add_argument("id", metavar="ID", help="the entry's id")
+
+    purge = actions.add_parser(
+        "purge",
+        parents=[where],
+        help="delete the entries older than a given age",
+        description="Delete every entry detected longer ago than --older-than. The daemon"
+        " does the same by itself with [quarantine] max_age and max_total_size.",
+    )
+    purge.add_argument(
+        "--older-than",
+        required=True,
+        type=_duration_text,
+        metavar="DURATION",
+        help="an age such as 30d, 12h or 90m",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -235,6 +360,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if args.command == "run":
         return run_daemon(args.config, args.log_format)
+    if args.command == "quarantine":
+        return run_quarantine(args)
     return run_demo(args.workdir, args.duration)
 
 

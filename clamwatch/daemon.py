@@ -21,12 +21,15 @@ import time
 from dataclasses import dataclass, field
 from types import FrameType
 
+from clamwatch.actions import ActionRunner
 from clamwatch.clamd.engine import Engine
 from clamwatch.clamd.settings import resolve_engine
 from clamwatch.config import Config
 from clamwatch.dispatch import Dispatcher, Rescan, Work
 from clamwatch.events import EventKind, JsonFormatter, TextFormatter, emit, shown
 from clamwatch.pipeline import Pipeline, Result
+from clamwatch.policy import FileAction
+from clamwatch.quarantine import QuarantineStore
 from clamwatch.state import State, load_state, save_state
 from clamwatch.verdict import Clean, Infected, NotScanned, ScanError, describe
 from clamwatch.watch.filters import WatchFilter
@@ -37,6 +40,21 @@ log = logging.getLogger(__name__)
 
 _CHECKPOINT_EVERY = 30.0  # seconds between state file checkpoints
 _SLACK = 2.0  # seconds of clock and timestamp granularity allowed for in "changed"
+
+
+def _quarantines(config: Config) -> bool:
+    """Some watch moves or copies files into the quarantine."""
+    quarantining = (FileAction.MOVE, FileAction.COPY)
+    return any(
+        rule.file_action in quarantining
+        for watch in config.watches
+        for rule in (
+            watch.policy.clean,
+            watch.policy.infected,
+            watch.policy.not_scanned,
+            watch.policy.error,
+        )
+    )
 
 
 def setup_logging(log_format: str, level: int = logging.INFO) -> None:
@@ -64,9 +82,13 @@ class Daemon:
         address, engine_settings = resolve_engine(config.clamd, give_up_after=None)
         self.engine = Engine(address, engine_settings)
         self.dispatcher = Dispatcher(settings.max_pending, settings.settle_time)
-        own = (str(settings.state_directory),)
+        own = (str(settings.state_directory), str(config.quarantine.directory))
         self.filters = {str(w.path): WatchFilter(w, own) for w in config.watches}
-        self.pipeline = Pipeline(self.dispatcher, self.engine, self.filters, self._report)
+        self.store = QuarantineStore(config.quarantine.directory) if _quarantines(config) else None
+        self.actions = ActionRunner(self.store, self._retry)
+        self.pipeline = Pipeline(
+            self.dispatcher, self.engine, self.filters, self._report, actions=self.actions
+        )
         self.walker = Walker(self.dispatcher, self.filters, self._walked)
         self.watcher = TreeWatcher(list(self.filters.values()), self.dispatcher, self._armed)
         self.stop_requested = threading.Event()
@@ -83,7 +105,7 @@ class Daemon:
             "verdict": verdict.kind,
             "latency_ms": round(result.latency * 1000, 1),
             "reason": work.reason,
-            "action": "report",
+            "action": " ".join(result.rule.words),
         }
         if result.outcome is not None:
             fields["transport"] = (
@@ -111,6 +133,10 @@ class Daemon:
                 )
             case ScanError(message=error):
                 emit(EventKind.SCAN_ERROR, message, logging.ERROR, error=error, **fields)
+
+    def _retry(self, path: str, watch: str, delay: float) -> None:
+        """An action failed (quarantine full): scan and act again later."""
+        self.dispatcher.retry_later(Work(path, watch, time.monotonic(), "action retry"), delay)
 
     # -- watches and walks ---------------------------------------------------------------
 
@@ -150,6 +176,10 @@ class Daemon:
         if self.walker.walking is None:
             for root in self._coverage.walked:
                 self.state.covered_at[root] = now
+        keep = self.config.quarantine
+        if self.store is not None and (keep.max_age or keep.max_total_size):
+            for entry in self.store.enforce_retention(keep.max_age, keep.max_total_size):
+                log.info("quarantine entry %s deleted by the retention settings", entry)
         snapshot = self.dispatcher.snapshot()
         self.state.pending = snapshot.paths
         self.state.rescans = [(r.directory, r.watch) for r in snapshot.rescans]
@@ -195,6 +225,7 @@ class Daemon:
         self.watcher.stop()
         self.walker.stop()
         self.pipeline.stop(deadline)  # what it did not finish is in the snapshot
+        self.actions.close()
         self._checkpoint()
         saved = len(self.state.pending) + len(self.state.rescans)
         emit(

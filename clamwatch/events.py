@@ -29,6 +29,8 @@ class EventKind(enum.Enum):
     DETECTION = "detection"  # a file is infected
     NOT_SCANNED = "not-scanned"  # a file was not scanned (too large, symlink, ...)
     SCAN_ERROR = "scan-error"  # scanning failed after retries
+    ACTION_DONE = "action-done"  # a file was moved, copied, removed, released, tagged; a hook ran
+    ACTION_FAILED = "action-failed"  # an action could not be done (the file stays as it was)
     CLAMD_LOST = "clamd-lost"  # clamd became unreachable
     CLAMD_BACK = "clamd-back"  # clamd answers again
     OVERFLOW_RESCAN = "overflow-rescan"  # events were lost; trees are walked again

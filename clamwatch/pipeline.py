@@ -16,10 +16,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from clamwatch.actions import ActionRequest, ActionRunner
 from clamwatch.clamd.engine import Engine
 from clamwatch.clamd.job import ScanJob, ScanOutcome
 from clamwatch.dispatch import Dispatcher, Work
 from clamwatch.files import FileIdentity, OpenedFile, open_for_scan
+from clamwatch.policy import Rule, decide
 from clamwatch.verdict import NotScanned, NotScannedReason, ScanError, Verdict
 from clamwatch.watch.filters import WatchFilter
 
@@ -37,6 +39,7 @@ class Result:
     verdict: Verdict
     outcome: ScanOutcome | None
     latency: float  # seconds from the first event to the verdict
+    rule: Rule  # what the watch's policy says to do about it
 
 
 class SeenVersions:
@@ -80,12 +83,15 @@ class Pipeline:
         engine: Engine,
         filters: dict[str, WatchFilter],
         report: Callable[[Result], None],
+        *,
+        actions: ActionRunner | None = None,
         window: int = 256,
     ) -> None:
         self.dispatcher = dispatcher
         self.engine = engine
         self.filters = filters
         self.report = report
+        self.actions = actions
         self.window = window
         self.seen = SeenVersions()
         self._outstanding: dict[ScanJob, Work] = {}
@@ -134,12 +140,16 @@ class Pipeline:
             completed, self._completed = self._completed, []
         for job, outcome in completed:
             work = self._outstanding.pop(job)
-            job.file.close()
-            self._conclude(work, outcome.verdict, outcome, job)
+            self._conclude(work, outcome.verdict, outcome, job.file)
 
     def _conclude(
-        self, work: Work, verdict: Verdict, outcome: ScanOutcome | None, job: ScanJob | None
+        self,
+        work: Work,
+        verdict: Verdict,
+        outcome: ScanOutcome | None,
+        opened: OpenedFile | None,
     ) -> None:
+        """Report a verdict and hand the file (ours to close) to the actions."""
         if (
             isinstance(verdict, ScanError)
             and outcome is not None
@@ -150,12 +160,22 @@ class Pipeline:
             work.tries += 1
             log.warning("%s: %s; trying again in %.0f s", work.path, verdict.message, delay)
             self.dispatcher.retry_later(work, delay)
+            if opened is not None:
+                opened.close()
             return
-        if job is not None and not isinstance(verdict, ScanError):
-            identity = job.file.identity
-            self.seen.add(SeenVersions.key_of(work.path, identity))
-        self.report(Result(work, verdict, outcome, time.monotonic() - work.since))
+        if opened is not None and not isinstance(verdict, ScanError):
+            self.seen.add(SeenVersions.key_of(work.path, opened.identity))
+        rules = self.filters[work.watch]
+        rule = decide(verdict, rules.watch.policy)
+        self.report(Result(work, verdict, outcome, time.monotonic() - work.since, rule))
         self.dispatcher.done(work.path)
+        if self.actions is not None and rule.words != ["none"]:
+            version = outcome.clamd_version if outcome is not None else None
+            self.actions.submit(
+                ActionRequest(work.path, rules.watch, verdict, rule, version, opened)
+            )
+        elif opened is not None:
+            opened.close()
 
     def _start(self, work: Work) -> None:
         rules = self.filters.get(work.watch)
@@ -178,14 +198,14 @@ class Pipeline:
             log.debug("%s skipped: %s", work.path, skipped)
             self.dispatcher.done(work.path)
             return
-        if rules.too_large(st.st_size):
+        opened = open_for_scan(work.path, st)
+        if isinstance(opened, OpenedFile) and rules.too_large(opened.identity.size):
             verdict = NotScanned(
                 NotScannedReason.TOO_LARGE,
-                f"{st.st_size} bytes, over the watch's max_size ({rules.watch.max_size})",
+                f"{opened.identity.size} bytes, over the watch's max_size ({rules.watch.max_size})",
             )
-            self._conclude(work, verdict, None, None)
+            self._conclude(work, verdict, None, opened)  # open, so that it can be tagged
             return
-        opened = open_for_scan(work.path, st)
         if not isinstance(opened, OpenedFile):
             if isinstance(opened, NotScanned) and opened.reason is NotScannedReason.VANISHED:
                 log.debug("%s vanished before it could be scanned", work.path)

@@ -29,6 +29,8 @@ def write_config(
     state_directory: Path,
     daemon: dict[str, Any] | None = None,
     clamd: dict[str, Any] | None = None,
+    quarantine: dict[str, Any] | None = None,
+    watch_options: dict[str, Any] | None = None,
 ) -> Path:
     """A TOML configuration for a test daemon."""
 
@@ -39,8 +41,10 @@ def write_config(
     lines += [f"{k} = {value(v)}" for k, v in (clamd or {}).items()]
     lines += ["[daemon]", f"state_directory = {value(str(state_directory))}"]
     lines += [f"{k} = {value(v)}" for k, v in (daemon or {}).items()]
+    lines += ["[quarantine]"] + [f"{k} = {value(v)}" for k, v in (quarantine or {}).items()]
     for watch in watches:
         lines += ["[[watch]]", f"path = {value(str(watch))}"]
+        lines += [f"{k} = {value(v)}" for k, v in (watch_options or {}).items()]
     path.write_text("\n".join(lines) + "\n")
     return path
 

@@ -1,0 +1,363 @@
+"""Everything that touches a scanned file afterwards, off the scanning path.
+
+A small pool of worker threads applies each rule so a slow disk never stalls
+the scanning; hooks run in a pool of their own with a timeout, so a hanging
+hook delays only other hooks. Every action works on the descriptor that was
+scanned, or on its path only after checking (safefs) that the path still
+names that inode; otherwise nothing is done and the new file gets its own
+scan. Each action ends in an action-done or action-failed event.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from clamwatch.config import WatchConfig
+from clamwatch.events import EventKind, emit, shown
+from clamwatch.files import OpenedFile
+from clamwatch.policy import FileAction, Rule
+from clamwatch.quarantine import QuarantineError, QuarantineStore
+from clamwatch.safefs import move_if_same, remove_if_same
+from clamwatch.verdict import Infected, Verdict
+
+log = logging.getLogger(__name__)
+
+_TAG_PREFIX = "user.clamwatch."
+_RETRY_QUARANTINE = 60.0  # seconds before a failed quarantine is tried again
+
+
+@dataclass(frozen=True, slots=True)
+class ActionRequest:
+    path: str
+    watch: WatchConfig
+    verdict: Verdict
+    rule: Rule
+    clamd_version: str | None
+    opened: OpenedFile | None  # owned by the runner from now on: it closes it
+
+
+@dataclass(slots=True)
+class _Done:
+    quarantine_id: str | None = None
+    released_to: str | None = None
+
+
+class ActionRunner:
+    def __init__(
+        self,
+        store: QuarantineStore | None,
+        retry: Callable[[str, str, float], None],
+        workers: int = 4,
+        hook_workers: int = 4,
+    ) -> None:
+        self.store = store
+        self.retry = retry  # (path, watch root, delay): scan again later, then act again
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="clamwatch-action")
+        self._hooks = ThreadPoolExecutor(hook_workers, thread_name_prefix="clamwatch-hook")
+        self._no_xattrs: set[int] = set()  # devices already reported without user xattrs
+        self._lock = threading.Lock()
+        self._running: set[subprocess.Popen[bytes]] = set()  # hooks running now
+        self._closing = threading.Event()
+
+    def submit(self, request: ActionRequest) -> None:
+        self._pool.submit(self._run, request)
+
+    def close(self) -> None:
+        """Finish the file actions; drop queued hooks and kill running ones."""
+        self._pool.shutdown(wait=True)
+        self._closing.set()
+        self._hooks.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            running = list(self._running)
+        for process in running:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+        self._hooks.shutdown(wait=True)
+
+    # -- one request ------------------------------------------------------------------
+
+    def _run(self, request: ActionRequest) -> None:
+        try:
+            if request.rule.tag:
+                self._tag(request)
+            done = self._file_action(request)
+            if request.rule.hook and done is not None:
+                self._hooks.submit(self._hook, request, done)
+        except Exception:
+            log.exception("action on %s failed unexpectedly", request.path)
+        finally:
+            if request.opened is not None:
+                request.opened.close()
+
+    def _fields(self, request: ActionRequest, action: str) -> dict[str, object]:
+        signature = request.verdict.signature if isinstance(request.verdict, Infected) else None
+        return {
+            "path": request.path,
+            "watch": str(request.watch.path),
+            "verdict": request.verdict.kind,
+            "signature": signature,
+            "action": action,
+        }
+
+    def _failed(self, request: ActionRequest, action: str, message: str) -> None:
+        emit(
+            EventKind.ACTION_FAILED,
+            f"{shown(request.path)}: {action} failed: {message}",
+            logging.ERROR,
+            error=message,
+            **self._fields(request, action),
+        )
+
+    # -- tag ----------------------------------------------------------------------------
+
+    def _tag(self, request: ActionRequest) -> None:
+        opened = request.opened
+        if opened is None:
+            log.debug("%s: nothing open to tag", request.path)
+            return
+        verdict = request.verdict
+        tags = {
+            "verdict": verdict.kind,
+            "scanned_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "database": request.clamd_version or "",
+        }
+        if isinstance(verdict, Infected):
+            tags["signature"] = verdict.signature
+        try:
+            for name, value in tags.items():
+                # on the descriptor: the scanned inode, whatever the path names now
+                os.setxattr(opened.fd, _TAG_PREFIX + name, value.encode("utf-8", "surrogateescape"))
+        except OSError as exc:
+            if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+                with self._lock:
+                    first = opened.identity.dev not in self._no_xattrs
+                    self._no_xattrs.add(opened.identity.dev)
+                if first:
+                    self._failed(
+                        request,
+                        "tag",
+                        "the file system does not support user extended attributes"
+                        " (reported once per file system)",
+                    )
+                return
+            self._failed(request, "tag", exc.strerror or str(exc))
+            return
+        emit(
+            EventKind.ACTION_DONE,
+            f"{shown(request.path)}: tagged {verdict.kind}",
+            logging.INFO,
+            **self._fields(request, "tag"),
+        )
+
+    # -- file actions -------------------------------------------------------------------
+
+    def _file_action(self, request: ActionRequest) -> _Done | None:
+        """Apply the rule's file action; None when it failed or did not apply."""
+        action = request.rule.file_action
+        if action is FileAction.NONE:
+            return _Done()
+        opened = request.opened
+        if opened is None:
+            self._failed(request, action.value, "the file was not opened, so it is left alone")
+            return None
+        if action in (FileAction.MOVE, FileAction.COPY):
+            return self._quarantine(request, opened, keep=action is FileAction.COPY)
+        if action is FileAction.REMOVE:
+            return self._remove(request, opened)
+        return self._release(request, opened)
+
+    def _quarantine(self, request: ActionRequest, opened: OpenedFile, keep: bool) -> _Done | None:
+        action = "copy" if keep else "move"
+        if self.store is None:
+            self._failed(request, action, "no quarantine is configured")
+            return None
+        verdict = request.verdict
+        signature = verdict.signature if isinstance(verdict, Infected) else verdict.kind
+        try:
+            record = self.store.quarantine(
+                opened,
+                signature=signature,
+                clamd_version=request.clamd_version,
+                watch=str(request.watch.path),
+                keep_original=keep,
+            )
+        except QuarantineError as exc:
+            self._failed(request, action, f"{exc}; the file stays where it is")
+            if request.watch.chmod_on_failure and not keep:
+                self._lock_up(request, opened)
+            self.retry(request.path, str(request.watch.path), _RETRY_QUARANTINE)
+            return None
+        if record is None:
+            log.info("%s was replaced before it could be quarantined; left alone", request.path)
+            return None
+        if record.how == "copied" and not keep:
+            # the original could not be removed (replaced meanwhile): it stays
+            log.warning("%s: copied to the quarantine, the original was replaced", request.path)
+        emit(
+            EventKind.ACTION_DONE,
+            f"{shown(request.path)}: {record.how} to the quarantine as {record.id}",
+            logging.WARNING,
+            quarantine_id=record.id,
+            **self._fields(request, action),
+        )
+        return _Done(quarantine_id=record.id)
+
+    def _lock_up(self, request: ActionRequest, opened: OpenedFile) -> None:
+        try:
+            os.fchmod(opened.fd, 0)  # the scanned inode, not whatever the path names
+        except OSError as exc:
+            self._failed(request, "chmod 000", exc.strerror or str(exc))
+            return
+        emit(
+            EventKind.ACTION_DONE,
+            f"{shown(request.path)}: made unreadable (chmod 000) until it can be quarantined",
+            logging.WARNING,
+            **self._fields(request, "chmod 000"),
+        )
+
+    def _remove(self, request: ActionRequest, opened: OpenedFile) -> _Done | None:
+        try:
+            removed = remove_if_same(request.path, opened.identity)
+        except OSError as exc:
+            self._failed(request, "remove", exc.strerror or str(exc))
+            return None
+        if not removed:
+            log.info("%s was replaced before it could be removed; left alone", request.path)
+            return None
+        emit(
+            EventKind.ACTION_DONE,
+            f"{shown(request.path)}: removed",
+            logging.WARNING,
+            **self._fields(request, "remove"),
+        )
+        return _Done()
+
+    def _release(self, request: ActionRequest, opened: OpenedFile) -> _Done | None:
+        destination_root = request.watch.release_to
+        assert destination_root is not None  # the configuration insists
+        relative = os.path.relpath(request.path, request.watch.path)
+        target = os.path.join(destination_root, relative)
+        try:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            moved_to = _move_without_replacing(request.path, opened, target)
+        except OSError as exc:
+            self._failed(request, "release", exc.strerror or str(exc))
+            return None
+        if moved_to is None:
+            log.info("%s was replaced before it could be released; left alone", request.path)
+            return None
+        emit(
+            EventKind.ACTION_DONE,
+            f"{shown(request.path)}: released to {shown(moved_to)}",
+            logging.INFO,
+            released_to=moved_to,
+            **self._fields(request, "release"),
+        )
+        return _Done(released_to=moved_to)
+
+    # -- hook ---------------------------------------------------------------------------
+
+    def _hook(self, request: ActionRequest, done: _Done) -> None:
+        verdict = request.verdict
+        env = dict(os.environ)
+        env.update(
+            {
+                "CLAMWATCH_PATH": request.path,
+                "CLAMWATCH_VERDICT": verdict.kind,
+                "CLAMWATCH_SIGNATURE": verdict.signature if isinstance(verdict, Infected) else "",
+                "CLAMWATCH_ACTION": " ".join(request.rule.words),
+                "CLAMWATCH_QUARANTINE_ID": done.quarantine_id or "",
+                "CLAMWATCH_RELEASED_TO": done.released_to or "",
+                "CLAMWATCH_WATCH": str(request.watch.path),
+                "CLAMWATCH_CLAMD_VERSION": request.clamd_version or "",
+            }
+        )
+        argv = list(request.watch.hook)
+        timeout = request.watch.hook_timeout
+        try:
+            process = subprocess.Popen(
+                argv,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            self._failed(request, "hook", f"{argv[0]}: {exc.strerror or exc}")
+            return
+        with self._lock:
+            self._running.add(process)
+        try:
+            _, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+            self._failed(request, "hook", f"{argv[0]} ran longer than {timeout:g} s and was killed")
+            return
+        finally:
+            with self._lock:
+                self._running.discard(process)
+        if self._closing.is_set() and process.returncode < 0:
+            return  # killed because clamwatch is stopping
+        result = subprocess.CompletedProcess(argv, process.returncode, b"", stderr)
+        if result.returncode != 0:
+            detail = result.stderr.decode("utf-8", "replace").strip().splitlines()
+            self._failed(
+                request,
+                "hook",
+                f"{argv[0]} exited with status {result.returncode}"
+                + (f": {detail[-1]}" if detail else ""),
+            )
+            return
+        message = f"{shown(request.path)}: hook {argv[0]} ran"
+        emit(EventKind.ACTION_DONE, message, logging.INFO, **self._fields(request, "hook"))
+
+
+def _move_without_replacing(path: str, opened: OpenedFile, target: str) -> str | None:
+    """Move the scanned file to ``target`` (or target.1, .2, ... if taken).
+
+    Across file systems: copy from the scanned descriptor into a new file
+    (O_EXCL), then remove the original only if it is still the scanned one.
+    Returns where it went, or None when ``path`` no longer names the file.
+    """
+    for attempt in range(1000):
+        candidate = target if attempt == 0 else f"{target}.{attempt}"
+        try:
+            return candidate if move_if_same(path, opened.identity, candidate) else None
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            return _copy_then_remove(path, opened, candidate)
+    raise OSError(errno.EEXIST, f"{target} and 999 numbered names after it exist")
+
+
+def _copy_then_remove(path: str, opened: OpenedFile, target: str) -> str | None:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(target, flags, opened.identity.mode & 0o7777)
+    try:
+        offset = 0
+        while chunk := os.pread(opened.fd, 1 << 20, offset):
+            os.write(fd, chunk)
+            offset += len(chunk)
+        os.fsync(fd)
+    except OSError:
+        os.close(fd)
+        os.unlink(target)
+        raise
+    os.close(fd)
+    if remove_if_same(path, opened.identity):
+        return target
+    # replaced meanwhile: the copy stays released, the new file is scanned anew
+    return target

@@ -1,0 +1,175 @@
+"""Actions touch exactly the file that was scanned: real files, no clamd needed."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from clamwatch.actions import ActionRequest, ActionRunner
+from clamwatch.config import WatchConfig
+from clamwatch.files import OpenedFile, open_for_scan
+from clamwatch.policy import Policy, Rule, decide, parse_rule
+from clamwatch.quarantine import QuarantineStore
+from clamwatch.verdict import Clean, Infected, NotScanned, NotScannedReason, ScanError
+
+
+class Events(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def of(self, kind: str) -> list[dict[str, object]]:
+        found = []
+        for record in self.records:
+            event = getattr(record, "event", None)
+            if event is not None and event.value == kind:
+                found.append({"message": record.getMessage(), **getattr(record, "fields", {})})
+        return found
+
+
+@pytest.fixture
+def events() -> Iterator[Events]:
+    handler = Events()
+    logger = logging.getLogger("clamwatch.events")
+    logger.addHandler(handler)
+    old = logger.level
+    logger.setLevel(logging.DEBUG)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(old)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> QuarantineStore:
+    return QuarantineStore(tmp_path / "quarantine")
+
+
+def run(
+    store: QuarantineStore | None,
+    path: Path,
+    opened: OpenedFile,
+    words: list[str],
+    watch: WatchConfig,
+) -> None:
+    runner = ActionRunner(store, lambda *args: None)
+    rule = parse_rule(words, for_clean=False)
+    runner.submit(
+        ActionRequest(str(path), watch, Infected("Test.Sig"), rule, "ClamAV 1.4.6", opened)
+    )
+    runner.close()
+
+
+def scanned(path: Path) -> OpenedFile:
+    opened = open_for_scan(str(path))
+    assert isinstance(opened, OpenedFile)
+    return opened
+
+
+def test_policy_defaults_are_cautious() -> None:
+    policy = Policy()
+    assert decide(Infected("x"), policy).words == ["move"]
+    assert decide(Clean(), policy).words == ["none"]
+    assert decide(NotScanned(NotScannedReason.TOO_LARGE, "big"), policy).words == ["tag"]
+    assert decide(ScanError("boom"), policy).words == ["tag"]
+    assert parse_rule(["copy", "tag", "hook"], for_clean=False) == Rule(
+        parse_rule(["copy"], for_clean=False).file_action, tag=True, hook=True
+    )
+
+
+@pytest.mark.parametrize("words", [["move"], ["remove"], ["copy"]])
+def test_a_file_replaced_after_the_scan_is_not_touched(
+    tmp_path: Path, store: QuarantineStore, events: Events, words: list[str]
+) -> None:
+    path = tmp_path / "upload"
+    path.write_bytes(b"scanned content")
+    opened = scanned(path)
+    # replaced between the scan and the action: a new inode under the same name
+    path.unlink()
+    path.write_bytes(b"new content, not scanned yet")
+    run(store, path, opened, words, WatchConfig(tmp_path, "t"))
+    assert path.read_bytes() == b"new content, not scanned yet"
+    if words != ["copy"]:
+        assert store.list() == []
+        assert not events.of("action-done")
+    else:
+        # a copy comes from the scanned descriptor: the scanned content, nothing else
+        (record,) = store.list()
+        assert (store.directory / record.id).read_bytes() == b"scanned content"
+
+
+def test_a_symlink_swapped_in_leaves_its_target_alone(
+    tmp_path: Path, store: QuarantineStore, events: Events
+) -> None:
+    path = tmp_path / "upload"
+    path.write_bytes(b"scanned")
+    target = tmp_path / "precious"
+    target.write_bytes(b"do not touch")
+    opened = scanned(path)
+    path.unlink()
+    path.symlink_to(target)
+    for words in (["move"], ["remove"]):
+        run(store, path, scanned_copy(opened), words, WatchConfig(tmp_path, "t"))
+    assert target.read_bytes() == b"do not touch"
+    assert path.is_symlink()
+    assert store.list() == []
+    opened.close()
+
+
+def scanned_copy(opened: OpenedFile) -> OpenedFile:
+    """The same scanned inode under a second descriptor (each run closes its own)."""
+    return OpenedFile(opened.path, os.dup(opened.fd), opened.identity)
+
+
+def test_remove_and_move_the_scanned_file(
+    tmp_path: Path, store: QuarantineStore, events: Events
+) -> None:
+    doomed, moved = tmp_path / "doomed", tmp_path / "moved"
+    doomed.write_bytes(b"a")
+    moved.write_bytes(b"b")
+    run(store, doomed, scanned(doomed), ["remove"], WatchConfig(tmp_path, "t"))
+    run(store, moved, scanned(moved), ["move"], WatchConfig(tmp_path, "t"))
+    assert not doomed.exists() and not moved.exists()
+    (record,) = store.list()
+    assert record.original_path == str(moved)
+    assert [e["action"] for e in events.of("action-done")] == ["remove", "move"]
+
+
+def test_release_never_overwrites(tmp_path: Path, events: Events) -> None:
+    root, out = tmp_path / "in", tmp_path / "out"
+    root.mkdir()
+    (out).mkdir()
+    (out / "report.pdf").write_bytes(b"already there")
+    path = root / "report.pdf"
+    path.write_bytes(b"new")
+    watch = WatchConfig(root, "t", release_to=out)
+    runner = ActionRunner(None, lambda *a: None)
+    rule = parse_rule(["release"], for_clean=True)
+    runner.submit(ActionRequest(str(path), watch, Clean(), rule, None, scanned(path)))
+    runner.close()
+    assert (out / "report.pdf").read_bytes() == b"already there"
+    assert (out / "report.pdf.1").read_bytes() == b"new"
+    assert not path.exists()
+
+
+def test_tag_on_a_file_system_without_user_xattrs_is_reported_once(
+    tmp_path: Path, events: Events
+) -> None:
+    # procfs has no user extended attributes
+    watch = WatchConfig(tmp_path, "t")
+    runner = ActionRunner(None, lambda *a: None)
+    rule = parse_rule(["tag"], for_clean=False)
+    for _ in range(3):
+        opened = open_for_scan("/proc/self/status")
+        assert isinstance(opened, OpenedFile)
+        runner.submit(ActionRequest("/proc/self/status", watch, Infected("x"), rule, None, opened))
+    runner.close()
+    failures = events.of("action-failed")
+    assert len(failures) == 1
+    assert "does not support user extended attributes" in str(failures[0]["error"])

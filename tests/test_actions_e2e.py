@@ -1,0 +1,276 @@
+"""Policies and actions end to end: the daemon, real files, the real clamd."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from clamwatch.privateclamd import PrivateClamd
+from clamwatch.testsig import EICAR_SIGNATURE
+from daemonproc import DaemonProcess, write_config
+
+Start = Callable[..., DaemonProcess]
+
+
+@pytest.fixture
+def watched(tmp_path: Path) -> Path:
+    root = tmp_path / "uploads"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def quarantine_dir(tmp_path: Path) -> Path:
+    return tmp_path / "quarantine"
+
+
+@pytest.fixture
+def start(
+    tmp_path: Path, clamd: PrivateClamd, watched: Path, quarantine_dir: Path
+) -> Iterator[Start]:
+    started: list[DaemonProcess] = []
+
+    def run(quarantine: dict[str, Any] | None = None, **watch_options: Any) -> DaemonProcess:
+        config = write_config(
+            tmp_path / f"c{len(started)}.toml",
+            address=clamd.unix_address,
+            watches=[watched],
+            state_directory=tmp_path / "state",
+            daemon={"settle_time": "500ms"},
+            quarantine={"directory": str(quarantine_dir), **(quarantine or {})},
+            watch_options=watch_options,
+        )
+        daemon = DaemonProcess(config)
+        started.append(daemon)
+        daemon.wait_event("ready")
+        return daemon
+
+    yield run
+    for daemon in started:
+        daemon.stop()
+
+
+def actions(daemon: DaemonProcess, path: Path, kind: str = "action-done") -> list[dict[str, Any]]:
+    return [e for e in daemon.events if e["event"] == kind and e.get("path") == str(path)]
+
+
+def wait_action(
+    daemon: DaemonProcess, path: Path, action: str, kind: str = "action-done"
+) -> dict[str, Any]:
+    daemon.wait_until(
+        lambda evs: any(
+            e["event"] == kind and e.get("path") == str(path) and e.get("action") == action
+            for e in evs
+        ),
+        30,
+        f"{kind} {action} for {path}",
+    )
+    return next(e for e in actions(daemon, path, kind) if e["action"] == action)
+
+
+def records(quarantine_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(p.read_text()) for p in sorted(quarantine_dir.glob("*.json"))]
+
+
+def test_infected_is_moved_to_quarantine_by_default(
+    start: Start, watched: Path, quarantine_dir: Path, eicar: bytes
+) -> None:
+    daemon = start()
+    bad, good = watched / "bad.exe", watched / "good.txt"
+    good.write_text("fine")
+    bad.write_bytes(eicar)
+    done = wait_action(daemon, bad, "move")
+    daemon.wait_verdicts([good])
+    assert not bad.exists() and good.exists()
+    (record,) = records(quarantine_dir)
+    assert record["id"] == done["quarantine_id"]
+    assert record["signature"] == EICAR_SIGNATURE
+    assert record["original_path"] == str(bad)
+    data = quarantine_dir / record["id"]
+    assert data.read_bytes() == eicar
+    assert stat.S_IMODE(data.stat().st_mode) == 0o600
+    assert stat.S_IMODE(quarantine_dir.stat().st_mode) == 0o700
+    verdict = daemon.verdicts()[str(bad)][0]
+    assert verdict["action"] == "move"
+
+
+def test_copy_remove_and_tag(
+    start: Start, watched: Path, quarantine_dir: Path, eicar: bytes
+) -> None:
+    daemon = start(on_infected=["copy", "tag"], on_clean=["tag"])
+    bad, good = watched / "bad", watched / "good"
+    bad.write_bytes(eicar)
+    good.write_text("fine")
+    wait_action(daemon, bad, "copy")
+    wait_action(daemon, good, "tag")
+    wait_action(daemon, bad, "tag")
+    assert bad.read_bytes() == eicar  # copied, not moved
+    assert len(records(quarantine_dir)) == 1
+    assert os.getxattr(bad, "user.clamwatch.verdict") == b"infected"
+    assert os.getxattr(bad, "user.clamwatch.signature") == EICAR_SIGNATURE.encode()
+    assert os.getxattr(good, "user.clamwatch.verdict") == b"clean"
+    assert os.getxattr(good, "user.clamwatch.database").startswith(b"ClamAV ")
+    assert os.getxattr(good, "user.clamwatch.scanned_at").endswith(b"Z")
+
+
+def test_remove(start: Start, watched: Path, quarantine_dir: Path, eicar: bytes) -> None:
+    daemon = start(on_infected=["remove"])
+    bad = watched / "bad"
+    bad.write_bytes(eicar)
+    wait_action(daemon, bad, "remove")
+    assert not bad.exists()
+    assert records(quarantine_dir) == []
+
+
+def test_release_clean_files_keeping_their_path(
+    start: Start, watched: Path, tmp_path: Path, quarantine_dir: Path, eicar: bytes
+) -> None:
+    released = tmp_path / "released"
+    daemon = start(on_clean=["release"], release_to=str(released))
+    (watched / "sub").mkdir()
+    good, bad = watched / "sub" / "good.pdf", watched / "sub" / "bad.pdf"
+    good.write_text("fine")
+    bad.write_bytes(eicar)
+    done = wait_action(daemon, good, "release")
+    wait_action(daemon, bad, "move")
+    assert done["released_to"] == str(released / "sub" / "good.pdf")
+    assert (released / "sub" / "good.pdf").read_text() == "fine"
+    assert not good.exists() and not bad.exists()
+    assert not (released / "sub" / "bad.pdf").exists()
+
+
+def test_one_version_announced_many_times_gives_one_quarantine_entry(
+    start: Start, watched: Path, quarantine_dir: Path, eicar: bytes
+) -> None:
+    daemon = start(on_infected=["copy"])
+    bad = watched / "bad"
+    bad.write_bytes(eicar)
+    for _ in range(10):  # opened for writing and closed: a close-write event each time
+        with open(bad, "r+b"):
+            pass
+    wait_action(daemon, bad, "copy")
+    marker = watched / "marker"
+    marker.write_bytes(eicar)
+    wait_action(daemon, marker, "copy")
+    assert len([r for r in records(quarantine_dir) if r["original_path"] == str(bad)]) == 1
+
+
+def test_quarantine_on_another_file_system(
+    tmpfs: Callable[[Path, str], None],
+    start: Start,
+    watched: Path,
+    quarantine_dir: Path,
+    eicar: bytes,
+) -> None:
+    tmpfs(quarantine_dir, "4m")
+    daemon = start()
+    bad = watched / "bad"
+    bad.write_bytes(eicar + b"tail")
+    wait_action(daemon, bad, "move")
+    assert not bad.exists()
+    (record,) = records(quarantine_dir)
+    assert (quarantine_dir / record["id"]).read_bytes() == eicar + b"tail"
+
+
+def test_full_quarantine_leaves_the_file_and_says_so(
+    tmpfs: Callable[[Path, str], None],
+    start: Start,
+    watched: Path,
+    quarantine_dir: Path,
+    eicar: bytes,
+) -> None:
+    tmpfs(quarantine_dir, "64k")
+    daemon = start(chmod_on_failure=True)
+    bad = watched / "big-bad"
+    bad.write_bytes(eicar + os.urandom(256 * 1024))
+    failed = wait_action(daemon, bad, "move", kind="action-failed")
+    assert "No space left on device" in failed["error"]
+    wait_action(daemon, bad, "chmod 000")
+    assert bad.exists() and bad.read_bytes().startswith(eicar)  # root reads mode 000 too
+    assert stat.S_IMODE(bad.stat().st_mode) == 0
+    assert records(quarantine_dir) == []
+    assert [p for p in quarantine_dir.iterdir() if not p.name.startswith(".")] == []
+
+
+def test_hanging_hook_does_not_slow_scanning(
+    start: Start, watched: Path, tmp_path: Path, eicar: bytes
+) -> None:
+    log = tmp_path / "hook.log"
+    script = tmp_path / "hook.sh"
+    script.write_text(
+        f'#!/bin/sh\necho "$CLAMWATCH_VERDICT $CLAMWATCH_SIGNATURE $CLAMWATCH_PATH" >> {log}\n'
+        'case "$CLAMWATCH_PATH" in *hang*) exec sleep 600;; esac\n'
+    )
+    script.chmod(0o755)
+    daemon = start(
+        on_clean=["hook"], on_infected=["move", "hook"], hook=[str(script)], hook_timeout="60s"
+    )
+    hangers = [watched / f"hang{n}" for n in range(8)]  # more than the hook workers
+    for path in hangers:
+        path.write_text("clean")
+    started = time.monotonic()
+    others = [watched / f"file{n:03}" for n in range(200)]
+    for path in others:
+        path.write_text("clean")
+    bad = watched / "bad"
+    bad.write_bytes(eicar)
+    daemon.wait_verdicts([*others, bad], timeout=60)
+    elapsed = time.monotonic() - started
+    assert elapsed < 20, f"scanning took {elapsed:.1f} s behind hanging hooks"
+    wait_action(daemon, bad, "move")
+
+
+def test_hook_environment_and_failure(
+    start: Start, watched: Path, tmp_path: Path, eicar: bytes
+) -> None:
+    out = tmp_path / "env.txt"
+    script = tmp_path / "hook.sh"
+    script.write_text(f"#!/bin/sh\nenv | grep ^CLAMWATCH_ | sort > {out}\nexit 3\n")
+    script.chmod(0o755)
+    daemon = start(on_infected=["move", "hook"], hook=[str(script), "an argument"])
+    bad = watched / "bad file; rm -rf /"
+    bad.write_bytes(eicar)
+    failed = wait_action(daemon, bad, "hook", kind="action-failed")
+    assert "exited with status 3" in failed["error"]
+    env = dict(line.split("=", 1) for line in out.read_text().splitlines())
+    assert env["CLAMWATCH_PATH"] == str(bad)
+    assert env["CLAMWATCH_VERDICT"] == "infected"
+    assert env["CLAMWATCH_SIGNATURE"] == EICAR_SIGNATURE
+    assert env["CLAMWATCH_ACTION"] == "move hook"
+    assert env["CLAMWATCH_QUARANTINE_ID"]
+    assert env["CLAMWATCH_WATCH"] == str(watched)
+
+
+def test_not_scanned_is_tagged_and_left(start: Start, watched: Path) -> None:
+    daemon = start(max_size="1K")
+    big = watched / "big"
+    big.write_bytes(b"x" * 4096)
+    wait_action(daemon, big, "tag")
+    assert os.getxattr(big, "user.clamwatch.verdict") == b"not-scanned"
+    assert big.exists()
+
+
+@pytest.fixture
+def tmpfs() -> Iterator[Callable[[Path, str], None]]:
+    mounted: list[Path] = []
+
+    def mount(where: Path, size: str) -> None:
+        if os.geteuid() != 0:
+            pytest.skip("mounting a tmpfs needs root")
+        where.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], check=True
+        )
+        mounted.append(where)
+
+    yield mount
+    for where in mounted:
+        subprocess.run(["umount", "-l", str(where)], check=False)
