@@ -35,6 +35,7 @@ from clamwatch.clamd.protocol import (
 )
 from clamwatch.clamd.session import Capabilities, InFlight, Session, SessionState
 from clamwatch.clamd.transport import ClamdConnectionError
+from clamwatch.events import EventKind, emit
 from clamwatch.verdict import NotScanned, NotScannedReason, ScanError, Verdict
 
 log = logging.getLogger(__name__)
@@ -242,7 +243,14 @@ class Engine:
     def _connect_failed(self, now: float, message: str) -> None:
         if self._down_since is None:
             self._down_since = now
-            log.warning("clamd at %s is unreachable: %s; retrying", self.address, message)
+            emit(
+                EventKind.CLAMD_LOST,
+                f"clamd at {self.address} is unreachable: {message}; files wait and are"
+                " retried with backoff",
+                logging.WARNING,
+                clamd=str(self.address),
+                error=message,
+            )
         self._last_error = message
         jitter = random.uniform(0.8, 1.2)
         self._next_connect = now + self._backoff * jitter
@@ -252,7 +260,15 @@ class Engine:
         caps = session.capabilities
         assert caps is not None
         if self._down_since is not None:
-            log.warning("clamd is back at %s after %.1f s", self.address, now - self._down_since)
+            waiting = len(self._queue) + self._in_flight()
+            emit(
+                EventKind.CLAMD_BACK,
+                f"clamd at {self.address} answers again after {now - self._down_since:.1f} s;"
+                f" {waiting} scan(s) were waiting",
+                logging.WARNING,
+                clamd=str(self.address),
+                waited=waiting,
+            )
         self._down_since = None
         self._gave_up = False
         self.stats.sessions_opened += 1
