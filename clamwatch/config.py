@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,7 +33,7 @@ class ClamdSettings:
     clamd_conf: Path = Path("/etc/clamav/clamd.conf")
     transport: TransportChoice = TransportChoice.AUTO
     sessions: int = 2
-    max_in_flight: int | None = None  # None: twice clamd's MaxThreads
+    max_in_flight: int | None = None  # None: 4 x clamd's MaxThreads, 16 to 64
     request_timeout: float = 180.0
     keepalive: float | None = None  # None: a third of clamd's ReadTimeout, at most 30 s
     max_stream_size: int | None = None  # None: clamd.conf's StreamMaxLength
@@ -79,6 +79,7 @@ class Config:
     daemon: DaemonSettings
     watches: tuple[WatchConfig, ...]
     quarantine: QuarantineSettings = field(default_factory=QuarantineSettings)
+    sources: tuple[Path, ...] = ()  # the file and the drop-ins it was read from
 
 
 # -- value parsers: each raises ValueError with what was expected ----------------
@@ -302,12 +303,50 @@ def parse_config(source: Path, data: Mapping[str, object]) -> Config:
     return Config(source, clamd, daemon, tuple(watches), quarantine)
 
 
-def load_config(source: Path = DEFAULT_CONFIG) -> Config:
+def dropin_directory(source: Path) -> Path:
+    """/etc/clamwatch/clamwatch.toml -> /etc/clamwatch/clamwatch.d"""
+    return source.with_suffix(".d")
+
+
+def _read(source: Path) -> dict[str, Any]:
     try:
         with source.open("rb") as handle:
-            data = tomllib.load(handle)
+            return tomllib.load(handle)
     except OSError as exc:
         raise ConfigError(f"{source}: {exc.strerror or exc}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
-    return parse_config(source, data)
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Tables merge key by key; [[watch]] arrays add up."""
+    merged = dict(base)
+    for key, value in override.items():
+        if key == "watch" and isinstance(value, list):
+            merged[key] = [*merged.get(key, []), *value]
+        elif isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(source: Path = DEFAULT_CONFIG) -> Config:
+    """The file and its drop-ins (``clamwatch.d/*.toml``, in name order), validated.
+
+    Each file is checked on its own first, so an error names the file that
+    holds it; what only shows once they are merged (a watch inside another)
+    names the main file.
+    """
+    data = _read(source)
+    parse_config(source, data)
+    dropins = dropin_directory(source)
+    sources = [source]
+    if dropins.is_dir():
+        for path in sorted(dropins.glob("*.toml")):
+            extra = _read(path)
+            parse_config(path, extra)
+            data = _merge(data, extra)
+            sources.append(path)
+    config = parse_config(source, data)
+    return replace(config, sources=tuple(sources))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import queue
 import resource
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 # descriptor; the engine keeps only a few dozen in flight, so a few hundred
 # waiting is plenty to keep clamd busy without nearing RLIMIT_NOFILE.
 _WINDOW = 256
+_BATCH = 64  # outcomes handed over at once (see _Results)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,24 +93,50 @@ def run_scan(options: ScanOptions, out: TextIO = sys.stdout, err: TextIO = sys.s
     return reporter.counts.exit_code()
 
 
+class _Results:
+    """Outcomes handed from the engine thread to the walking thread, in batches.
+
+    Waking the walker for every single outcome made the two threads trade
+    the GIL for each file (futex calls by the tens of thousands); it is woken
+    once ``_BATCH`` outcomes wait, or when nothing else is outstanding.
+    """
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.ready: list[tuple[ScanJob, ScanOutcome]] = []
+        self.outstanding = 0
+
+    def put(self, job: ScanJob, outcome: ScanOutcome) -> None:
+        with self.cond:
+            self.ready.append((job, outcome))
+            if len(self.ready) >= min(_BATCH, self.outstanding):
+                self.cond.notify()
+
+    def take(self, engine: Engine) -> list[tuple[ScanJob, ScanOutcome]]:
+        """Wait for a batch (or for everything outstanding); [] if the engine died."""
+        with self.cond:
+            while len(self.ready) < min(_BATCH, self.outstanding):
+                if not self.cond.wait(1.0) and not engine.alive:
+                    break
+            taken, self.ready = self.ready, []
+            self.outstanding -= len(taken)
+            return taken
+
+
 def _scan_all(engine: Engine, paths: list[str], reporter: Reporter) -> None:
-    done: queue.SimpleQueue[tuple[ScanJob, ScanOutcome]] = queue.SimpleQueue()
-    outstanding: set[ScanJob] = set()
+    results = _Results()
+    submitted: set[ScanJob] = set()
 
-    def finish(job: ScanJob, outcome: ScanOutcome) -> None:
-        outstanding.discard(job)
-        job.file.close()
-        reporter.report(job.file.path, outcome.verdict, outcome)
-
-    def wait_one() -> None:
-        while True:
-            try:
-                finish(*done.get(timeout=1.0))
-                return
-            except queue.Empty:
-                if not engine.alive:
-                    _fail_all(outstanding, reporter, "the clamd engine stopped")
-                    return
+    def finish(batch: list[tuple[ScanJob, ScanOutcome]]) -> None:
+        if not batch and not engine.alive:
+            _fail_all(submitted, reporter, "the clamd engine stopped")
+            with results.cond:
+                results.outstanding = 0
+            return
+        for job, outcome in batch:
+            submitted.discard(job)
+            job.file.close()
+            reporter.report(job.file.path, outcome.verdict, outcome)
 
     for item in walk(paths):
         if isinstance(item, tuple):
@@ -119,18 +146,15 @@ def _scan_all(engine: Engine, paths: list[str], reporter: Reporter) -> None:
         if not isinstance(opened, OpenedFile):
             reporter.report(item, opened)
             continue
-        job = ScanJob(opened, lambda j, o: done.put((j, o)))
-        outstanding.add(job)
+        job = ScanJob(opened, results.put)
+        submitted.add(job)
+        with results.cond:
+            results.outstanding += 1
         engine.submit(job)
-        while len(outstanding) >= _WINDOW:
-            wait_one()
-        while True:
-            try:
-                finish(*done.get_nowait())
-            except queue.Empty:
-                break
-    while outstanding:
-        wait_one()
+        if results.outstanding >= _WINDOW:
+            finish(results.take(engine))
+    while results.outstanding:
+        finish(results.take(engine))
 
 
 def _fail_all(outstanding: set[ScanJob], reporter: Reporter, message: str) -> None:

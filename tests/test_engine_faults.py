@@ -253,8 +253,7 @@ def test_handshake_command_unavailable_is_not_asked_again(
     tmp_path: Path, eicar: bytes, command: str
 ) -> None:
     # COMMAND UNAVAILABLE ends the first session (clamd 1.5); later ones go
-    # straight to scanning. max_requests_per_session makes several of them
-    # (it is checked after each burst, so a session may take a few more).
+    # straight to scanning. max_requests_per_session makes several of them.
     paths, infected = tree(tmp_path, 12, eicar)
     with (
         FakeClamd(Faults(unavailable=frozenset({command}))) as fake,
@@ -389,16 +388,16 @@ def test_read_timeout_shorter_than_keepalive_is_learnt(
     assert any("keepalive now every 0.6 s" in r.getMessage() for r in caplog.records)
 
 
-@pytest.mark.parametrize(("max_in_flight", "cap"), [(3, 3), (None, 8)], ids=["set", "from-stats"])
+@pytest.mark.parametrize(("max_in_flight", "cap"), [(3, 3), (None, 16)], ids=["set", "from-stats"])
 def test_in_flight_cap_is_what_clamd_sees(
     tmp_path: Path, eicar: bytes, max_in_flight: int | None, cap: int
 ) -> None:
     """clamd has no error for a full queue: the engine must bound what it sends.
 
     Measured by the fake: scan requests read and not yet answered, over
-    both sessions at once. None: twice the "max 4" threads STATS reports.
+    both sessions at once. None: four times the "max 4" threads STATS reports.
     """
-    paths, infected = tree(tmp_path, 32, eicar)
+    paths, infected = tree(tmp_path, 48, eicar)
     with (
         FakeClamd(Faults(scan_delay=0.05)) as fake,
         running(fake.unix_address, sessions=2, max_in_flight=max_in_flight) as engine,

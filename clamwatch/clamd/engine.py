@@ -45,8 +45,8 @@ log = logging.getLogger(__name__)
 class EngineSettings:
     transport: TransportChoice = TransportChoice.AUTO
     sessions: int = 2
-    # None: twice clamd's MaxThreads as STATS reports it, so every clamd
-    # thread has the next request waiting when it finishes one.
+    # None: four times clamd's MaxThreads as STATS reports it (16 to 64), so
+    # every clamd thread has its next request waiting when it finishes one.
     max_in_flight: int | None = None
     request_timeout: float = 180.0  # above clamd's own MaxScanTime (120 s by default)
     # A PING when a session sent nothing for this long: clamd's ReadTimeout
@@ -297,7 +297,11 @@ class Engine:
         if self.settings.max_in_flight is not None:
             return self.settings.max_in_flight
         threads = self._capabilities.max_threads if self._capabilities else None
-        return max(2, 2 * threads) if threads else 8
+        # Enough that every clamd thread finds its next request waiting even
+        # with replies and new requests in transit (measured: 8 in flight for
+        # 4 threads left clamd idle between requests, 32 did not), and below
+        # clamd's default MaxQueue of 100, past which clamd stops reading.
+        return min(max(4 * threads, 16), 64) if threads else 16
 
     def _session_lost(self, session: Session, reason: str, now: float) -> None:
         was_ready = session.capabilities is not None
@@ -378,6 +382,7 @@ class Engine:
                 and in_flight < total
                 and session.accepting
                 and len(session.in_flight) < per_session
+                and session.requests < self.settings.max_requests_per_session
             ):
                 job = self._queue.popleft()
                 refused = self._refuse(job, transport, caps)
