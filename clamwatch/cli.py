@@ -182,11 +182,37 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"the configuration file (default: {DEFAULT_CONFIG})",
     )
     run.add_argument(
+        "--log-target",
+        choices=("auto", "journal", "stderr"),
+        default="auto",
+        help="where events go: the systemd journal with structured CLAMWATCH_* fields, or"
+        " stderr; auto: the journal when systemd connected stderr to it (default: auto)",
+    )
+    run.add_argument(
         "--log-format",
         choices=("text", "json"),
         help="one line of text per event, or one JSON object per event with the fields the"
         " journal carries (default: log_format from the configuration, else text)",
     )
+
+    check = commands.add_parser(
+        "check-config",
+        help="validate the configuration (and that clamd answers)",
+        description="Read the configuration file and its drop-ins (clamwatch.d/*.toml) as"
+        " `clamwatch run` would, and report every problem with the file, the key, the bad"
+        " value and what was expected. With --clamd, also connect to clamd and report what"
+        " it offers.",
+        epilog="exit status: 0 the configuration is valid (and clamd answered);"
+        " 1 it is not (or clamd did not answer)",
+    )
+    check.add_argument(
+        "--config",
+        type=Path,
+        default=DEFAULT_CONFIG,
+        metavar="FILE",
+        help=f"the configuration file (default: {DEFAULT_CONFIG})",
+    )
+    check.add_argument("--clamd", action="store_true", help="also check that clamd answers")
 
     demo = commands.add_parser(
         "demo",
@@ -360,7 +386,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         )
     if args.command == "run":
-        return run_daemon(args.config, args.log_format)
+        return run_daemon(args.config, args.log_format, args.log_target)
+    if args.command == "check-config":
+        from clamwatch.check_config import run_check
+
+        return run_check(args.config, check_clamd=args.clamd)
     if args.command == "quarantine":
         from clamwatch.quarantine_command import run_quarantine
 
@@ -370,7 +400,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_demo(args.workdir, args.duration)
 
 
-def run_daemon(config_path: Path, log_format: str | None) -> int:
+def run_daemon(config_path: Path, log_format: str | None, log_target: str) -> int:
     from clamwatch.config import ConfigError, load_config
     from clamwatch.daemon import Daemon, setup_logging
     from clamwatch.state import StateError
@@ -383,7 +413,7 @@ def run_daemon(config_path: Path, log_format: str | None) -> int:
     if not config.watches:
         sys.stderr.write(f"clamwatch: {config_path}: no [[watch]] is configured\n")
         return 2
-    setup_logging(log_format or config.daemon.log_format)
+    setup_logging(log_format or config.daemon.log_format, log_target)
     try:
         daemon = Daemon(config)
     except (AddressError, ValueError) as exc:

@@ -18,15 +18,17 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import FrameType
 
 from clamwatch.actions import ActionRunner
-from clamwatch.clamd.engine import Engine
+from clamwatch.clamd.engine import ClamdUnavailableError, Engine
 from clamwatch.clamd.settings import resolve_engine
-from clamwatch.config import Config
+from clamwatch.config import Config, ConfigError, load_config
 from clamwatch.dispatch import Dispatcher, Rescan, Work
 from clamwatch.events import EventKind, JsonFormatter, TextFormatter, emit, shown
+from clamwatch.journal import JournalHandler, stderr_is_journal
+from clamwatch.notify import Notifier
 from clamwatch.pipeline import Pipeline, Result
 from clamwatch.policy import FileAction
 from clamwatch.quarantine import QuarantineStore
@@ -39,6 +41,11 @@ from clamwatch.watch.watchdog_backend import TreeWatcher
 log = logging.getLogger(__name__)
 
 _CHECKPOINT_EVERY = 30.0  # seconds between state file checkpoints
+_STATUS_EVERY = 5.0  # seconds between STATUS= updates to systemd
+_TICK = 1.0  # the main loop's pace: signals, watchdog
+# A loop that has not come round for this long is stuck: both loops wake at
+# least every second (the engine's select and the pipeline's wait are capped).
+_STALLED = 10.0
 _SLACK = 2.0  # seconds of clock and timestamp granularity allowed for in "changed"
 
 
@@ -57,9 +64,14 @@ def _quarantines(config: Config) -> bool:
     )
 
 
-def setup_logging(log_format: str, level: int = logging.INFO) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+def setup_logging(log_format: str, target: str = "auto", level: int = logging.INFO) -> None:
+    """Events to the journal (under systemd, or asked for), else to stderr."""
+    handler: logging.Handler
+    if target == "journal" or (target == "auto" and stderr_is_journal()):
+        handler = JournalHandler()
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -92,6 +104,9 @@ class Daemon:
         self.walker = Walker(self.dispatcher, self.filters, self._walked)
         self.watcher = TreeWatcher(list(self.filters.values()), self.dispatcher, self._armed)
         self.stop_requested = threading.Event()
+        self.reload_requested = threading.Event()
+        self.notifier = Notifier()
+        self._stall_reported = False
         self.state = State()
         self._coverage = _Coverage()
 
@@ -200,6 +215,7 @@ class Daemon:
         self.state = load_state(settings.state_directory)
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGHUP, self._on_reload)
         self.engine.start()
         for path, watch in self.state.pending:
             if watch in self.filters:
@@ -210,16 +226,117 @@ class Daemon:
         self.pipeline.start()
         self.walker.start()
         self.watcher.start()
-        emit(
-            EventKind.READY,
-            f"clamwatch ready: watching {self.watcher.armed} of {len(self.filters)} tree(s)",
-        )
-        while not self.stop_requested.wait(_CHECKPOINT_EVERY):
-            self._checkpoint()
+        # READY only once clamd answered: `systemctl start` returns when
+        # clamwatch really scans. Files arriving meanwhile wait.
+        if self._wait_for_clamd():
+            emit(
+                EventKind.READY,
+                f"clamwatch ready: watching {self.watcher.armed} of {len(self.filters)} tree(s)",
+            )
+            self.notifier.ready(self._status())
+            self._serve()
         return self._stop()
+
+    def _wait_for_clamd(self) -> bool:
+        self.notifier.status(f"waiting for clamd at {self.engine.address}")
+        while not self.stop_requested.is_set():
+            try:
+                self.engine.wait_ready(_TICK)
+                return True
+            except ClamdUnavailableError:
+                self._watchdog()
+        return False
+
+    def _serve(self) -> None:
+        now = time.monotonic()
+        next_status, next_checkpoint = now + _STATUS_EVERY, now + _CHECKPOINT_EVERY
+        tick = min(_TICK, self.notifier.watchdog_interval or _TICK)
+        while not self.stop_requested.wait(tick):
+            now = time.monotonic()
+            if self.reload_requested.is_set():
+                self.reload_requested.clear()
+                self._reload()
+            self._watchdog()
+            if now >= next_status:
+                self.notifier.status(self._status())
+                next_status = now + _STATUS_EVERY
+            if now >= next_checkpoint:
+                self._checkpoint()
+                next_checkpoint = now + _CHECKPOINT_EVERY
+
+    def _watchdog(self) -> None:
+        """WATCHDOG=1 only while the engine's loop and the pipeline's loop both tick."""
+        now = time.monotonic()
+        stalled = [
+            name
+            for name, beat in (("clamd engine", self.engine.heartbeat),
+                               ("scanning pipeline", self.pipeline.heartbeat))
+            if beat and now - beat > _STALLED
+        ]  # fmt: skip
+        if stalled:
+            if not self._stall_reported:
+                log.error("the %s loop has not run for %.0f s", stalled[0], _STALLED)
+            self._stall_reported = True
+            return
+        self._stall_reported = False
+        self.notifier.watchdog()
+
+    def _status(self) -> str:
+        clamd = "up" if self.engine.reachable else "unreachable"
+        return (
+            f"watching {self.watcher.armed}/{len(self.filters)} trees; "
+            f"{self.pipeline.scanned} scanned, {self.pipeline.infected} infected; "
+            f"{self.dispatcher.depth} waiting; clamd {clamd}"
+        )
+
+    def _on_reload(self, signum: int, frame: FrameType | None) -> None:
+        self.reload_requested.set()
+
+    def _reload(self) -> None:
+        """SIGHUP: a valid new configuration replaces the watches; a bad one is refused."""
+        self.notifier.reloading()
+        old = self.config
+        try:
+            new = load_config(old.source)
+            if not new.watches:
+                raise ConfigError(f"{old.source}: no [[watch]] is configured")
+        except ConfigError as exc:
+            emit(
+                EventKind.CONFIG_REJECTED,
+                f"the new configuration is refused, the running one stays: {exc}",
+                logging.ERROR,
+                error=str(exc),
+                config=str(old.source),
+            )
+            self.notifier.ready(self._status())
+            return
+        later = [name for name in ("clamd", "daemon", "quarantine")
+                 if getattr(new, name) != getattr(old, name)]  # fmt: skip
+        self.config = replace(new, clamd=old.clamd, daemon=old.daemon, quarantine=old.quarantine)
+        own = (str(old.daemon.state_directory), str(old.quarantine.directory))
+        fresh = {str(w.path): WatchFilter(w, own) for w in new.watches}
+        if self.store is None and _quarantines(new):
+            self.store = QuarantineStore(old.quarantine.directory)
+            self.actions.store = self.store
+        # one key at a time: the pipeline and the walker read this dict live
+        for root, rules in fresh.items():
+            self.filters[root] = rules
+        for root in [r for r in self.filters if r not in fresh]:
+            del self.filters[root]
+        self.watcher.update(list(fresh.values()))
+        note = (
+            f"; changes to [{'], ['.join(later)}] take effect at the next restart" if later else ""
+        )
+        emit(
+            EventKind.CONFIG_RELOADED,
+            f"configuration reloaded: {len(fresh)} watch(es){note}",
+            config=str(old.source),
+        )
+        self.notifier.ready(self._status())
 
     def _stop(self) -> int:
         settings = self.config.daemon
+        self.notifier.stopping()
         emit(EventKind.STOPPING, "clamwatch stopping: finishing the scans in flight")
         deadline = time.monotonic() + settings.stop_timeout
         self.watcher.stop()

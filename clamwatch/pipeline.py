@@ -100,6 +100,7 @@ class Pipeline:
         self._thread = threading.Thread(target=self._run, name="clamwatch-dispatch", daemon=True)
         self.scanned = 0
         self.infected = 0
+        self.heartbeat = 0.0  # monotonic time the loop last came round (0: not started)
 
     def start(self) -> None:
         self._thread.start()
@@ -122,6 +123,7 @@ class Pipeline:
         while not self._stop.is_set():
             self._finish_completed()
             now = time.monotonic()
+            self.heartbeat = now
             if now >= next_settle:
                 self.dispatcher.settle_check(_lstat)
                 next_settle = now + _SETTLE_EVERY

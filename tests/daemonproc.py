@@ -50,13 +50,21 @@ def write_config(
 
 
 class DaemonProcess:
-    def __init__(self, config: Path) -> None:
+    def __init__(
+        self,
+        config: Path,
+        *,
+        env: dict[str, str] | None = None,
+        prefix: tuple[str, ...] = (),
+        log_target: str = "stderr",
+    ) -> None:
         self.config = config
         self.events: list[dict[str, Any]] = []
         self.other_lines: list[str] = []
         self._cond = threading.Condition()
         self.process = subprocess.Popen(
             [
+                *prefix,
                 sys.executable,
                 "-m",
                 "clamwatch",
@@ -65,10 +73,13 @@ class DaemonProcess:
                 str(config),
                 "--log-format",
                 "json",
+                "--log-target",
+                log_target,
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            env=env,
         )
         self._reader = threading.Thread(target=self._read, name="daemon-log-reader")
         self._reader.start()

@@ -279,18 +279,22 @@ def test_watch_root_created_late_and_recreated(
 def test_files_wait_for_a_late_clamd(
     clamd_factory: ClamdFactory, start_daemon: StartDaemon, watched: Path, eicar: bytes
 ) -> None:
+    """Not ready until clamd answers; files written meanwhile wait, then are scanned."""
     server = clamd_factory()
     server.stop()
-    daemon = start_daemon(address=server.unix_address)
+    daemon = start_daemon(address=server.unix_address, wait_ready=False)
+    daemon.wait_event("clamd-lost")
+    daemon.wait_event("watch-armed")
     bad = watched / "bad"
     bad.write_bytes(eicar)
-    daemon.wait_until(
-        lambda evs: any("unreachable" in e["message"] for e in evs), 30, "clamd unreachable"
-    )
     assert not daemon.verdicts()  # waiting, not reported
+    assert not any(e["event"] == "ready" for e in daemon.events)
     server.restart()
+    daemon.wait_event("ready", timeout=30)
     daemon.wait_verdicts([bad], timeout=60)
     assert daemon.verdicts()[str(bad)][0]["event"] == "detection"
+    back = daemon.wait_event("clamd-back")
+    assert "answers again" in back["message"]
 
 
 def test_bad_config_is_refused_naming_file_and_key(tmp_path: Path) -> None:

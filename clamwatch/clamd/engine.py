@@ -99,6 +99,7 @@ class Engine:
         self._last_error = ""
         self._unfinished: list[ScanJob] = []
         self.stats = EngineStats()
+        self.heartbeat = 0.0  # monotonic time the loop last came round (0: not started)
         # loop-thread state
         self._queue: collections.deque[ScanJob] = collections.deque()
         self._sessions: list[Session] = []
@@ -147,6 +148,11 @@ class Engine:
         return self._thread.is_alive()
 
     @property
+    def reachable(self) -> bool:
+        """clamd answered the last connection attempt."""
+        return self._capabilities is not None and self._down_since is None
+
+    @property
     def capabilities(self) -> Capabilities | None:
         return self._capabilities
 
@@ -181,6 +187,7 @@ class Engine:
         drain_deadline: float | None = None
         while True:
             now = time.monotonic()
+            self.heartbeat = now
             stopping = self._take_inbox()
             if stopping:
                 if drain_deadline is None:
@@ -579,7 +586,8 @@ class Engine:
             oldest = next(iter(session.in_flight.values()), None)
             if oldest is not None:
                 candidates.append(oldest.sent_at + self.settings.request_timeout)
-        return max(0.0, min(candidates) - now)
+        # at least once a second, so that the heartbeat shows a live loop
+        return max(0.0, min(min(candidates) - now, 1.0))
 
     def _shutdown(self) -> None:
         unfinished = list(self._queue)

@@ -146,6 +146,7 @@ class TreeWatcher:
         # source, not a "created" that would wait for settle_time
         self._observer: BaseObserver = InotifyObserver(generate_full_events=True)
         self._roots = [_Root(rules, _Handler(rules, dispatcher)) for rules in filters]
+        self._lock = threading.Lock()  # _roots: changed by update(), walked by the supervisor
         self._overflow = OverflowDetector(self._overflowed)
         self._stop = threading.Event()
         self._thread = threading.Thread(
@@ -156,8 +157,9 @@ class TreeWatcher:
         """Arm every root that exists now (so READY means watching), then supervise."""
         self._overflow.install()
         self._observer.start()
-        for root in self._roots:
-            self._check(root, time.monotonic())
+        with self._lock:
+            for root in self._roots:
+                self._check(root, time.monotonic())
         self._thread.start()
 
     @property
@@ -177,8 +179,28 @@ class TreeWatcher:
     def _supervise(self) -> None:
         while not self._stop.wait(_SUPERVISE_EVERY):
             now = time.monotonic()
+            with self._lock:
+                for root in self._roots:
+                    self._check(root, now)
+
+    def update(self, filters: list[WatchFilter]) -> None:
+        """A reloaded configuration: new rules, new roots armed, dropped roots disarmed."""
+        wanted = {rules.root: rules for rules in filters}
+        with self._lock:
+            kept: list[_Root] = []
             for root in self._roots:
-                self._check(root, now)
+                rules = wanted.pop(root.rules.root, None)
+                if rules is None:
+                    self._disarm(root)
+                    log.info("no longer watching %s", root.rules.root)
+                    continue
+                root.rules = root.handler.rules = rules
+                kept.append(root)
+            for rules in wanted.values():
+                root = _Root(rules, _Handler(rules, self.dispatcher))
+                kept.append(root)
+                self._check(root, time.monotonic())
+            self._roots = kept
 
     def _check(self, root: _Root, now: float) -> None:
         path = root.rules.root

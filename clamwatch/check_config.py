@@ -1,0 +1,47 @@
+"""`clamwatch check-config`: validate what `clamwatch run` would read."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from clamwatch.clamd.address import AddressError
+from clamwatch.clamd.engine import ClamdUnavailableError, Engine
+from clamwatch.clamd.settings import resolve_engine
+from clamwatch.config import ConfigError, load_config
+
+_CLAMD_TIMEOUT = 10.0  # seconds to wait for clamd's answer
+
+
+def run_check(path: Path, *, check_clamd: bool) -> int:
+    try:
+        config = load_config(path)
+        if not config.watches:
+            raise ConfigError(f"{path}: no [[watch]] is configured")
+        address, settings = resolve_engine(config.clamd, give_up_after=_CLAMD_TIMEOUT)
+    except (ConfigError, AddressError, ValueError) as exc:
+        print(f"clamwatch check-config: {exc}", file=sys.stderr)
+        return 1
+    files = ", ".join(str(source) for source in config.sources)
+    print(f"{files}: valid")
+    for watch in config.watches:
+        print(f"  watch {watch.path}: clean -> {' '.join(watch.policy.clean.words)}, infected ->"
+              f" {' '.join(watch.policy.infected.words)}")  # fmt: skip
+    if not check_clamd:
+        print(f"  clamd at {address} (not contacted; --clamd checks it)")
+        return 0
+    engine = Engine(address, settings).start()
+    try:
+        caps = engine.wait_ready(_CLAMD_TIMEOUT)
+    except ClamdUnavailableError as exc:
+        print(f"clamwatch check-config: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        engine.close()
+    fildes = "FILDES" in caps.commands and address.is_unix
+    threads = caps.max_threads if caps.max_threads is not None else "unknown"
+    print(
+        f"  clamd at {address}: {caps.version or 'version unknown'}, MaxThreads {threads},"
+        f" files passed by {'descriptor (FILDES)' if fildes else 'stream (INSTREAM)'}"
+    )
+    return 0

@@ -1,0 +1,146 @@
+"""Events in a real journald (run in a private mount namespace, as design.md describes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from clamwatch.events import MESSAGE_IDS, EventKind
+from clamwatch.privateclamd import PrivateClamd
+from clamwatch.testsig import EICAR_SIGNATURE
+from daemonproc import DaemonProcess, write_config
+
+JOURNALD = Path("/lib/systemd/systemd-journald")
+
+
+@dataclass
+class PrivateJournal:
+    pid: int
+    directory: Path  # where journald writes (Storage=volatile: its /run/log/journal)
+
+    @property
+    def enter(self) -> tuple[str, ...]:
+        """A command prefix that runs in journald's mount namespace."""
+        return ("nsenter", "-t", str(self.pid), "-m", "--")
+
+    def read(self, *matches: str) -> list[dict[str, Any]]:
+        result = subprocess.run(
+            ["journalctl", "-D", str(self.directory), "-o", "json", "--no-pager", *matches],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+
+    def wait(self, *matches: str, timeout: float = 30.0) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while not (entries := self.read(*matches)):
+            assert time.monotonic() < deadline, f"nothing in the journal for {matches}"
+            time.sleep(0.1)
+        return entries
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> Iterator[PrivateJournal]:
+    for tool in ("unshare", "nsenter", "journalctl"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is missing")
+    if not JOURNALD.exists() or os.geteuid() != 0:
+        pytest.skip("a private journald needs systemd-journald and root")
+    base = tmp_path / "journal"
+    for name in ("run-systemd", "run-log", "var-log-journal"):
+        (base / name).mkdir(parents=True)
+    conf = base / "journald.conf"
+    conf.write_text("[Journal]\nStorage=volatile\nReadKMsg=no\n")
+    script = (
+        f"mount --bind {base}/run-systemd /run/systemd && "
+        f"mount --bind {base}/run-log /run/log && "
+        f"mount --bind {base}/var-log-journal /var/log/journal && "
+        f"mount --bind {conf} /etc/systemd/journald.conf && "
+        f"exec {JOURNALD}"
+    )
+    os.makedirs("/var/log/journal", exist_ok=True)
+    process = subprocess.Popen(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    socket_path = base / "run-systemd" / "journal" / "socket"
+    deadline = time.monotonic() + 10
+    while not socket_path.exists():
+        assert process.poll() is None, "systemd-journald exited"
+        assert time.monotonic() < deadline, "systemd-journald did not create its socket"
+        time.sleep(0.05)
+    try:
+        yield PrivateJournal(process.pid, base / "run-log" / "journal")
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def test_detection_in_the_journal_with_fields(
+    journal: PrivateJournal, tmp_path: Path, clamd: PrivateClamd, eicar: bytes
+) -> None:
+    watched = tmp_path / "uploads"
+    watched.mkdir()
+    config = write_config(
+        tmp_path / "c.toml",
+        address=clamd.unix_address,
+        watches=[watched],
+        state_directory=tmp_path / "state",
+        quarantine={"directory": str(tmp_path / "quarantine")},
+    )
+    with DaemonProcess(config, prefix=journal.enter, log_target="journal"):
+        journal.wait(f"MESSAGE_ID={MESSAGE_IDS[EventKind.READY]}")
+        bad = watched / "caf\udce9.exe"  # a name that is not UTF-8
+        bad.write_bytes(eicar)
+        detection_id = MESSAGE_IDS[EventKind.DETECTION]
+        (entry,) = journal.wait(f"MESSAGE_ID={detection_id}")
+        moved = journal.wait(f"MESSAGE_ID={MESSAGE_IDS[EventKind.ACTION_DONE]}")
+    assert entry["PRIORITY"] == "4"
+    assert entry["SYSLOG_IDENTIFIER"] == "clamwatch"
+    assert entry["CLAMWATCH_VERDICT"] == "infected"
+    assert entry["CLAMWATCH_SIGNATURE"] == EICAR_SIGNATURE
+    assert entry["CLAMWATCH_ACTION"] == "move"
+    assert entry["CLAMWATCH_WATCH"] == str(watched)
+    assert float(entry["CLAMWATCH_LATENCY_MS"]) >= 0
+    # the exact bytes of the name (journalctl shows non-UTF-8 values as byte arrays)
+    assert bytes(entry["CLAMWATCH_PATH"]) == os.fsencode(bad)
+    assert moved[0]["CLAMWATCH_QUARANTINE_ID"]
+    # filtering on a field finds it
+    clean_name = watched / "plain.exe"
+    assert journal.read(f"CLAMWATCH_PATH={clean_name}") == []
+    by_path = journal.read(f"CLAMWATCH_SIGNATURE={EICAR_SIGNATURE}")
+    assert {e["MESSAGE_ID"] for e in by_path} >= {detection_id}
+    stopped = journal.wait(f"MESSAGE_ID={MESSAGE_IDS[EventKind.STOPPED]}")
+    assert stopped[0]["PRIORITY"] == "6"
+
+
+def test_filter_by_path(
+    journal: PrivateJournal, tmp_path: Path, clamd: PrivateClamd, eicar: bytes
+) -> None:
+    watched = tmp_path / "uploads"
+    watched.mkdir()
+    config = write_config(
+        tmp_path / "c.toml",
+        address=clamd.unix_address,
+        watches=[watched],
+        state_directory=tmp_path / "state",
+        watch_options={"on_infected": ["tag"]},
+    )
+    with DaemonProcess(config, prefix=journal.enter, log_target="journal"):
+        journal.wait(f"MESSAGE_ID={MESSAGE_IDS[EventKind.READY]}")
+        bad = watched / "invoice.pdf.exe"
+        bad.write_bytes(eicar)
+        entries = journal.wait(f"CLAMWATCH_PATH={bad}", "CLAMWATCH_EVENT=detection")
+    assert entries[0]["MESSAGE"] == f"{bad}: {EICAR_SIGNATURE} FOUND"

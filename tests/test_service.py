@@ -1,0 +1,163 @@
+"""The daemon as systemd sees it: sd_notify, reload on SIGHUP, check-config."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from clamwatch.privateclamd import PrivateClamd
+from daemonproc import DaemonProcess, write_config
+
+
+class NotifySocket:
+    """An AF_UNIX datagram socket standing in for systemd's NOTIFY_SOCKET."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.messages: list[dict[str, str]] = []
+
+    def wait_for(self, key: str, value: str, timeout: float = 30.0) -> dict[str, str]:
+        deadline = time.monotonic() + timeout
+        while True:
+            for message in self.messages:
+                if message.get(key) == value:
+                    self.messages.remove(message)
+                    return message
+            left = deadline - time.monotonic()
+            assert left > 0, f"no {key}={value} within {timeout} s; got {self.messages}"
+            self.sock.settimeout(left)
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                continue
+            self.messages.append(dict(line.split("=", 1) for line in data.decode().splitlines()))
+
+
+@pytest.fixture
+def notify(tmp_path: Path) -> Iterator[NotifySocket]:
+    sock = NotifySocket(tmp_path / "notify")
+    yield sock
+    sock.sock.close()
+
+
+def test_notify_reload_and_stop(
+    tmp_path: Path, clamd: PrivateClamd, notify: NotifySocket, eicar: bytes
+) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    config = tmp_path / "clamwatch.toml"
+
+    def configure(*watches: Path) -> None:
+        write_config(
+            config,
+            address=clamd.unix_address,
+            watches=list(watches),
+            state_directory=tmp_path / "state",
+            daemon={"settle_time": "500ms"},
+        )
+
+    configure(first)
+    env = {**os.environ, "NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "2000000"}
+    env.pop("WATCHDOG_PID", None)
+    with DaemonProcess(config, env=env) as daemon:
+        ready = notify.wait_for("READY", "1")
+        assert ready["STATUS"].startswith("watching 1/1 trees; 0 scanned")
+        notify.wait_for("WATCHDOG", "1", timeout=5)
+        notify.wait_for("WATCHDOG", "1", timeout=5)  # at half of WATCHDOG_USEC, again and again
+
+        # a broken configuration is refused and the old one keeps running
+        config.write_text(config.read_text().replace("[daemon]", "[daemon]\nbogus = 1"))
+        daemon.signal(1)  # SIGHUP
+        notify.wait_for("RELOADING", "1")
+        notify.wait_for("READY", "1")
+        rejected = daemon.wait_event("config-rejected")
+        assert f"{config}: [daemon] unknown key 'bogus'" in rejected["error"]
+        bad = first / "bad"
+        bad.write_bytes(eicar)
+        daemon.wait_verdicts([bad])
+
+        # a good one that adds a watch is taken at once
+        configure(first, second)
+        daemon.signal(1)
+        notify.wait_for("RELOADING", "1")
+        notify.wait_for("READY", "1")
+        reloaded = daemon.wait_event("config-reloaded")
+        assert "2 watch(es)" in reloaded["message"]
+        daemon.wait_until(
+            lambda evs: sum(e["event"] == "watch-armed" for e in evs) >= 2, 15, "second watch"
+        )
+        also = second / "also"
+        also.write_bytes(eicar)
+        daemon.wait_verdicts([also])
+        assert daemon.stop() == 0
+    notify.wait_for("STOPPING", "1")
+
+
+def test_ready_waits_for_clamd(tmp_path: Path, clamd_factory: object, notify: NotifySocket) -> None:
+    server = clamd_factory()  # type: ignore[operator]
+    server.stop()
+    watched = tmp_path / "w"
+    watched.mkdir()
+    config = write_config(
+        tmp_path / "c.toml",
+        address=server.unix_address,
+        watches=[watched],
+        state_directory=tmp_path / "state",
+    )
+    env = {**os.environ, "NOTIFY_SOCKET": str(notify.path)}
+    with DaemonProcess(config, env=env) as daemon:
+        waiting = notify.wait_for("STATUS", f"waiting for clamd at {server.unix_address}")
+        assert "READY" not in waiting
+        assert not any(m.get("READY") == "1" for m in notify.messages)
+        server.restart()
+        notify.wait_for("READY", "1", timeout=30)
+        daemon.wait_event("ready")
+
+
+def run_check(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "clamwatch", "check-config", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
+def test_check_config_with_drop_ins_and_clamd(tmp_path: Path, clamd: PrivateClamd) -> None:
+    config = tmp_path / "clamwatch.toml"
+    config.write_text(f'[clamd]\naddress = "{clamd.unix_address}"\n[[watch]]\npath = "/srv/a"\n')
+    dropins = tmp_path / "clamwatch.d"
+    dropins.mkdir()
+    (dropins / "10-more.toml").write_text('[[watch]]\npath = "/srv/b"\non_infected = ["copy"]\n')
+    result = run_check("--config", str(config), "--clamd")
+    assert result.returncode == 0, result.stderr
+    assert f"{config}, {dropins / '10-more.toml'}: valid" in result.stdout
+    assert "watch /srv/b: clean -> none, infected -> copy" in result.stdout
+    assert f"clamd at {clamd.unix_address}: ClamAV " in result.stdout
+    assert "descriptor (FILDES)" in result.stdout
+
+    (dropins / "20-typo.toml").write_text("[daemon]\nsettle_tiem = '1s'\n")
+    broken = run_check("--config", str(config))
+    assert broken.returncode == 1
+    assert f"{dropins / '20-typo.toml'}: [daemon] unknown key 'settle_tiem'" in broken.stderr
+
+
+def test_check_config_reports_an_unreachable_clamd(tmp_path: Path) -> None:
+    config = tmp_path / "clamwatch.toml"
+    config.write_text(
+        f'[clamd]\naddress = "unix://{tmp_path}/none.sock"\n[[watch]]\npath = "/srv"\n'
+    )
+    result = run_check("--config", str(config), "--clamd")
+    assert result.returncode == 1
+    assert "cannot reach clamd" in result.stderr
