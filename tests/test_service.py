@@ -161,3 +161,19 @@ def test_check_config_reports_an_unreachable_clamd(tmp_path: Path) -> None:
     result = run_check("--config", str(config), "--clamd")
     assert result.returncode == 1
     assert "cannot reach clamd" in result.stderr
+
+
+def test_an_address_needs_no_clamd_conf(tmp_path: Path, clamd: PrivateClamd) -> None:
+    """An explicitly named clamd.conf must exist; an address alone is enough."""
+    config = tmp_path / "clamwatch.toml"
+    config.write_text(
+        f'[clamd]\naddress = "{clamd.tcp_address}"\nclamd_conf = "{tmp_path}/absent.conf"\n'
+        '[[watch]]\npath = "/srv"\n'
+    )
+    broken = run_check("--config", str(config), "--clamd")
+    assert broken.returncode == 1  # named explicitly: it must exist
+    assert "absent.conf" in broken.stderr
+    config.write_text(f'[clamd]\naddress = "{clamd.tcp_address}"\n[[watch]]\npath = "/srv"\n')
+    result = run_check("--config", str(config), "--clamd")
+    assert result.returncode == 0, result.stderr
+    assert "stream (INSTREAM)" in result.stdout

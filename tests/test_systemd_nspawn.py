@@ -1,0 +1,498 @@
+"""clamwatch.service under a real systemd, in a throwaway container.
+
+systemd-nspawn boots this machine's own /usr with an empty tmpfs as root
+(--volatile=yes), as design.md describes; never the host's root itself,
+whose tmpfiles would wipe the host's /tmp. Into it go, at the same paths,
+the checkout and its venv (read-only; the venv's scripts and the editable
+install name them by absolute path), and at their installed places the
+shipped unit (ExecStart= rewritten to the venv's clamwatch, nothing else
+changed), the drop-in example as the drop-in, sysusers.d, tmpfiles.d and the
+journal catalog. systemd-sysusers and systemd-tmpfiles create the user and
+/var/lib/clamwatch at boot, as on an installed machine.
+
+clamd is the session's private clamd, running on the host: its folder
+appears as /run/clamav, and a one-line /etc/clamav/clamd.conf names the
+socket there, so clamwatch finds it the way it finds Debian's
+clamav-daemon. The watched tree /srv/uploads is a host folder: files are
+dropped in from the host and inotify sees them inside.
+
+Commands run inside with nsenter into the container's leader (its PID 1);
+--register=no and --keep-unit keep systemd-machined and the host's systemd
+out of it, so this also runs where systemd is not PID 1.
+
+Shown here: `systemctl start` returns once READY=1 came, with the daemon
+running as its own user with exactly its three capabilities; EICAR from
+another user in a sticky folder is logged with its MESSAGE_ID and fields,
+explained by `journalctl -x`, and quarantined; a broken configuration fails
+`systemctl reload` and is refused by the daemon on SIGHUP while it keeps
+scanning; a frozen daemon is killed by the watchdog (with faulthandler's
+stacks in the journal) and restarted; `systemctl stop` is clean.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from clamwatch.events import MESSAGE_IDS, EventKind
+from clamwatch.privateclamd import PrivateClamd
+from clamwatch.testsig import EICAR_SIGNATURE, eicar_bytes
+from unitfiles import CATALOG, DROP_IN_EXAMPLE, REPO, SYSUSERS, TMPFILES, unit_text_for, venv_binary
+
+NSPAWN = shutil.which("systemd-nspawn")
+NSENTER = shutil.which("nsenter")
+
+# Folders the unit hides from the service (PrivateTmp=, ProtectHome=): a
+# checkout there cannot be run by the unit as shipped.
+_HIDDEN_FROM_SERVICE = ("/tmp", "/var/tmp", "/home", "/root", "/run/user")
+
+
+def _unusable_checkout() -> str | None:
+    for hidden in _HIDDEN_FROM_SERVICE:
+        for path in (REPO, Path(sys.prefix)):
+            if path == Path(hidden) or Path(hidden) in path.parents:
+                return f"{path} is under {hidden}, which clamwatch.service hides from itself"
+    interpreter = Path(sys.executable).resolve()
+    if Path("/usr") not in interpreter.parents:
+        return (
+            f"the venv's interpreter {interpreter} is not under /usr, the only part of this"
+            " machine the container sees (./dev setup builds the venv from /usr/bin/python3)"
+        )
+    return None
+
+
+_UNUSABLE_CHECKOUT = _unusable_checkout()
+
+pytestmark = [
+    pytest.mark.skipif(
+        NSPAWN is None, reason="systemd-nspawn is missing (Debian package systemd-container)"
+    ),
+    pytest.mark.skipif(NSENTER is None, reason="nsenter is missing (Debian package util-linux)"),
+    pytest.mark.skipif(os.geteuid() != 0, reason="systemd-nspawn needs root"),
+    pytest.mark.skipif(_UNUSABLE_CHECKOUT is not None, reason=f"{_UNUSABLE_CHECKOUT}"),
+]
+
+# Booting takes about a second here; these are deadlines, not expectations.
+_BOOT_TIMEOUT = 60.0
+_COMMAND_TIMEOUT = 60.0
+_EVENT_TIMEOUT = 30.0
+_SHUTDOWN_TIMEOUT = 30.0
+
+# Inside the container.
+_WATCHED = "/srv/uploads"
+_UNIT = "clamwatch.service"
+_UNIT_DIR = "/etc/systemd/system"
+
+# A file owner that is neither root nor clamwatch: the service must act on
+# files it does not own, in a sticky folder, through its capabilities.
+_UPLOADER_UID = 4242
+
+_T = TypeVar("_T")
+
+
+def _eventually(probe: Callable[[], _T | None], timeout: float, what: str) -> _T:
+    """Poll ``probe`` until it returns something other than None."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value is not None:
+            return value
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        time.sleep(0.1)
+
+
+def _sequence_number(entry: dict[str, Any]) -> int:
+    """The entry's place in the journal, from its cursor's i= part.
+
+    Not --after-cursor: journalctl 252 combines it badly with matches (it
+    skips the first matching entry when the cursor's own entry does not
+    match), and this journal is one volatile file set with one sequence.
+    """
+    parts = dict(part.split("=", 1) for part in str(entry["__CURSOR"]).split(";"))
+    return int(parts["i"], 16)
+
+
+class Container:
+    """A booted systemd-nspawn container; commands run in it with nsenter."""
+
+    def __init__(self, process: subprocess.Popen[bytes], log: Path) -> None:
+        self.process = process
+        self.log = log
+        self.leader: int | None = None
+        try:
+            self.leader = _eventually(self._find_leader, _BOOT_TIMEOUT, "the container's PID 1")
+        except BaseException:
+            self.shut_down()
+            raise
+
+    def _find_leader(self) -> int | None:
+        # nspawn's child is the container's PID 1 (systemd) as the host sees it.
+        if self.process.poll() is not None:
+            raise AssertionError(f"systemd-nspawn exited early\n{self.log_tail()}")
+        pid = self.process.pid
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            if children and Path(f"/proc/{children[0]}/comm").read_text().strip() == "systemd":
+                return int(children[0])
+        except OSError:
+            pass
+        return None
+
+    def log_tail(self, lines: int = 40) -> str:
+        text = self.log.read_text(encoding="utf-8", errors="replace").splitlines()
+        return "\n".join([f"--- {self.log} (last {lines} lines)", *text[-lines:]])
+
+    def run(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [str(NSENTER), "-t", str(self.leader), "-a", *argv],
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=_COMMAND_TIMEOUT,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"{' '.join(argv)} exited {result.returncode}\n{result.stdout}{result.stderr}"
+            )
+        return result
+
+    def systemctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.run("systemctl", "--no-pager", *args, check=check)
+
+    def show(self, unit: str, prop: str) -> str:
+        return self.systemctl("show", "--property", prop, "--value", unit).stdout.strip()
+
+    def journal(self, *args: str, after: int = 0) -> list[dict[str, Any]]:
+        """Journal entries as `journalctl -o json` gives them, oldest first,
+        those after the mark ``after`` only."""
+        out = self.run("journalctl", "--no-pager", "-o", "json", *args).stdout
+        entries = [json.loads(line) for line in out.splitlines() if line.strip()]
+        return [entry for entry in entries if _sequence_number(entry) > after]
+
+    def mark(self) -> int:
+        """Where the journal ends now: journal(after=mark) reads what came later."""
+        entries = self.journal("-n", "1")
+        return _sequence_number(entries[-1]) if entries else 0
+
+    def shut_down(self) -> None:
+        """SIGTERM makes nspawn power the container off cleanly (systemd-nspawn(1));
+        past the deadline its PID 1 is killed, which ends every process in it
+        (a SIGKILL to nspawn alone would leave the container running)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=_SHUTDOWN_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            if self.leader is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.leader, signal.SIGKILL)
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError(
+                f"the container did not shut down within {_SHUTDOWN_TIMEOUT} s\n{self.log_tail()}"
+            ) from None
+
+
+class Machine:
+    """The host side: folders bound into the container, and the container."""
+
+    def __init__(self, root: Path, clamd: PrivateClamd) -> None:
+        self.root = root
+        self.uploads = root / "uploads"
+        self.etc_clamwatch = root / "etc-clamwatch"
+        self.units = root / "units"
+        self.drop_ins = self.units / f"{_UNIT}.d"
+        self.uploads.mkdir()
+        self.etc_clamwatch.mkdir()
+        self.drop_ins.mkdir(parents=True)
+        self.write_config(good=True)
+        (self.units / _UNIT).write_text(unit_text_for(_UNIT, venv_binary()), encoding="utf-8")
+        shutil.copy(DROP_IN_EXAMPLE, self.drop_ins / "watched-trees.conf")
+        (self.units / "notify-probe.service").write_text(
+            "[Unit]\nDescription=the smallest Type=notify service\n"
+            "[Service]\nType=notify\n"
+            "ExecStart=/bin/sh -c 'systemd-notify --ready; exec sleep infinity'\n",
+            encoding="utf-8",
+        )
+        clamd_conf = root / "clamd.conf"
+        clamd_conf.write_text(f"LocalSocket /run/clamav/{clamd.socket_path.name}\n")
+        catalog_root = root / "catalog"
+        (catalog_root / "usr/lib/systemd/catalog").mkdir(parents=True)
+        shutil.copy(CATALOG, catalog_root / "usr/lib/systemd/catalog")
+        subprocess.run(
+            ["journalctl", f"--root={catalog_root}", "--update-catalog"], check=True, timeout=60
+        )
+
+        binds = {
+            str(clamd.workdir): "/run/clamav",
+            str(clamd_conf): "/etc/clamav/clamd.conf",
+            str(self.etc_clamwatch): "/etc/clamwatch",
+            str(self.units / _UNIT): f"{_UNIT_DIR}/{_UNIT}",
+            str(self.drop_ins): f"{_UNIT_DIR}/{_UNIT}.d",
+            str(self.units / "notify-probe.service"): f"{_UNIT_DIR}/notify-probe.service",
+            str(SYSUSERS): "/etc/sysusers.d/clamwatch.conf",
+            str(TMPFILES): "/etc/tmpfiles.d/clamwatch.conf",
+            str(catalog_root / "var/lib/systemd/catalog"): "/var/lib/systemd/catalog",
+        }
+        # the checkout, and the venv unless it lies inside it
+        same_path = {REPO, Path(sys.prefix)}
+        same_path = {p for p in same_path if not any(o in p.parents for o in same_path)}
+        argv = [
+            str(NSPAWN),
+            "--directory=/",
+            "--volatile=yes",
+            "--boot",
+            "--register=no",
+            "--keep-unit",
+            "--private-network",
+            f"--machine=clamwatch-test-{os.getpid()}",
+            *(f"--bind-ro={path}" for path in sorted(same_path)),
+            *(f"--bind-ro={source}:{target}" for source, target in binds.items()),
+            f"--bind={self.uploads}:{_WATCHED}",
+            "systemd.firstboot=off",
+            "systemd.unit=basic.target",
+        ]
+        log = root / "nspawn.log"
+        with log.open("wb") as output:
+            process = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT
+            )
+        self.container = Container(process, log)
+        try:
+            state = _eventually(self._booted, _BOOT_TIMEOUT, "the container to boot")
+            # degraded: some unit of the host's /usr failed in a container; not ours
+            assert state in ("running", "degraded"), (
+                f"the container did not boot: {state}\n{self.container.log_tail()}"
+            )
+        except BaseException:
+            self.container.shut_down()
+            raise
+
+    def _booted(self) -> str | None:
+        """The state the boot ended in; None while PID 1 does not answer yet."""
+        state = self.container.run("systemctl", "is-system-running", "--wait", check=False)
+        return state.stdout.strip() or None
+
+    def write_config(self, *, good: bool) -> None:
+        # Everything else is the default: clamd from /etc/clamav/clamd.conf,
+        # state and quarantine in /var/lib/clamwatch.
+        text = f'[daemon]\nsettle_time = "500ms"\n\n[[watch]]\npath = "{_WATCHED}"\n'
+        if not good:
+            text += "no_such_key = true\n"
+        (self.etc_clamwatch / "clamwatch.toml").write_text(text, encoding="utf-8")
+
+    def drop_file(self, relative: str, content: bytes, *, owner: int = 0) -> Path:
+        """A finished upload, as another user's process would leave it."""
+        path = self.uploads / relative
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.fchown(fd, owner, owner)
+            os.write(fd, content)
+        finally:
+            os.close(fd)
+        return path
+
+
+@pytest.fixture(scope="module")
+def machine(tmp_path_factory: pytest.TempPathFactory, clamd: PrivateClamd) -> Iterator[Machine]:
+    host = Machine(tmp_path_factory.mktemp("nspawn"), clamd)
+    try:
+        yield host
+    finally:
+        host.container.shut_down()
+
+
+@pytest.fixture
+def container(machine: Machine) -> Container:
+    return machine.container
+
+
+@pytest.fixture
+def started(machine: Machine) -> Iterator[Container]:
+    """clamwatch.service freshly started with the good configuration."""
+    machine.write_config(good=True)
+    box = machine.container
+    box.systemctl("reset-failed", _UNIT, check=False)
+    box.systemctl("restart", _UNIT)
+    yield box
+    # Left running for the next test to restart. Printed for the report of a
+    # test that failed (pytest shows captured output only then).
+    print(box.systemctl("status", "--lines=0", _UNIT, check=False).stdout)
+    print(box.run("journalctl", "--no-pager", "-n", "30", "-u", _UNIT, check=False).stdout)
+
+
+def _events(box: Container, kind: EventKind, after: int, *matches: str) -> list[dict[str, Any]]:
+    return box.journal("-u", _UNIT, f"MESSAGE_ID={MESSAGE_IDS[kind]}", *matches, after=after)
+
+
+def _wait_event(box: Container, kind: EventKind, after: int, *matches: str) -> dict[str, Any]:
+    def probe() -> dict[str, Any] | None:
+        found = _events(box, kind, after, *matches)
+        return found[0] if found else None
+
+    return _eventually(probe, _EVENT_TIMEOUT, f"a {kind.value} event {' '.join(matches)}")
+
+
+# -- the smallest proof: a container whose systemd runs a Type=notify unit ----------
+
+
+def test_a_notify_service_starts_and_stops(container: Container) -> None:
+    container.systemctl("start", "notify-probe.service")
+    assert container.show("notify-probe.service", "ActiveState") == "active"
+    assert container.show("notify-probe.service", "SubState") == "running"
+    container.systemctl("stop", "notify-probe.service")
+    assert container.show("notify-probe.service", "ActiveState") == "inactive"
+
+
+# -- clamwatch.service --------------------------------------------------------------
+
+
+def test_start_returns_once_ready(machine: Machine) -> None:
+    box = machine.container
+    box.systemctl("reset-failed", _UNIT, check=False)
+    box.systemctl("stop", _UNIT)
+    before = box.mark()
+    box.systemctl("start", _UNIT)  # Type=notify: returns after READY=1
+    assert box.show(_UNIT, "ActiveState") == "active"
+    assert box.show(_UNIT, "StatusText").startswith("watching 1/1 trees")
+    _wait_event(box, EventKind.READY, before)
+    # the sandbox as the kernel sees it
+    pid = box.show(_UNIT, "MainPID")
+    status = dict(
+        line.split(":\t", 1)
+        for line in box.run("cat", f"/proc/{pid}/status").stdout.splitlines()
+        if ":\t" in line
+    )
+    uid = box.run("id", "-u", "clamwatch").stdout.strip()
+    assert status["Uid"].split()[:2] == [uid, uid]
+    # CAP_DAC_OVERRIDE (1), CAP_DAC_READ_SEARCH (2), CAP_FOWNER (3), nothing else
+    assert int(status["CapEff"], 16) == int(status["CapBnd"], 16) == 0b1110
+    assert status["NoNewPrivs"].strip() == "1"
+    assert status["Seccomp"].strip() == "2"  # a filter is installed
+
+
+def test_eicar_is_logged_and_quarantined(machine: Machine, started: Container) -> None:
+    box = started
+    incoming = machine.uploads / "incoming"
+    incoming.mkdir(mode=0o1777, exist_ok=True)
+    incoming.chmod(0o1777)  # a sticky upload folder, like /tmp
+    name = f"incoming/invoice-{time.monotonic_ns()}.pdf.exe"
+    inside = f"{_WATCHED}/{name}"
+    before = box.mark()
+    host_path = machine.drop_file(name, eicar_bytes(), owner=_UPLOADER_UID)
+    machine.drop_file(f"{name}.txt", b"just text\n", owner=_UPLOADER_UID)
+
+    found = _wait_event(box, EventKind.DETECTION, before, f"CLAMWATCH_PATH={inside}")
+    assert found["CLAMWATCH_SIGNATURE"] == EICAR_SIGNATURE
+    assert found["CLAMWATCH_VERDICT"] == "infected"
+    assert found["CLAMWATCH_WATCH"] == _WATCHED
+    assert found["PRIORITY"] == "4"
+    done = _wait_event(box, EventKind.ACTION_DONE, before, f"CLAMWATCH_PATH={inside}")
+    assert done["CLAMWATCH_ACTION"] == "move"
+    clean = _wait_event(box, EventKind.CLEAN, before, f"CLAMWATCH_PATH={inside}.txt")
+    assert clean["CLAMWATCH_VERDICT"] == "clean"
+
+    assert not host_path.exists()
+    assert (machine.uploads / f"{name}.txt").exists()
+    listing = box.run(str(venv_binary()), "quarantine", "list", "--json").stdout
+    entries = {e["id"]: e for e in map(json.loads, listing.splitlines())}
+    entry = entries[done["CLAMWATCH_QUARANTINE_ID"]]
+    assert (entry["original_path"], entry["signature"]) == (inside, EICAR_SIGNATURE)
+    assert entry["owner"] == _UPLOADER_UID
+
+    # journalctl -x explains it with the catalog, fields filled in
+    explained = box.run(
+        "journalctl", "--no-pager", "-x", "-u", _UNIT,
+        f"MESSAGE_ID={MESSAGE_IDS[EventKind.DETECTION]}", f"CLAMWATCH_PATH={inside}",
+    ).stdout  # fmt: skip
+    assert f"Subject: Malware found: {EICAR_SIGNATURE} in {inside}" in explained
+    assert "Defined-By: clamwatch" in explained
+
+
+def test_reload_with_a_broken_config_keeps_running(machine: Machine, started: Container) -> None:
+    box = started
+    pid = box.show(_UNIT, "MainPID")
+    before = box.mark()
+    machine.write_config(good=False)
+    # ExecReload= runs check-config first: the reload fails, saying why
+    reload = box.systemctl("reload", _UNIT, check=False)
+    assert reload.returncode != 0
+    said = [e.get("MESSAGE", "") for e in box.journal("-u", _UNIT, after=before)]
+    assert any("no_such_key" in m for m in said), said
+    assert box.show(_UNIT, "MainPID") == pid
+    assert box.show(_UNIT, "ActiveState") == "active"
+
+    # SIGHUP straight to the daemon: it refuses the configuration itself
+    box.systemctl("kill", "--kill-who=main", "--signal=SIGHUP", _UNIT)
+    rejected = _wait_event(box, EventKind.CONFIG_REJECTED, before)
+    assert "no_such_key" in rejected["CLAMWATCH_ERROR"]
+    assert "no_such_key" in rejected["MESSAGE"]
+    assert rejected["PRIORITY"] == "3"
+    assert box.show(_UNIT, "MainPID") == pid
+    assert box.show(_UNIT, "ActiveState") == "active"
+
+    # the configuration it had still works
+    name = f"after-rejected-{time.monotonic_ns()}.exe"
+    machine.drop_file(name, eicar_bytes())
+    _wait_event(box, EventKind.DETECTION, before, f"CLAMWATCH_PATH={_WATCHED}/{name}")
+
+    before = box.mark()
+    machine.write_config(good=True)
+    box.systemctl("reload", _UNIT)
+    _wait_event(box, EventKind.CONFIG_RELOADED, before)
+    assert box.show(_UNIT, "MainPID") == pid
+
+
+def test_a_hung_daemon_is_restarted_by_the_watchdog(machine: Machine, started: Container) -> None:
+    box = started
+    override = machine.drop_ins / "zz-test-watchdog.conf"
+    # The shipped 60 s, shortened; no core file from the SIGABRT.
+    override.write_text("[Service]\nWatchdogSec=2s\nRestartSec=1s\nLimitCORE=0\n")
+    try:
+        box.systemctl("daemon-reload")
+        box.systemctl("restart", _UNIT)
+        pid = box.show(_UNIT, "MainPID")
+        restarts = int(box.show(_UNIT, "NRestarts"))
+        before = box.mark()
+        box.run("kill", "-STOP", pid)  # hung: no more WATCHDOG=1
+
+        def restarted() -> bool | None:
+            again = box.show(_UNIT, "MainPID") not in ("0", pid)
+            return True if again and box.show(_UNIT, "ActiveState") == "active" else None
+
+        _eventually(restarted, _EVENT_TIMEOUT, "a restart by the watchdog")
+        assert int(box.show(_UNIT, "NRestarts")) == restarts + 1
+        said = [e.get("MESSAGE", "") for e in box.journal("-u", _UNIT, after=before)]
+        assert any("Watchdog timeout" in m for m in said), said
+        # SIGABRT: faulthandler (PYTHONFAULTHANDLER=1) shows where each thread was
+        assert any(m.startswith("Fatal Python error: Aborted") for m in said), said
+    finally:
+        override.unlink()
+        box.systemctl("daemon-reload")
+
+
+def test_stop_is_clean(machine: Machine, started: Container) -> None:
+    box = started
+    before = box.mark()
+    began = time.monotonic()
+    box.systemctl("stop", _UNIT)
+    took = time.monotonic() - began
+    assert box.show(_UNIT, "ActiveState") == "inactive"
+    assert box.show(_UNIT, "Result") == "success"
+    assert box.show(_UNIT, "ExecMainStatus") == "0"
+    assert took < 20, f"stopping took {took:.1f} s"
+    _wait_event(box, EventKind.STOPPING, before)
+    _wait_event(box, EventKind.STOPPED, before)
+    box.run("test", "-f", "/var/lib/clamwatch/state.json")
