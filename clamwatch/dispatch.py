@@ -220,8 +220,16 @@ class Dispatcher:
             key = next(iter(self._rescans))
             return self._rescans.pop(key)
 
-    def settle_check(self, stat: Callable[[str], os.stat_result | None]) -> None:
-        """Promote created files whose size and mtime held still for settle_time."""
+    def settle_check(
+        self,
+        stat: Callable[[str], os.stat_result | None],
+        unwritten: Callable[[str, os.stat_result], bool] = lambda path, st: False,
+    ) -> None:
+        """Promote created files whose size and mtime held still for settle_time.
+
+        ``unwritten(path, st)`` may say sooner that no process has the file
+        open for writing (so it is finished); it is then promoted at once.
+        """
         with self.cond:
             entries = list(self._settling.values())
         now = self.clock()
@@ -231,6 +239,10 @@ class Dispatcher:
             st = stat(entry.work.path)
             if st is None:
                 gone.append(entry.work.path)
+            elif unwritten(entry.work.path, st):
+                promote.append(
+                    replace(entry.work, reason=f"{entry.work.reason}, not open for writing")
+                )
             elif (st.st_size, st.st_mtime_ns) != (entry.size, entry.mtime_ns):
                 entry.size, entry.mtime_ns, entry.stable_since = st.st_size, st.st_mtime_ns, now
             elif now - entry.stable_since >= self.settle_time:
@@ -242,7 +254,8 @@ class Dispatcher:
                 self.cond.notify_all()  # room for the walker
             for work in promote:
                 if self._settling.get(work.path) is not None:
-                    self._due(replace(work, reason=f"{work.reason}, settled"))
+                    reason = work.reason if "," in work.reason else f"{work.reason}, settled"
+                    self._due(replace(work, reason=reason))
             if promote:
                 self.cond.notify_all()
 

@@ -11,6 +11,7 @@ what counts.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import stat
 from dataclasses import dataclass
@@ -118,3 +119,32 @@ def open_for_scan(path: str, before: os.stat_result | None = None) -> OpenedFile
         os.close(fd)
         return refused
     return OpenedFile(path, fd, FileIdentity.of(st))
+
+
+def unwritten(path: str, st: os.stat_result) -> bool:
+    """No process has this regular file open for writing (so its writer is done).
+
+    A read lease (fcntl(2) F_SETLEASE) is refused with EAGAIN while anyone has
+    the file open for writing; taken and dropped at once, it answers that
+    without waiting for the file to hold still. Needs CAP_LEASE for files of
+    other users; without it (EACCES) the answer is "unknown", i.e. False.
+    The lease holder would get SIGIO if a writer opened the file in the
+    microseconds it is held: the daemon ignores SIGIO.
+    """
+    if not stat.S_ISREG(st.st_mode):
+        return False
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError:
+        return False
+    try:
+        if os.fstat(fd).st_ino != st.st_ino:
+            return False
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+    except OSError:
+        return False
+    else:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+        return True
+    finally:
+        os.close(fd)

@@ -41,7 +41,9 @@ def write_config(
     lines += [f"{k} = {value(v)}" for k, v in (clamd or {}).items()]
     lines += ["[daemon]", f"state_directory = {value(str(state_directory))}"]
     lines += [f"{k} = {value(v)}" for k, v in (daemon or {}).items()]
-    lines += ["[quarantine]"] + [f"{k} = {value(v)}" for k, v in (quarantine or {}).items()]
+    # never the system's /var/lib/clamwatch/quarantine: beside the state
+    quarantine = {"directory": str(state_directory / "quarantine"), **(quarantine or {})}
+    lines += ["[quarantine]"] + [f"{k} = {value(v)}" for k, v in quarantine.items()]
     for watch in watches:
         lines += ["[[watch]]", f"path = {value(str(watch))}"]
         lines += [f"{k} = {value(v)}" for k, v in (watch_options or {}).items()]

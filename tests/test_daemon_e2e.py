@@ -337,6 +337,7 @@ def test_exclusions_sizes_and_uids(
     config.write_text(
         f'[clamd]\naddress = "{clamd.unix_address}"\n'
         f'[daemon]\nstate_directory = "{tmp_path / "state"}"\nsettle_time = "500ms"\n'
+        f'[quarantine]\ndirectory = "{tmp_path / "quarantine"}"\n'
         f'[[watch]]\npath = "{watched}"\nexclude = ["*.part", "cache/*"]\n'
         f'exclude_regex = ["/private/"]\nmin_size = 10\nmax_size = "1K"\nskip_uids = [4242]\n'
     )

@@ -29,8 +29,14 @@ class WatchFilter:
         """
         if self.own_folder(path):
             return True
+        if not self.watch.exclude and not self.watch.exclude_regex:
+            return False
         name = os.path.basename(path)
-        relative = os.path.relpath(path, self.root)
+        prefix = self.root.rstrip("/") + "/"
+        # no os.path.relpath: it normalises and costs more than the rest together
+        relative = (
+            path[len(prefix) :] if path.startswith(prefix) else os.path.relpath(path, self.root)
+        )
         for pattern in self.watch.exclude:
             if fnmatch.fnmatchcase(relative if "/" in pattern else name, pattern):
                 return True
