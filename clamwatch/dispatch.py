@@ -28,6 +28,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+# How long after a file was found closed (files.unwritten) a close event for
+# it is taken as the late report of that same close, not as a new write.
+_LATE_CLOSE = 2.0
+
 # Directories waiting to be walked again before they collapse into a rescan
 # of their whole watch: each costs a path string, the walk costs more.
 MAX_RESCANS = 4096
@@ -90,6 +94,10 @@ class Dispatcher:
         # when an event said the content changed, True when only a walk saw it)
         self._dirty: dict[str, bool] = {}
         self._rescans: dict[str, Rescan] = {}
+        # promoted because no writer had them open: path -> when. Their close
+        # event may still be queued in the kernel; when it comes it is the
+        # same version, so it only counts if the content changed.
+        self._closed_early: dict[str, float] = {}
         self._delayed: list[tuple[float, Work]] = []
         self.degraded = 0  # paths turned into directory rescans because we were full
         self.stopping = False
@@ -107,6 +115,9 @@ class Dispatcher:
 
     def _due(self, work: Work) -> None:
         path = work.path
+        promoted = self._closed_early.pop(path, None)
+        if promoted is not None and not work.if_changed and self.clock() - promoted < _LATE_CLOSE:
+            work = replace(work, if_changed=True)
         self._settling.pop(path, None)
         if path in self._in_flight:
             self._mark_dirty(path, work.if_changed)
@@ -132,7 +143,10 @@ class Dispatcher:
         with self.cond:
             path = work.path
             if path in self._in_flight:
-                self._mark_dirty(path, work.if_changed)
+                # A create (often watchdog's replay for a directory it just
+                # watches) is no sign of new content by itself: a file created
+                # anew is another inode, which the version check tells apart.
+                self._mark_dirty(path, True)
             elif path not in self._pending and path not in self._settling:
                 if self._full():
                     self.degraded += 1
@@ -233,16 +247,15 @@ class Dispatcher:
         with self.cond:
             entries = list(self._settling.values())
         now = self.clock()
-        promote: list[Work] = []
+        promote: list[Work] = []  # held still for settle_time
+        closed: list[Work] = []  # no writer has them open any more
         gone: list[str] = []
         for entry in entries:
             st = stat(entry.work.path)
             if st is None:
                 gone.append(entry.work.path)
             elif unwritten(entry.work.path, st):
-                promote.append(
-                    replace(entry.work, reason=f"{entry.work.reason}, not open for writing")
-                )
+                closed.append(entry.work)
             elif (st.st_size, st.st_mtime_ns) != (entry.size, entry.mtime_ns):
                 entry.size, entry.mtime_ns, entry.stable_since = st.st_size, st.st_mtime_ns, now
             elif now - entry.stable_since >= self.settle_time:
@@ -254,9 +267,14 @@ class Dispatcher:
                 self.cond.notify_all()  # room for the walker
             for work in promote:
                 if self._settling.get(work.path) is not None:
-                    reason = work.reason if "," in work.reason else f"{work.reason}, settled"
-                    self._due(replace(work, reason=reason))
-            if promote:
+                    self._due(replace(work, reason=f"{work.reason}, settled"))
+            for work in closed:
+                if self._settling.get(work.path) is not None:
+                    self._due(replace(work, reason=f"{work.reason}, not open for writing"))
+                    self._closed_early[work.path] = now
+            for path in [p for p, t in self._closed_early.items() if now - t >= _LATE_CLOSE]:
+                del self._closed_early[path]
+            if promote or closed:
                 self.cond.notify_all()
 
     def wait(self, timeout: float) -> None:

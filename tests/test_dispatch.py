@@ -262,14 +262,17 @@ def test_an_event_and_a_walk_during_the_scan_queue_without_if_changed(
     assert again.if_changed is False
 
 
-def test_a_created_event_during_the_scan_queues_without_if_changed(clock: FakeClock) -> None:
+def test_a_created_event_during_the_scan_queues_a_version_check(clock: FakeClock) -> None:
+    """A create is no sign of new content by itself (watchdog replays creates for a
+    directory it starts watching); a file created anew is another inode, and the
+    version check (path, device, inode, size, mtime) scans it again."""
     d = make(clock)
     d.due(work("/srv/up/a", 1.0))
     d.take(10)
     d.settle(work("/srv/up/a", 2.0, "created"))
     d.done("/srv/up/a")
     (again,) = d.take(10)
-    assert again.if_changed is False
+    assert again.if_changed is True
 
 
 def test_no_event_during_the_scan_queues_nothing(clock: FakeClock) -> None:
@@ -783,3 +786,25 @@ def test_seen_versions_count_a_repeated_add_as_new() -> None:
     assert a in seen
     assert b not in seen
     assert c in seen
+
+
+def test_a_late_close_after_a_lease_promotion_counts_only_if_changed() -> None:
+    """files.unwritten saw the writer gone; its close event, queued meanwhile, comes later."""
+    now = [0.0]
+    dispatcher = Dispatcher(100, 2.0, clock=lambda: now[0])
+    st = os.stat_result((0o100644, 1, 1, 1, 0, 0, 5, 0, 0, 0), {"st_mtime_ns": 7})
+    dispatcher.settle(Work("/w/a", "/w", 0.0, "created"))
+    dispatcher.settle_check(lambda path: st, lambda path, s: True)
+    (taken,) = dispatcher.take(10)
+    assert taken.reason == "created, not open for writing"
+    dispatcher.due(Work("/w/a", "/w", 0.1, "closed after write"))  # the late close
+    dispatcher.done("/w/a")
+    (again,) = dispatcher.take(10)
+    assert again.if_changed  # scanned only if this is another version
+    dispatcher.done("/w/a")
+    # much later, a close is a new write as always
+    now[0] = 10.0
+    dispatcher.settle_check(lambda path: st, lambda path, s: True)
+    dispatcher.due(Work("/w/a", "/w", 10.0, "closed after write"))
+    (later,) = dispatcher.take(10)
+    assert not later.if_changed
