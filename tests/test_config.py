@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -117,3 +119,30 @@ def test_globs_that_can_never_match_are_refused(tmp_path: Path, glob: str) -> No
     path.write_text(f"[[watch]]\npath = '/srv'\nexclude = ['{glob}']\n")
     with pytest.raises(ConfigError, match="can never match"):
         load_config(path)
+
+
+BAD_CONFIGS = Path(__file__).parent / "bad-configs"
+
+
+@pytest.mark.parametrize("bad", sorted(BAD_CONFIGS.glob("*.toml")), ids=lambda path: path.stem)
+def test_each_bad_config_gives_its_message(bad: Path) -> None:
+    """tests/bad-configs: one mistake per file; NAME.expected holds the message."""
+    expected = bad.with_suffix(".expected").read_text().strip()
+    with pytest.raises(ConfigError) as info:
+        load_config(bad)
+    assert str(info.value).startswith(f"{bad}: ")
+    assert expected in str(info.value)
+
+
+def test_check_config_refuses_each_bad_config() -> None:
+    """The same folder through `clamwatch check-config`: exit 1, the message on stderr."""
+    for bad in sorted(BAD_CONFIGS.glob("*.toml")):
+        result = subprocess.run(
+            [sys.executable, "-m", "clamwatch", "check-config", "--config", str(bad)],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+        assert result.returncode == 1, bad
+        assert bad.with_suffix(".expected").read_text().strip() in result.stderr, bad
