@@ -277,11 +277,6 @@ class Dispatcher:
             if promote or closed:
                 self.cond.notify_all()
 
-    def wait(self, timeout: float) -> None:
-        with self.cond:
-            if not self._pending and not self.stopping:
-                self.cond.wait(timeout)
-
     # -- status -----------------------------------------------------------------------
 
     @property

@@ -10,6 +10,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -62,6 +63,14 @@ def clamd_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClamdFac
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def watched(tmp_path: Path) -> Path:
+    """An empty upload folder for a daemon to watch."""
+    root = tmp_path / "uploads"
+    root.mkdir()
+    return root
 
 
 @pytest.fixture

@@ -21,13 +21,6 @@ Start = Callable[..., DaemonProcess]
 
 
 @pytest.fixture
-def watched(tmp_path: Path) -> Path:
-    root = tmp_path / "uploads"
-    root.mkdir()
-    return root
-
-
-@pytest.fixture
 def quarantine_dir(tmp_path: Path) -> Path:
     return tmp_path / "quarantine"
 

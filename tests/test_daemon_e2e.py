@@ -24,13 +24,6 @@ StartDaemon = Callable[..., DaemonProcess]
 
 
 @pytest.fixture
-def watched(tmp_path: Path) -> Path:
-    root = tmp_path / "uploads"
-    root.mkdir()
-    return root
-
-
-@pytest.fixture
 def start_daemon(tmp_path: Path, clamd: PrivateClamd, watched: Path) -> Iterator[StartDaemon]:
     """Start `clamwatch run` on ``watched``; stopped (SIGTERM) at the end of the test."""
     started: list[DaemonProcess] = []

@@ -163,10 +163,6 @@ class Session:
     def wants_write(self) -> bool:
         return self.state is SessionState.CONNECTING or bool(self._out)
 
-    @property
-    def streaming(self) -> bool:
-        return self._stream is not None
-
     def on_writable(self, now: float) -> None:
         """Write what the socket takes; raises ClamdConnectionError when it is gone."""
         if self.state is SessionState.CONNECTING:
