@@ -460,3 +460,29 @@ def test_every_submit_wakes_the_engine(tmp_path: Path) -> None:
             # The loop is idle now: only this submit's own wake-up can start it.
             outcome = scan_files(engine, [path], timeout=2.0)[path]
             assert outcome.verdict == Clean()
+
+
+def test_close_leaves_a_stalled_clamd_behind_in_time(tmp_path: Path, eicar: bytes) -> None:
+    """SIGTERM must not wait for a clamd that stopped answering: close(timeout) returns
+    the requests in flight as unfinished (the daemon saves them for its next start)."""
+    paths, _ = tree(tmp_path, 6, eicar)
+    with FakeClamd(Faults(stall_after=2)) as fake:
+        engine = Engine(parse_address(fake.unix_address), EngineSettings(sessions=1))
+        engine.start()
+        done: list[ScanOutcome] = []
+        opened = [open_for_scan(str(p)) for p in paths]
+        for item in opened:
+            assert isinstance(item, OpenedFile)
+            engine.submit(ScanJob(item, lambda job, outcome: done.append(outcome)))
+        wait_for(lambda: fake.stalled, DEADLINE, "the fake to stall")
+        started = time.monotonic()
+        unfinished = engine.close(timeout=0.5)
+        elapsed = time.monotonic() - started
+        fake.release_stall()
+    for item in opened:
+        assert isinstance(item, OpenedFile)
+        item.close()
+    assert elapsed < 3.0, f"close() took {elapsed:.1f} s"
+    assert len(unfinished) + len(done) == 6
+    assert unfinished, "the stalled requests come back unfinished"
+    assert all(isinstance(o.verdict, Clean | Infected) for o in done)  # answered before

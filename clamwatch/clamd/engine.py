@@ -93,6 +93,7 @@ class Engine:
         self._inbox: collections.deque[ScanJob] = collections.deque()
         self._wake_pending = False
         self._stopping = False
+        self._drain_until = float("inf")  # set by close()
         self._stopped = threading.Event()
         self._ready = threading.Condition(self._lock)
         self._capabilities: Capabilities | None = None
@@ -157,12 +158,17 @@ class Engine:
         return self._capabilities
 
     def close(self, timeout: float = 10.0) -> list[ScanJob]:
-        """End every session cleanly and stop. Returns the jobs that got no outcome."""
+        """End every session cleanly and stop. Returns the jobs that got no outcome.
+
+        Sessions get ``timeout`` seconds to answer what is in flight; a clamd
+        that stalls past it is left behind (its requests come back unfinished).
+        """
         with self._lock:
             self._stopping = True
+            self._drain_until = time.monotonic() + timeout
         self._wake()
         if self._thread.is_alive():
-            self._thread.join(timeout)
+            self._thread.join(timeout + 5.0)  # the loop wakes at least once a second
             if self._thread.is_alive():
                 raise RuntimeError("the clamd engine did not stop")
         return self._unfinished
@@ -191,7 +197,7 @@ class Engine:
             stopping = self._take_inbox()
             if stopping:
                 if drain_deadline is None:
-                    drain_deadline = now + self.settings.request_timeout
+                    drain_deadline = min(now + self.settings.request_timeout, self._drain_until)
                 self._drain(now)
                 if not self._sessions or now >= drain_deadline:
                     return
