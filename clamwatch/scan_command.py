@@ -65,7 +65,6 @@ def run_scan(options: ScanOptions, out: TextIO = sys.stdout, err: TextIO = sys.s
         address, settings = resolve_engine(
             clamd,
             give_up_after=options.connect_timeout,
-            conf_given=options.clamd_conf != DEFAULT_CLAMD_CONF,
         )
         engine = Engine(address, settings)
     except (AddressError, ValueError) as exc:

@@ -89,16 +89,13 @@ def journal(tmp_path: Path) -> Iterator[PrivateJournal]:
 
 
 def test_detection_in_the_journal_with_fields(
-    journal: PrivateJournal, tmp_path: Path, clamd: PrivateClamd, eicar: bytes
+    journal: PrivateJournal, tmp_path: Path, watched: Path, clamd: PrivateClamd, eicar: bytes
 ) -> None:
-    watched = tmp_path / "uploads"
-    watched.mkdir()
     config = write_config(
         tmp_path / "c.toml",
         address=clamd.unix_address,
         watches=[watched],
         state_directory=tmp_path / "state",
-        quarantine={"directory": str(tmp_path / "quarantine")},
     )
     with DaemonProcess(config, prefix=journal.enter, log_target="journal"):
         journal.wait(f"MESSAGE_ID={MESSAGE_IDS[EventKind.READY]}")
@@ -127,10 +124,8 @@ def test_detection_in_the_journal_with_fields(
 
 
 def test_filter_by_path(
-    journal: PrivateJournal, tmp_path: Path, clamd: PrivateClamd, eicar: bytes
+    journal: PrivateJournal, tmp_path: Path, watched: Path, clamd: PrivateClamd, eicar: bytes
 ) -> None:
-    watched = tmp_path / "uploads"
-    watched.mkdir()
     config = write_config(
         tmp_path / "c.toml",
         address=clamd.unix_address,

@@ -54,13 +54,6 @@ def opener() -> Iterator[Opener]:
 
 
 @pytest.fixture
-def uploads(tmp_path: Path) -> Path:
-    root = tmp_path / "uploads"
-    root.mkdir()
-    return root
-
-
-@pytest.fixture
 def store(tmp_path: Path) -> QuarantineStore:
     return QuarantineStore(tmp_path / "var" / "quarantine")
 
@@ -116,9 +109,9 @@ def sha256(data: bytes) -> str:
 
 
 def test_move_on_the_same_file_system(
-    store: QuarantineStore, uploads: Path, opener: Opener, eicar: bytes
+    store: QuarantineStore, watched: Path, opener: Opener, eicar: bytes
 ) -> None:
-    path = uploads / "virus.com"
+    path = watched / "virus.com"
     path.write_bytes(eicar)
     opened = opener(path)
     before = time.time()
@@ -151,9 +144,9 @@ def test_move_on_the_same_file_system(
 
 
 def test_a_name_that_is_not_utf8_is_kept_as_its_exact_bytes(
-    store: QuarantineStore, uploads: Path, opener: Opener, eicar: bytes
+    store: QuarantineStore, watched: Path, opener: Opener, eicar: bytes
 ) -> None:
-    raw = os.fsencode(uploads) + b"/caf\xe9 \\ new\nline.com"
+    raw = os.fsencode(watched) + b"/caf\xe9 \\ new\nline.com"
     with open(raw, "wb") as handle:
         handle.write(eicar)
     record = put(store, opener(raw), keep=False)
@@ -169,9 +162,9 @@ def test_a_name_that_is_not_utf8_is_kept_as_its_exact_bytes(
 
 
 def test_copy_keeps_the_original(
-    store: QuarantineStore, uploads: Path, opener: Opener, eicar: bytes
+    store: QuarantineStore, watched: Path, opener: Opener, eicar: bytes
 ) -> None:
-    path = uploads / "virus.com"
+    path = watched / "virus.com"
     path.write_bytes(eicar)
     opened = opener(path)
     record = put(store, opened, keep=True)
@@ -188,9 +181,9 @@ def test_copy_keeps_the_original(
 
 @pytest.mark.parametrize("keep", [False, True], ids=["move", "copy"])
 def test_one_version_gives_one_entry(
-    store: QuarantineStore, uploads: Path, opener: Opener, eicar: bytes, keep: bool
+    store: QuarantineStore, watched: Path, opener: Opener, eicar: bytes, keep: bool
 ) -> None:
-    path = uploads / "virus.com"
+    path = watched / "virus.com"
     path.write_bytes(eicar)
     first = put(store, opener(path), keep=keep)
     if keep:  # the same version, opened again for a second event
@@ -205,11 +198,11 @@ def test_one_version_gives_one_entry(
 
 @pytest.mark.parametrize("keep", [False, True], ids=["move", "copy"])
 def test_files_in_the_quarantine_itself_are_never_quarantined(
-    store: QuarantineStore, uploads: Path, opener: Opener, eicar: bytes, keep: bool
+    store: QuarantineStore, watched: Path, opener: Opener, eicar: bytes, keep: bool
 ) -> None:
     # a watch that holds the quarantine directory scans the entries: a copy
     # of an entry would be another entry, and so on
-    path = uploads / "virus.com"
+    path = watched / "virus.com"
     path.write_bytes(eicar)
     first = put(store, opener(path), keep=keep)
     data = store.directory / first.id
@@ -221,9 +214,9 @@ def test_files_in_the_quarantine_itself_are_never_quarantined(
 
 @pytest.mark.parametrize("keep", [False, True], ids=["move", "copy"])
 def test_eight_workers_at_once_give_one_entry(
-    store: QuarantineStore, uploads: Path, opener: Opener, eicar: bytes, keep: bool
+    store: QuarantineStore, watched: Path, opener: Opener, eicar: bytes, keep: bool
 ) -> None:
-    path = uploads / "virus.com"
+    path = watched / "virus.com"
     path.write_bytes(eicar + os.urandom(3 << 20))  # large enough for the copies to overlap
     opened = [opener(path) for _ in range(8)]
     start = threading.Barrier(8)
@@ -246,12 +239,12 @@ def test_eight_workers_at_once_give_one_entry(
 
 
 def test_a_file_replaced_after_its_scan_is_left_alone(
-    store: QuarantineStore, uploads: Path, opener: Opener, eicar: bytes
+    store: QuarantineStore, watched: Path, opener: Opener, eicar: bytes
 ) -> None:
-    path = uploads / "upload.bin"
+    path = watched / "upload.bin"
     path.write_bytes(eicar)
     opened = opener(path)
-    replacement = uploads / ".upload.bin.part"
+    replacement = watched / ".upload.bin.part"
     replacement.write_bytes(b"the new, not yet scanned content\n")
     replacement.replace(path)
 
@@ -260,13 +253,13 @@ def test_a_file_replaced_after_its_scan_is_left_alone(
     ) is None  # fmt: skip
     assert path.read_bytes() == b"the new, not yet scanned content\n"
     assert entry_files(store) == []
-    assert sorted(os.listdir(uploads)) == ["upload.bin"]
+    assert sorted(os.listdir(watched)) == ["upload.bin"]
 
 
 def test_a_file_changed_after_its_scan_is_not_copied(
-    store: QuarantineStore, uploads: Path, opener: Opener, eicar: bytes
+    store: QuarantineStore, watched: Path, opener: Opener, eicar: bytes
 ) -> None:
-    path = uploads / "growing.bin"
+    path = watched / "growing.bin"
     path.write_bytes(eicar)
     opened = opener(path)
     with path.open("ab") as handle:
@@ -281,14 +274,14 @@ def test_a_file_changed_after_its_scan_is_not_copied(
 
 
 def test_a_symlink_swapped_in_is_not_followed(
-    store: QuarantineStore, uploads: Path, tmp_path: Path, opener: Opener, eicar: bytes
+    store: QuarantineStore, watched: Path, tmp_path: Path, opener: Opener, eicar: bytes
 ) -> None:
     victim = tmp_path / "etc-passwd"
     victim.write_bytes(b"root:x:0:0\n")
-    path = uploads / "virus.com"
+    path = watched / "virus.com"
     path.write_bytes(eicar)
     opened = opener(path)
-    link = uploads / "link"
+    link = watched / "link"
     link.symlink_to(victim)
     link.replace(path)
 
@@ -302,11 +295,11 @@ def test_a_symlink_swapped_in_is_not_followed(
 
 
 def test_a_file_with_other_hard_links_is_copied_and_each_name_removed_once(
-    store: QuarantineStore, uploads: Path, opener: Opener, eicar: bytes
+    store: QuarantineStore, watched: Path, opener: Opener, eicar: bytes
 ) -> None:
-    path = uploads / "virus.com"
+    path = watched / "virus.com"
     path.write_bytes(eicar)
-    other = uploads / "same-inode.com"
+    other = watched / "same-inode.com"
     os.link(path, other)
     record = put(store, opener(path), keep=False)
 
@@ -317,13 +310,13 @@ def test_a_file_with_other_hard_links_is_copied_and_each_name_removed_once(
     # the other name is the same version: its event gets the same entry, and
     # since the content is safe in the quarantine the name goes too
     assert put(store, opener(other), keep=False) == record
-    assert os.listdir(uploads) == []
+    assert os.listdir(watched) == []
     assert len(store.list()) == 1
 
 
 def test_name_collisions_never_overwrite(
     store: QuarantineStore,
-    uploads: Path,
+    watched: Path,
     opener: Opener,
     eicar: bytes,
     monkeypatch: pytest.MonkeyPatch,
@@ -333,7 +326,7 @@ def test_name_collisions_never_overwrite(
     ids = iter([taken, "20200101T000000Z-00000001", taken, "20200101T000000Z-00000002"])
     monkeypatch.setattr(quarantine_module, "new_entry_id", lambda _at: next(ids))
     for number, keep in ((1, False), (2, True)):
-        path = uploads / f"virus{number}.com"
+        path = watched / f"virus{number}.com"
         path.write_bytes(eicar + bytes([number]))
         assert put(store, opener(path), keep=keep).id == f"20200101T000000Z-0000000{number}"
     assert (store.directory / taken).read_bytes() == b"someone else's entry"
@@ -341,12 +334,12 @@ def test_name_collisions_never_overwrite(
 
 def test_a_record_that_cannot_be_written_puts_the_file_back(
     store: QuarantineStore,
-    uploads: Path,
+    watched: Path,
     opener: Opener,
     eicar: bytes,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    path = uploads / "virus.com"
+    path = watched / "virus.com"
     path.write_bytes(eicar)
     path.chmod(0o644)
     opened = opener(path)
@@ -368,13 +361,13 @@ def test_a_record_that_cannot_be_written_puts_the_file_back(
 
 def test_move_across_file_systems_removes_the_original_only_after_the_copy(
     mount: Mounter,
-    uploads: Path,
+    watched: Path,
     opener: Opener,
     eicar: bytes,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     store = QuarantineStore(tmpfs(mount, "4m") / "quarantine")
-    path = uploads / "virus.com"
+    path = watched / "virus.com"
     content = eicar + os.urandom(1 << 20)
     path.write_bytes(content)
     opened = opener(path)
@@ -404,31 +397,31 @@ def test_move_across_file_systems_removes_the_original_only_after_the_copy(
 
 
 def test_move_through_a_bind_mount_falls_back_to_a_copy(
-    mount: Mounter, store: QuarantineStore, uploads: Path, opener: Opener, eicar: bytes
+    mount: Mounter, store: QuarantineStore, watched: Path, opener: Opener, eicar: bytes
 ) -> None:
     # systemd's ReadWritePaths bind-mounts each path: one file system (one
     # st_dev), yet rename(2) between them fails with EXDEV
-    bound = mount("--bind", str(uploads))
+    bound = mount("--bind", str(watched))
     (bound / "virus.com").write_bytes(eicar)
     opened = opener(bound / "virus.com")
     assert os.stat(store.directory).st_dev == opened.identity.dev
 
     record = put(store, opened, keep=False)
     assert record.how == "moved"
-    assert not (uploads / "virus.com").exists()
+    assert not (watched / "virus.com").exists()
     assert (store.directory / record.id).read_bytes() == eicar
 
 
 def test_a_file_swapped_during_a_move_across_file_systems_is_kept_as_a_copy(
-    mount: Mounter, uploads: Path, opener: Opener, eicar: bytes, caplog: pytest.LogCaptureFixture
+    mount: Mounter, watched: Path, opener: Opener, eicar: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:
     store = QuarantineStore(tmpfs(mount, "4m") / "quarantine")
-    victim = uploads.parent / "victim"
+    victim = watched.parent / "victim"
     victim.write_bytes(b"not yours\n")
-    path = uploads / "virus.com"
+    path = watched / "virus.com"
     path.write_bytes(eicar)
     opened = opener(path)
-    link = uploads / "link"
+    link = watched / "link"
     link.symlink_to(victim)
     link.replace(path)
 
@@ -444,10 +437,10 @@ def test_a_file_swapped_during_a_move_across_file_systems_is_kept_as_a_copy(
 
 @pytest.mark.parametrize("keep", [False, True], ids=["move", "copy"])
 def test_a_full_quarantine_loses_nothing(
-    mount: Mounter, uploads: Path, opener: Opener, eicar: bytes, keep: bool
+    mount: Mounter, watched: Path, opener: Opener, eicar: bytes, keep: bool
 ) -> None:
     store = QuarantineStore(tmpfs(mount, "64k") / "quarantine")
-    path = uploads / "big.iso"
+    path = watched / "big.iso"
     content = eicar + os.urandom(256 << 10)
     path.write_bytes(content)
     opened = opener(path)
@@ -466,9 +459,9 @@ def test_a_full_quarantine_loses_nothing(
 
 
 def quarantined(
-    store: QuarantineStore, uploads: Path, opener: Opener, content: bytes, name: str = "virus.com"
+    store: QuarantineStore, watched: Path, opener: Opener, content: bytes, name: str = "virus.com"
 ) -> tuple[Path, QuarantineRecord]:
-    path = uploads / name
+    path = watched / name
     path.write_bytes(content)
     os.chown(path, 1234, 5678)
     path.chmod(0o640)
@@ -477,9 +470,9 @@ def quarantined(
 
 
 def test_restore_round_trip(
-    store: QuarantineStore, uploads: Path, opener: Opener, eicar: bytes
+    store: QuarantineStore, watched: Path, opener: Opener, eicar: bytes
 ) -> None:
-    path, record = quarantined(store, uploads, opener, eicar)
+    path, record = quarantined(store, watched, opener, eicar)
     assert not path.exists()
 
     assert store.restore(record.id) == str(path)
@@ -489,15 +482,15 @@ def test_restore_round_trip(
     assert stat.S_IMODE(st.st_mode) == 0o640
     assert st.st_mtime_ns == 1_600_000_000_123_456_789
     assert entry_files(store) == []
-    assert os.listdir(uploads) == ["virus.com"]  # no temporary file left behind
+    assert os.listdir(watched) == ["virus.com"]  # no temporary file left behind
     with pytest.raises(QuarantineError, match=f"no quarantine entry {record.id}"):
         store.get(record.id)
 
 
 def test_restore_never_overwrites_unless_told(
-    store: QuarantineStore, uploads: Path, opener: Opener, eicar: bytes
+    store: QuarantineStore, watched: Path, opener: Opener, eicar: bytes
 ) -> None:
-    path, record = quarantined(store, uploads, opener, eicar)
+    path, record = quarantined(store, watched, opener, eicar)
     path.write_bytes(b"a new file of the same name\n")
 
     with pytest.raises(TargetExistsError, match=f"cannot restore {record.id}: .* already exists"):
@@ -517,25 +510,25 @@ def test_restore_never_overwrites_unless_told(
 
 
 def test_restore_elsewhere(
-    store: QuarantineStore, uploads: Path, tmp_path: Path, opener: Opener, eicar: bytes
+    store: QuarantineStore, watched: Path, tmp_path: Path, opener: Opener, eicar: bytes
 ) -> None:
     inspect = tmp_path / "inspect"
     inspect.mkdir()
-    _, first = quarantined(store, uploads, opener, eicar, "one.com")
-    _, second = quarantined(store, uploads, opener, eicar + b"2", "two.com")
+    _, first = quarantined(store, watched, opener, eicar, "one.com")
+    _, second = quarantined(store, watched, opener, eicar + b"2", "two.com")
 
     assert store.restore(first.id, str(inspect / "renamed.com")) == str(inspect / "renamed.com")
     assert (inspect / "renamed.com").read_bytes() == eicar
     # an existing directory receives it under its original name
     assert store.restore(second.id, str(inspect)) == str(inspect / "two.com")
     assert (inspect / "two.com").read_bytes() == eicar + b"2"
-    assert os.listdir(uploads) == []
+    assert os.listdir(watched) == []
 
 
 def test_restore_into_a_missing_directory_says_so(
-    store: QuarantineStore, uploads: Path, tmp_path: Path, opener: Opener, eicar: bytes
+    store: QuarantineStore, watched: Path, tmp_path: Path, opener: Opener, eicar: bytes
 ) -> None:
-    _, record = quarantined(store, uploads, opener, eicar)
+    _, record = quarantined(store, watched, opener, eicar)
     with pytest.raises(QuarantineError) as caught:
         store.restore(record.id, str(tmp_path / "gone" / "x.com"))
     assert str(caught.value) == (
@@ -546,20 +539,20 @@ def test_restore_into_a_missing_directory_says_so(
 
 
 def test_restore_refuses_altered_content(
-    store: QuarantineStore, uploads: Path, opener: Opener, eicar: bytes
+    store: QuarantineStore, watched: Path, opener: Opener, eicar: bytes
 ) -> None:
-    _, record = quarantined(store, uploads, opener, eicar)
+    _, record = quarantined(store, watched, opener, eicar)
     (store.directory / record.id).write_bytes(b"tampered")
     with pytest.raises(QuarantineError, match="no longer matches its sha256"):
         store.restore(record.id)
-    assert os.listdir(uploads) == []
+    assert os.listdir(watched) == []
     assert store.get(record.id) == record
 
 
 def test_restore_of_an_entry_whose_content_is_gone_says_so(
-    store: QuarantineStore, uploads: Path, opener: Opener, eicar: bytes
+    store: QuarantineStore, watched: Path, opener: Opener, eicar: bytes
 ) -> None:
-    _, record = quarantined(store, uploads, opener, eicar)
+    _, record = quarantined(store, watched, opener, eicar)
     data = store.directory / record.id
     data.unlink()
     with pytest.raises(QuarantineError) as caught:
@@ -574,7 +567,7 @@ def test_restore_of_an_entry_whose_content_is_gone_says_so(
 
 def dated_entries(
     store: QuarantineStore,
-    uploads: Path,
+    watched: Path,
     opener: Opener,
     monkeypatch: pytest.MonkeyPatch,
     entries: list[tuple[float, int]],
@@ -583,7 +576,7 @@ def dated_entries(
     records = []
     for number, (at, size) in enumerate(entries):
         monkeypatch.setattr(quarantine_module, "_clock", lambda at=at: at)
-        path = uploads / f"file{number}"
+        path = watched / f"file{number}"
         path.write_bytes(bytes([number]) * size)
         records.append(put(store, opener(path), keep=False))
     monkeypatch.undo()
@@ -591,11 +584,11 @@ def dated_entries(
 
 
 def test_list_is_oldest_first(
-    store: QuarantineStore, uploads: Path, opener: Opener, monkeypatch: pytest.MonkeyPatch
+    store: QuarantineStore, watched: Path, opener: Opener, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     now = time.time()
     middle, old, new = dated_entries(
-        store, uploads, opener, monkeypatch, [(now - 2 * DAY, 1), (now - 3 * DAY, 1), (now, 1)]
+        store, watched, opener, monkeypatch, [(now - 2 * DAY, 1), (now - 3 * DAY, 1), (now, 1)]
     )
     assert store.list() == [old, middle, new]
     assert old.id < middle.id < new.id  # ids sort by detection time too
@@ -603,12 +596,12 @@ def test_list_is_oldest_first(
 
 def test_unreadable_records_are_skipped_and_logged(
     store: QuarantineStore,
-    uploads: Path,
+    watched: Path,
     opener: Opener,
     eicar: bytes,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    path = uploads / "virus.com"
+    path = watched / "virus.com"
     path.write_bytes(eicar)
     good = put(store, opener(path), keep=False)
     broken = store.directory / "20200101T000000Z-0badbad0.json"
@@ -629,11 +622,11 @@ def test_get_refuses_what_is_not_an_id(store: QuarantineStore, entry_id: str) ->
 
 
 def test_delete_removes_content_and_record(
-    store: QuarantineStore, uploads: Path, opener: Opener, eicar: bytes
+    store: QuarantineStore, watched: Path, opener: Opener, eicar: bytes
 ) -> None:
-    path = uploads / "virus.com"
+    path = watched / "virus.com"
     path.write_bytes(eicar)
-    path2 = uploads / "copy.com"
+    path2 = watched / "copy.com"
     path2.write_bytes(eicar)
     opened = opener(path2)
     record = put(store, opener(path), keep=False)
@@ -651,11 +644,11 @@ def test_delete_removes_content_and_record(
 
 
 def test_purge_by_age(
-    store: QuarantineStore, uploads: Path, opener: Opener, monkeypatch: pytest.MonkeyPatch
+    store: QuarantineStore, watched: Path, opener: Opener, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     now = 1_790_000_000.0
     old, older, recent = dated_entries(
-        store, uploads, opener, monkeypatch, [(now - 31 * DAY, 1), (now - 40 * DAY, 1), (now, 1)]
+        store, watched, opener, monkeypatch, [(now - 31 * DAY, 1), (now - 40 * DAY, 1), (now, 1)]
     )
     assert store.purge(30 * DAY, now=now) == [older.id, old.id]
     assert store.list() == [recent]
@@ -663,12 +656,12 @@ def test_purge_by_age(
 
 
 def test_retention_by_age_and_by_total_size(
-    store: QuarantineStore, uploads: Path, opener: Opener, monkeypatch: pytest.MonkeyPatch
+    store: QuarantineStore, watched: Path, opener: Opener, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     now = 1_790_000_000.0
     a, b, c, d = dated_entries(
         store,
-        uploads,
+        watched,
         opener,
         monkeypatch,
         [(now - 10 * DAY, 100), (now - 3 * DAY, 200), (now - 2 * DAY, 300), (now, 400)],

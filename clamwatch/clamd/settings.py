@@ -16,18 +16,16 @@ _DEFAULT_KEEPALIVE = 30.0
 
 
 def resolve_engine(
-    clamd: ClamdSettings, *, give_up_after: float | None, conf_given: bool | None = None
+    clamd: ClamdSettings, *, give_up_after: float | None
 ) -> tuple[ClamdAddress, EngineSettings]:
     """The address to use and the engine settings, from the settings and clamd.conf.
 
     clamd.conf is read when no address is given (LocalSocket first, else
-    TCPSocket/TCPAddr), or when ``conf_given`` says the admin named it
-    explicitly; its StreamMaxLength and ReadTimeout then set our limits.
-    ``conf_given`` None: named explicitly when it is not the default path.
+    TCPSocket/TCPAddr), or when the admin named one other than the default;
+    its StreamMaxLength and ReadTimeout then set our limits.
     Raises AddressError.
     """
-    if conf_given is None:
-        conf_given = clamd.clamd_conf != DEFAULT_CLAMD_CONF
+    conf_given = clamd.clamd_conf != DEFAULT_CLAMD_CONF
     conf = read_clamd_conf(clamd.clamd_conf) if clamd.address is None or conf_given else None
     address = (
         conf.address() if clamd.address is None and conf else parse_address(clamd.address or "")
