@@ -86,6 +86,11 @@ class Reporter:
     _last_draw: float = 0.0
 
     def report(self, path: str, verdict: Verdict, outcome: ScanOutcome | None = None) -> None:
+        if type(verdict) is Clean and not (self.json_lines or self.infected_only or self.progress):
+            # the line nearly every file gets, without the general path's matching
+            self.counts.scanned += 1
+            self.out.write(f"{display_path(path)}: OK\n")
+            return
         self.counts.add(verdict)
         if self.infected_only and not isinstance(verdict, Infected):
             self._tick()

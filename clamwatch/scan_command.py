@@ -6,7 +6,6 @@ import contextlib
 import logging
 import resource
 import sys
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -18,7 +17,6 @@ from clamwatch.clamd.settings import resolve_engine
 from clamwatch.config import ClamdSettings
 from clamwatch.files import OpenedFile, open_for_scan
 from clamwatch.report import Reporter
-from clamwatch.verdict import ScanError
 from clamwatch.walk import walk
 
 log = logging.getLogger(__name__)
@@ -27,7 +25,8 @@ log = logging.getLogger(__name__)
 # descriptor; the engine keeps only a few dozen in flight, so a few hundred
 # waiting is plenty to keep clamd busy without nearing RLIMIT_NOFILE.
 _WINDOW = 256
-_BATCH = 64  # outcomes handed over at once (see _Results)
+_FEED_EVERY = 32  # files opened between two turns of the engine's loop while walking
+_STEP_WAIT = 1.0  # longest wait for clamd in one turn (the engine keeps its own deadlines)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,14 +65,14 @@ def run_scan(options: ScanOptions, out: TextIO = sys.stdout, err: TextIO = sys.s
             clamd,
             give_up_after=options.connect_timeout,
         )
-        engine = Engine(address, settings)
+        engine = Engine(address, settings, inline=True)
     except (AddressError, ValueError) as exc:
         err.write(f"clamwatch scan: {exc}\n")
         return 2
     _raise_nofile_limit()
     progress = options.progress if options.progress is not None else err.isatty()
     reporter = Reporter(out, err, options.json_lines, options.infected_only, progress)
-    engine.start()
+    drain = 10.0  # seconds clamd gets to answer what is in flight at the end
     try:
         try:
             engine.wait_ready(options.connect_timeout)
@@ -82,61 +81,34 @@ def run_scan(options: ScanOptions, out: TextIO = sys.stdout, err: TextIO = sys.s
             return 2
         _scan_all(engine, options.paths, reporter)
     except KeyboardInterrupt:
+        drain = 0.0
         err.write("\nclamwatch scan: interrupted\n")
         return 130
     finally:
-        engine.close()
+        engine.close(drain)
     if options.summary:
         reporter.summary()
     out.flush()
     return reporter.counts.exit_code()
 
 
-class _Results:
-    """Outcomes handed from the engine thread to the walking thread, in batches.
-
-    Waking the walker for every single outcome made the two threads trade
-    the GIL for each file (futex calls by the tens of thousands); it is woken
-    once ``_BATCH`` outcomes wait, or when nothing else is outstanding.
-    """
-
-    def __init__(self) -> None:
-        self.cond = threading.Condition()
-        self.ready: list[tuple[ScanJob, ScanOutcome]] = []
-        self.outstanding = 0
-
-    def put(self, job: ScanJob, outcome: ScanOutcome) -> None:
-        with self.cond:
-            self.ready.append((job, outcome))
-            if len(self.ready) >= min(_BATCH, self.outstanding):
-                self.cond.notify()
-
-    def take(self, engine: Engine) -> list[tuple[ScanJob, ScanOutcome]]:
-        """Wait for a batch (or for everything outstanding); [] if the engine died."""
-        with self.cond:
-            while len(self.ready) < min(_BATCH, self.outstanding):
-                if not self.cond.wait(1.0) and not engine.alive:
-                    break
-            taken, self.ready = self.ready, []
-            self.outstanding -= len(taken)
-            return taken
-
-
 def _scan_all(engine: Engine, paths: list[str], reporter: Reporter) -> None:
-    results = _Results()
-    submitted: set[ScanJob] = set()
+    """Walk, open and submit on this thread, turning the engine's loop in between.
 
-    def finish(batch: list[tuple[ScanJob, ScanOutcome]]) -> None:
-        if not batch and not engine.alive:
-            _fail_all(submitted, reporter, "the clamd engine stopped")
-            with results.cond:
-                results.outstanding = 0
-            return
-        for job, outcome in batch:
-            submitted.discard(job)
-            job.file.close()
-            reporter.report(job.file.path, outcome.verdict, outcome)
+    The engine is inline: its replies are read, and reported, from within
+    ``engine.step``. Steps that wait are taken only when ``_WINDOW`` files
+    are open and unanswered, until ``_FEED_EVERY`` of them are answered;
+    while walking, a step that does not wait every ``_FEED_EVERY`` files
+    sends what was opened, so clamd starts at once.
+    """
+    outstanding: set[ScanJob] = set()
 
+    def done(job: ScanJob, outcome: ScanOutcome) -> None:
+        outstanding.discard(job)
+        job.file.close()
+        reporter.report(job.file.path, outcome.verdict, outcome)
+
+    opened_since_step = 0
     for item in walk(paths):
         if isinstance(item, tuple):
             reporter.report(*item)
@@ -145,19 +117,18 @@ def _scan_all(engine: Engine, paths: list[str], reporter: Reporter) -> None:
         if not isinstance(opened, OpenedFile):
             reporter.report(item, opened)
             continue
-        job = ScanJob(opened, results.put)
-        submitted.add(job)
-        with results.cond:
-            results.outstanding += 1
+        job = ScanJob(opened, done)
+        outstanding.add(job)
         engine.submit(job)
-        if results.outstanding >= _WINDOW:
-            finish(results.take(engine))
-    while results.outstanding:
-        finish(results.take(engine))
-
-
-def _fail_all(outstanding: set[ScanJob], reporter: Reporter, message: str) -> None:
-    for job in list(outstanding):
-        outstanding.discard(job)
-        job.file.close()
-        reporter.report(job.file.path, ScanError(message))
+        opened_since_step += 1
+        if len(outstanding) >= _WINDOW:
+            # let a batch come back before walking on: each turn of the loop
+            # then takes several replies, and clamd still has plenty waiting
+            while len(outstanding) > _WINDOW - _FEED_EVERY:
+                engine.step(_STEP_WAIT)
+            opened_since_step = 0
+        elif opened_since_step >= _FEED_EVERY:
+            engine.step(0.0)
+            opened_since_step = 0
+    while outstanding:
+        engine.step(_STEP_WAIT)

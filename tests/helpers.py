@@ -102,7 +102,11 @@ def make_tree(root: Path, count: int, eicar: bytes, *, every: int = 100) -> set[
 def scan_files(
     engine: Engine, paths: list[Path], *, timeout: float = 120.0
 ) -> dict[Path, ScanOutcome]:
-    """Open and submit every path, then wait (with a deadline) for all outcomes."""
+    """Open and submit every path, then wait (with a deadline) for all outcomes.
+
+    An inline engine is turned here, on the caller's thread, as
+    ``clamwatch scan`` turns it.
+    """
     done: queue.SimpleQueue[tuple[ScanJob, ScanOutcome]] = queue.SimpleQueue()
     outcomes: dict[Path, ScanOutcome] = {}
     submitted = 0
@@ -116,7 +120,11 @@ def scan_files(
         left = deadline - time.monotonic()
         assert left > 0, f"only {len(outcomes)} of {submitted} outcomes within {timeout} s"
         try:
-            job, outcome = done.get(timeout=left)
+            if engine.inline:
+                engine.step(min(left, 0.1))
+                job, outcome = done.get_nowait()
+            else:
+                job, outcome = done.get(timeout=left)
         except queue.Empty:
             continue
         job.file.close()

@@ -58,10 +58,33 @@ LOST = ("Broken pipe", "Connection reset by peer")
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 
 
+# Every test runs twice: with the engine on its own loop thread (the daemon)
+# and inline, turned by the test's thread (`clamwatch scan`). Tests that
+# submit from other threads while the loop runs are for the first only.
+_INLINE = False
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    thread_only = metafunc.definition.get_closest_marker("thread_only") is not None
+    modes = ["thread"] if thread_only else ["thread", "inline"]
+    metafunc.parametrize("engine_mode", modes, indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def engine_mode(request: pytest.FixtureRequest) -> Iterator[str]:
+    global _INLINE  # noqa: PLW0603 - read by running(), which every test calls
+    _INLINE = request.param == "inline"
+    try:
+        yield request.param
+    finally:
+        _INLINE = False
+
+
 @contextmanager
 def running(address: str, **settings: Any) -> Iterator[Engine]:
-    engine = Engine(parse_address(address), EngineSettings(**{**FAST, **settings}))
-    engine.start()
+    engine = Engine(parse_address(address), EngineSettings(**{**FAST, **settings}), inline=_INLINE)
+    if not engine.inline:
+        engine.start()
     try:
         yield engine
         assert engine.alive, "the engine's loop thread died"
@@ -358,6 +381,7 @@ def test_stream_over_clamds_limit_is_too_large_never_clean(
 # Time ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.thread_only  # the engine must keep its session alive while nobody turns it
 def test_read_timeout_shorter_than_keepalive_is_learnt(
     tmp_path: Path, eicar: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -429,6 +453,7 @@ def test_stream_far_over_clamds_limit_is_too_large_at_once(
     assert outcome.attempts == 1, "clamd's answer was lost and the file streamed again"
 
 
+@pytest.mark.thread_only
 def test_every_submit_wakes_the_engine(tmp_path: Path) -> None:
     """Submits from several threads race the loop as it drains its wake-up
     socket; none may leave a later submit waiting for an unrelated wake-up

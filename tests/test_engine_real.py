@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,9 +25,11 @@ from helpers import ClamdFactory, make_tree, run_clamdscan, scan_files, wait_for
 
 
 @contextmanager
-def running(address: str, **settings: object) -> Iterator[Engine]:
-    engine = Engine(parse_address(address), EngineSettings(**settings))  # type: ignore[arg-type]
-    engine.start()
+def running(address: str, *, inline: bool = False, **settings: Any) -> Iterator[Engine]:
+    """A started engine, or an inline one that scan_files() turns (as `clamwatch scan` does)."""
+    engine = Engine(parse_address(address), EngineSettings(**settings), inline=inline)
+    if not inline:
+        engine.start()
     try:
         yield engine
     finally:
@@ -42,23 +45,38 @@ def clamdscan_infected(clamd: PrivateClamd, root: Path) -> set[Path]:
 
 
 @pytest.mark.parametrize(
-    ("transport", "use_tcp"),
+    ("transport", "use_tcp", "inline"),
     [
-        (TransportChoice.FILDES, False),
-        (TransportChoice.INSTREAM, False),
-        (TransportChoice.AUTO, True),
+        (TransportChoice.FILDES, False, False),
+        (TransportChoice.INSTREAM, False, False),
+        (TransportChoice.AUTO, True, False),
+        (TransportChoice.FILDES, False, True),
+        (TransportChoice.INSTREAM, False, True),
+        (TransportChoice.AUTO, True, True),
     ],
-    ids=["fildes-unix", "instream-unix", "instream-tcp"],
+    ids=[
+        "fildes-unix-thread",
+        "instream-unix-thread",
+        "instream-tcp-thread",
+        "fildes-unix-inline",
+        "instream-unix-inline",
+        "instream-tcp-inline",
+    ],
 )
-def test_thousand_files_in_one_session_agree_with_clamdscan(
-    clamd: PrivateClamd, tmp_path: Path, eicar: bytes, transport: TransportChoice, use_tcp: bool
+def test_thousand_files_in_one_session_agree_with_clamdscan(  # noqa: PLR0917 - parameters
+    clamd: PrivateClamd,
+    tmp_path: Path,
+    eicar: bytes,
+    transport: TransportChoice,
+    use_tcp: bool,
+    inline: bool,
 ) -> None:
     infected = make_tree(tmp_path, 1000, eicar)
     expected = clamdscan_infected(clamd, tmp_path)
     assert expected == infected  # the tree is what we think it is, by clamdscan's word
 
     address = clamd.tcp_address if use_tcp else clamd.unix_address
-    with running(address, transport=transport, sessions=1) as engine:
+    with running(address, transport=transport, sessions=1, inline=inline) as engine:
         outcomes = scan_files(engine, sorted(p for p in tmp_path.rglob("*.bin")))
         stats = engine.stats
 
@@ -121,7 +139,7 @@ def test_file_over_stream_max_length_is_not_scanned_over_tcp(
     over.write_bytes(eicar + b"y" * limit)
     small = tmp_path / "small"
     small.write_bytes(eicar)
-    settings: dict[str, object] = {"max_stream_size": limit} if known_limit else {}
+    settings: dict[str, Any] = {"max_stream_size": limit} if known_limit else {}
     with running(server.tcp_address, **settings) as engine:
         outcomes = scan_files(engine, [exact, over, small])
     verdict = outcomes[over].verdict
@@ -159,8 +177,9 @@ def test_session_idle_past_read_timeout_keeps_working(
     assert outcome.verdict == Infected(EICAR_SIGNATURE)
 
 
+@pytest.mark.parametrize("inline", [False, True], ids=["thread", "inline"])
 def test_clamd_killed_mid_burst_and_restarted_loses_nothing(
-    clamd_factory: ClamdFactory, tmp_path: Path, eicar: bytes
+    clamd_factory: ClamdFactory, tmp_path: Path, eicar: bytes, inline: bool
 ) -> None:
     server = clamd_factory(max_threads=2)
     # half infected: a lost request wrongly taken as clean would show
@@ -174,7 +193,7 @@ def test_clamd_killed_mid_burst_and_restarted_loses_nothing(
         killed.set()
         server.restart()
 
-    with running(server.unix_address, sessions=2, backoff_max=0.5) as engine:
+    with running(server.unix_address, sessions=2, backoff_max=0.5, inline=inline) as engine:
         killer = threading.Thread(target=kill_and_restart, args=(engine,))
         killer.start()
         try:
@@ -190,6 +209,22 @@ def test_clamd_killed_mid_burst_and_restarted_loses_nothing(
     found = {p for p, o in outcomes.items() if isinstance(o.verdict, Infected)}
     assert found == infected
     assert all(isinstance(o.verdict, Clean) for p, o in outcomes.items() if p not in infected)
+
+
+def test_an_inline_engine_is_turned_by_its_caller_only(clamd: PrivateClamd) -> None:
+    inline = Engine(parse_address(clamd.unix_address), inline=True)
+    with pytest.raises(RuntimeError, match="call step"):
+        inline.start()
+    assert inline.wait_ready(10).version.startswith("ClamAV")
+    assert inline.close() == []
+    with pytest.raises(RuntimeError, match="closed"):
+        inline.step(0)
+    threaded = Engine(parse_address(clamd.unix_address)).start()
+    try:
+        with pytest.raises(RuntimeError, match="inline engines"):
+            threaded.step(0)
+    finally:
+        threaded.close()
 
 
 def test_unreachable_clamd_is_an_error_never_a_verdict(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ import pytest
 
 from clamwatch.clamd.protocol import (
     MAX_RECORD,
+    STREAM_CHUNK,
     ClamdProtocol,
     Command,
     CommandFailed,
@@ -272,6 +273,64 @@ def test_fildes_passes_the_descriptor_with_a_dummy_nul() -> None:
     # clamdscan sends the descriptor on one extra byte; clamd takes it as an
     # empty record without an id.
     assert out == Outgoing(b"zFILDES\0\0", (17,), 1)
+
+
+def test_send_fildes_is_send_of_fildes() -> None:
+    fast, slow = in_session(Ping()), in_session(Ping())
+    for fd in (4, 5):
+        out = slow.send(Fildes(fd))
+        assert fast.send_fildes(fd) == (out.data, out.request_id)
+    assert fast.pending == slow.pending == 3
+    assert fast.send(Ping()).request_id == 4
+    outside = ClamdProtocol()  # outside a session: the general path, same rules
+    assert outside.send_fildes(9) == (b"zFILDES\0\0", 1)
+    with pytest.raises(LocalProtocolError):
+        outside.send_fildes(9)
+
+
+@pytest.mark.parametrize("size", [1, 3, STREAM_CHUNK - 1, STREAM_CHUNK, STREAM_CHUNK + 1, 200_000])
+def test_send_instream_is_command_chunks_and_end(size: int) -> None:
+    body = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    slow = in_session()
+    expected = slow.send(Instream())
+    starts = range(0, size, STREAM_CHUNK)
+    chunks = [slow.stream_chunk(body[at : at + STREAM_CHUNK]) for at in starts]
+    wire = expected.data + b"".join(chunks) + slow.stream_end()
+    fast = in_session()
+    assert fast.send_instream(body) == (wire, expected.request_id)
+    assert state(fast) is State.SESSION
+    assert fast.send(Ping()).request_id == 2
+
+
+def test_send_instream_of_nothing_is_an_empty_stream() -> None:
+    proto = in_session()
+    assert proto.send_instream(b"") == (b"zINSTREAM\0\0\0\0\0", 1)
+
+
+@pytest.mark.parametrize(
+    ("kind", "reply", "verdict"),
+    [
+        (Fildes(3), b"fd[7]: OK", Clean()),
+        (Fildes(3), b"fd[]: OK", None),  # no descriptor number: not clamd's
+        (Fildes(3), b"fd[7]: x: OK", None),
+        (Fildes(3), b"fd[7]: OK ", None),
+        (Instream(), b"stream: OK", Clean()),
+        (Instream(), b"stream: OKAY", None),
+        (Instream(), b"fd[7]: OK", None),
+    ],
+)
+def test_clean_replies_are_recognised_exactly(
+    kind: Command, reply: bytes, verdict: Verdict | None
+) -> None:
+    # the short cut for the common reply must take nothing else for clean
+    proto = in_session()
+    send_all(proto, kind)
+    proto.receive_data(b"1: " + reply + b"\0")
+    if verdict is None:
+        with pytest.raises(RemoteProtocolError):
+            proto.next_event()
+    else:
+        assert proto.next_event() == ScanReply(1, verdict)
 
 
 def test_end_frames_and_takes_no_reply() -> None:

@@ -1,11 +1,15 @@
 """The clamd engine: many scans in flight over a few IDSESSION connections.
 
 One thread owns every clamd socket and runs a selectors loop; other threads
-only :meth:`Engine.submit` jobs. Requests in flight on a session that is lost
-(clamd killed, a garbage reply, a request past its deadline) are sent again
-on a new session: a transport failure is never a verdict. Only after
-``max_attempts`` losses, or when clamd stays unreachable for
-``give_up_after`` seconds, does a job end in a :class:`ScanError`.
+only :meth:`Engine.submit` jobs. A single-threaded caller (``clamwatch scan``)
+makes the engine with ``inline=True`` and turns the loop itself with
+:meth:`Engine.step`: no second thread, no hand-off between threads.
+
+Requests in flight on a session that is lost (clamd killed, a garbage reply,
+a request past its deadline) are sent again on a new session: a transport
+failure is never a verdict. Only after ``max_attempts`` losses, or when clamd
+stays unreachable for ``give_up_after`` seconds, does a job end in a
+:class:`ScanError`.
 """
 
 from __future__ import annotations
@@ -39,6 +43,10 @@ from clamwatch.events import EventKind, emit
 from clamwatch.verdict import NotScanned, NotScannedReason, ScanError, Verdict
 
 log = logging.getLogger(__name__)
+
+# How often a busy loop looks at its deadlines (keepalive, request and
+# connect timeouts); an idle loop wakes for the next of them exactly.
+_TIMER_TICK = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,10 +85,17 @@ class ClamdUnavailableError(Exception):
 
 
 class Engine:
-    """Submit jobs from any thread; each job's ``on_done`` runs once on the engine thread."""
+    """Submit jobs from any thread; each job's ``on_done`` runs once on the engine thread.
 
-    def __init__(self, address: ClamdAddress, settings: EngineSettings | None = None) -> None:
+    An ``inline`` engine has no thread: its caller submits, turns the loop with
+    :meth:`step`, and gets the ``on_done`` calls from within :meth:`step`.
+    """
+
+    def __init__(
+        self, address: ClamdAddress, settings: EngineSettings | None = None, *, inline: bool = False
+    ) -> None:
         self.address = address
+        self.inline = inline  # the caller turns the loop with step(); never start()ed
         self.settings = settings or EngineSettings()
         if self.settings.transport is TransportChoice.FILDES and not address.is_unix:
             raise ValueError(f"FILDES needs a Unix socket; {address} is TCP")
@@ -94,6 +109,7 @@ class Engine:
         self._wake_pending = False
         self._stopping = False
         self._drain_until = float("inf")  # set by close()
+        self._drain_deadline: float | None = None  # loop thread: when the drain gives up
         self._stopped = threading.Event()
         self._ready = threading.Condition(self._lock)
         self._capabilities: Capabilities | None = None
@@ -108,6 +124,10 @@ class Engine:
         self._session_number = 0
         self._backoff = self.settings.backoff_initial
         self._next_connect = 0.0
+        self._timers_due = 0.0  # when _timers() runs next
+        self._wakeup_at = 0.0  # the latest the loop may sleep until (from _next_wakeup)
+        self._cap = 16  # requests in flight in all, and per session (from _set_caps)
+        self._cap_per_session = math.ceil(16 / self.settings.sessions)
         self._down_since: float | None = None
         self._keepalive = self.settings.keepalive
         self._gave_up = False
@@ -117,10 +137,17 @@ class Engine:
     # -- public, any thread -----------------------------------------------------
 
     def start(self) -> Engine:
+        if self.inline:
+            raise RuntimeError("an inline engine runs on its caller's thread: call step()")
         self._thread.start()
         return self
 
     def submit(self, job: ScanJob) -> None:
+        if self.inline:
+            if self._stopping:
+                raise RuntimeError("the engine is closed")
+            self._queue.append(job)
+            return
         with self._lock:
             if self._stopping:
                 raise RuntimeError("the engine is closed")
@@ -133,6 +160,15 @@ class Engine:
     def wait_ready(self, timeout: float) -> Capabilities:
         """Block until a session has finished its handshake; raise ClamdUnavailableError."""
         deadline = time.monotonic() + timeout
+        if self.inline:
+            while self._capabilities is None:
+                left = deadline - time.monotonic()
+                if left <= 0 or self._gave_up:
+                    raise ClamdUnavailableError(
+                        f"cannot reach clamd at {self.address}: {self._last_error or 'no answer'}"
+                    )
+                self.step(left)
+            return self._capabilities
         with self._lock:
             while self._capabilities is None:
                 left = deadline - time.monotonic()
@@ -146,6 +182,8 @@ class Engine:
     @property
     def alive(self) -> bool:
         """False once the loop thread has ended (after close(), or a bug)."""
+        if self.inline:
+            return not self._stopped.is_set()
         return self._thread.is_alive()
 
     @property
@@ -166,6 +204,14 @@ class Engine:
         with self._lock:
             self._stopping = True
             self._drain_until = time.monotonic() + timeout
+        if self.inline:
+            if not self._stopped.is_set():
+                try:
+                    while self._turn(None):
+                        pass
+                finally:
+                    self._shutdown()
+            return self._unfinished
         self._wake()
         if self._thread.is_alive():
             self._thread.join(timeout + 5.0)  # the loop wakes at least once a second
@@ -190,33 +236,59 @@ class Engine:
             self._shutdown()
 
     def _loop(self) -> None:
-        drain_deadline: float | None = None
-        while True:
-            now = time.monotonic()
-            self.heartbeat = now
-            stopping = self._take_inbox()
-            if stopping:
-                if drain_deadline is None:
-                    drain_deadline = min(now + self.settings.request_timeout, self._drain_until)
-                self._drain(now)
-                if not self._sessions or now >= drain_deadline:
-                    return
-            else:
-                self._maintain(now)
-                for session in self._dispatch(now):
-                    self._service(session, selectors.EVENT_WRITE, now)
+        while self._turn(None):
+            pass
+
+    def step(self, timeout: float) -> None:
+        """Inline engines: one turn of the loop, waiting at most ``timeout`` seconds for I/O.
+
+        Jobs submitted since the last turn are sent, replies that arrived are
+        read, and their ``on_done`` callbacks run here, on the caller's thread.
+        """
+        if not self.inline:
+            raise RuntimeError("step() is for inline engines; this one runs its own thread")
+        if self._stopping:
+            raise RuntimeError("the engine is closed")
+        self._turn(max(0.0, timeout))
+
+    def _turn(self, max_wait: float | None) -> bool:
+        """One pass of the loop; False when a closing engine has finished."""
+        now = time.monotonic()
+        self.heartbeat = now
+        if self._take_inbox():
+            if self._drain_deadline is None:
+                self._drain_deadline = min(now + self.settings.request_timeout, self._drain_until)
+            self._drain(now)
+            if not self._sessions or now >= self._drain_deadline:
+                return False
+        else:
+            self._maintain(now)
+            if self._queue:
+                for session in self._sessions:
+                    if self._has_room(session):
+                        self._service(session, selectors.EVENT_WRITE, now)
+        if now >= self._timers_due or self._stopping:
+            # deadlines are seconds apart: a busy loop looks at them every
+            # _TIMER_TICK, not at each of its thousands of turns
             self._timers(now)
-            self._update_interest()
-            timeout = self._next_wakeup(now, drain_deadline)
-            for key, mask in self._selector.select(timeout):
-                if key.data is None:
-                    self._drain_wake()
-                    continue
-                ready: Session = key.data
-                if ready.state is not SessionState.CLOSED:
-                    self._service(ready, mask, time.monotonic())
+            self._wakeup_at = self._next_wakeup(now, self._drain_deadline)
+            self._timers_due = min(now + _TIMER_TICK, self._wakeup_at)
+        self._update_interest()
+        timeout = max(0.0, self._wakeup_at - now)
+        if max_wait is not None:
+            timeout = min(timeout, max_wait)
+        for key, mask in self._selector.select(timeout):
+            if key.data is None:
+                self._drain_wake()
+                continue
+            ready: Session = key.data
+            if ready.state is not SessionState.CLOSED:
+                self._service(ready, mask, time.monotonic())
+        return True
 
     def _take_inbox(self) -> bool:
+        if self.inline:
+            return self._stopping
         with self._lock:
             if self._inbox:
                 self._queue.extend(self._inbox)
@@ -248,6 +320,7 @@ class Engine:
             return
         session.stream_limit = self.settings.max_stream_size
         self._sessions.append(session)
+        self._reschedule()
         self._interest[session] = selectors.EVENT_READ | selectors.EVENT_WRITE
         self._selector.register(session.sock, self._interest[session], session)
         if session.state is SessionState.READY:  # connected at once, without a handshake
@@ -267,6 +340,7 @@ class Engine:
         self._last_error = message
         jitter = random.uniform(0.8, 1.2)
         self._next_connect = now + self._backoff * jitter
+        self._reschedule()
         self._backoff = min(self._backoff * 2, self.settings.backoff_max)
 
     def _session_ready(self, session: Session, now: float) -> None:
@@ -289,6 +363,7 @@ class Engine:
             first = self._capabilities is None
             self._capabilities = caps
             self._ready.notify_all()
+        self._set_caps()
         if first:
             log.info(
                 "clamd %s at %s: transport %s, %s in flight",
@@ -306,6 +381,10 @@ class Engine:
             return Transport.FILDES
         return Transport.INSTREAM
 
+    def _set_caps(self) -> None:
+        self._cap = self._cap_total()
+        self._cap_per_session = math.ceil(self._cap / self.settings.sessions)
+
     def _cap_total(self) -> int:
         if self.settings.max_in_flight is not None:
             return self.settings.max_in_flight
@@ -321,6 +400,7 @@ class Engine:
         self._unregister(session)
         lost = session.close()
         self._sessions.remove(session)
+        self._reschedule()
         if not was_ready and not lost:
             self._connect_failed(now, reason)
         elif lost:
@@ -328,6 +408,7 @@ class Engine:
             # verdict shows clamd works, so a clamd that fails every connection
             # does not burn every request's attempts in a tight loop
             self._next_connect = now + self._backoff * random.uniform(0.8, 1.2)
+            self._reschedule()
             self._backoff = min(self._backoff * 2, self.settings.backoff_max)
             self.stats.sessions_lost += 1
             self.stats.requests_resent += len(lost)
@@ -378,37 +459,37 @@ class Engine:
     def _in_flight(self) -> int:
         return sum(len(s.in_flight) for s in self._sessions)
 
-    def _dispatch(self, now: float) -> list[Session]:
-        """Send waiting jobs to ready sessions, within the in-flight caps."""
-        if not self._queue:
-            return []
-        ready = [s for s in self._sessions if s.state is SessionState.READY]
-        total = self._cap_total()
-        per_session = math.ceil(total / self.settings.sessions)
-        in_flight = self._in_flight()
-        for session in ready:
+    def _has_room(self, session: Session) -> bool:
+        ready = session.state is SessionState.READY
+        return ready and len(session.in_flight) < self._cap_per_session
+
+    def _dispatch(self, session: Session, now: float) -> None:
+        """Send waiting jobs to ``session``, within the in-flight caps."""
+        room = self._cap_per_session - len(session.in_flight)
+        if room > 0:
+            room = min(
+                room,
+                self._cap - self._in_flight(),
+                self.settings.max_requests_per_session - session.requests,
+            )
+        if room > 0:
             caps = session.capabilities
             assert caps is not None
             transport = self._transport_for(caps)
-            while (
-                self._queue
-                and in_flight < total
-                and session.accepting
-                and len(session.in_flight) < per_session
-                and session.requests < self.settings.max_requests_per_session
-            ):
-                job = self._queue.popleft()
-                refused = self._refuse(job, transport, caps)
+            queue = self._queue
+            check = transport is Transport.INSTREAM or bool(caps.commands)
+            while queue and room > 0 and session.accepting:
+                job = queue.popleft()
+                refused = self._refuse(job, transport, caps) if check else None
                 if refused is not None:
                     self._deliver(job, refused, None, caps.version)
                     continue
                 session.begin(job, transport, now)
                 self.stats.requests_sent += 1
-                in_flight += 1
-            if session.requests >= self.settings.max_requests_per_session:
-                # clamd's request ids are C ints: start afresh long before.
-                session.end(now, "rotated")
-        return ready
+                room -= 1
+        if session.requests >= self.settings.max_requests_per_session:
+            # clamd's request ids are C ints: start afresh long before.
+            session.end(now, "rotated")
 
     def _refuse(self, job: ScanJob, transport: Transport, caps: Capabilities) -> Verdict | None:
         if transport is Transport.FILDES and caps.commands and "FILDES" not in caps.commands:
@@ -439,6 +520,9 @@ class Engine:
         try:
             if mask & selectors.EVENT_READ:
                 self._read(session, now)
+                if self._queue and self._has_room(session):
+                    # replies freed room: send the next requests in this same turn
+                    mask |= selectors.EVENT_WRITE
             if mask & selectors.EVENT_WRITE and session.state is not SessionState.CLOSED:
                 self._write(session, now)
         except ClamdConnectionError as exc:
@@ -461,13 +545,19 @@ class Engine:
         return bool(events)
 
     def _write(self, session: Session, now: float) -> None:
-        connecting = session.state is SessionState.CONNECTING
-        session.on_writable(now)
-        if connecting and session.state is SessionState.READY:
-            self._session_ready(session, now)
-        if session.state is SessionState.READY and self._queue:
-            self._dispatch(now)
+        if session.state is SessionState.CONNECTING:
             session.on_writable(now)
+            if session.capabilities is not None:  # READY at once: no handshake asked
+                self._session_ready(session, now)
+        if self._queue and session.accepting:
+            self._dispatch(session, now)
+        if session.wants_write:
+            streaming = not session.accepting
+            session.on_writable(now)
+            if streaming and self._queue and session.accepting:
+                # a stream ended within what the socket took: the next may start
+                self._dispatch(session, now)
+                session.on_writable(now)
 
     def _read_remaining(self, session: Session, now: float) -> None:
         """A write failed: clamd may have answered and closed (StreamMaxLength).
@@ -479,6 +569,9 @@ class Engine:
                 pass
 
     def _handle(self, session: Session, event: Event, now: float) -> None:
+        if type(event) is ScanReply:  # nearly every event: no handshake reply is one
+            self._scan_reply(session, event)
+            return
         if session.handle_handshake(event):
             if session.state is SessionState.READY:
                 self._session_ready(session, now)
@@ -492,15 +585,7 @@ class Engine:
                 )
             return
         if isinstance(event, ScanReply):
-            entry = session.take(event)
-            if entry is None:
-                raise RemoteProtocolError(f"reply for request {event.request_id} not in flight")
-            verdict = entry.local_verdict or event.verdict
-            self._backoff = self.settings.backoff_initial  # clamd works: reconnect at once
-            version = session.capabilities.version if session.capabilities else None
-            self._deliver(entry.job, verdict, entry.transport, version)
-            if not session.in_flight and session.state is SessionState.DRAINING:
-                pass  # clamd closes after END once the last reply is out
+            self._scan_reply(session, event)
         elif isinstance(event, Pong):
             pass
         elif isinstance(event, SessionEnded):
@@ -515,6 +600,7 @@ class Engine:
                 )
             if event.reason == "COMMAND READ TIMED OUT":
                 self._keepalive = max(0.5, self._keepalive / 2)
+                self._reschedule()
                 log.warning(
                     "clamd ended %s for idleness (ReadTimeout); keepalive now every %.1f s",
                     session.name,
@@ -531,6 +617,15 @@ class Engine:
             )
         else:
             raise RemoteProtocolError(f"unexpected reply {event!r}")
+
+    def _scan_reply(self, session: Session, event: ScanReply) -> None:
+        entry = session.take(event)
+        if entry is None:
+            raise RemoteProtocolError(f"reply for request {event.request_id} not in flight")
+        verdict = entry.local_verdict or event.verdict
+        self._backoff = self.settings.backoff_initial  # clamd works: reconnect at once
+        version = session.capabilities.version if session.capabilities else None
+        self._deliver(entry.job, verdict, entry.transport, version)
 
     def _update_interest(self) -> None:
         for session in self._sessions:
@@ -576,6 +671,11 @@ class Engine:
                 None,
             )
 
+    def _reschedule(self) -> None:
+        """Sessions or backoff changed: recompute the timers at the next turn."""
+        self._timers_due = 0.0
+        self._wakeup_at = 0.0
+
     def _next_wakeup(self, now: float, drain_deadline: float | None) -> float:
         candidates = [now + self._keepalive]
         if drain_deadline is not None:
@@ -593,7 +693,8 @@ class Engine:
             if oldest is not None:
                 candidates.append(oldest.sent_at + self.settings.request_timeout)
         # at least once a second, so that the heartbeat shows a live loop
-        return max(0.0, min(min(candidates) - now, 1.0))
+        candidates.append(now + 1.0)
+        return min(candidates)
 
     def _shutdown(self) -> None:
         unfinished = list(self._queue)

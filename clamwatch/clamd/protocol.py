@@ -223,16 +223,31 @@ _KIND: dict[type[Command], _Kind] = {
     Instream: _Kind.INSTREAM,
 }
 
-_ID_PREFIX = re.compile(rb"^(\d+): ")
 _FD_NAME = re.compile(r"^fd\[\d+\]: ")
 _THREADS = re.compile(r"^THREADS:.*\bmax (\d+)", re.MULTILINE)
 _QUEUE = re.compile(r"^QUEUE: (\d+) items", re.MULTILINE)
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _Pending:
     kind: _Kind
     path: bytes = b""  # for SCAN: the name clamd echoes back
+
+
+_PENDING_FILDES = _Pending(_Kind.FILDES)
+_PENDING_INSTREAM = _Pending(_Kind.INSTREAM)
+_INSTREAM_WIRE = b"zINSTREAM\0"
+_LENGTH = struct.Struct(">I")  # an INSTREAM chunk's length, big-endian
+_STREAM_END = b"\0\0\0\0"
+# clamdscan sends the descriptor on one dummy byte after the command; clamd
+# ignores that NUL (it is an empty z-record) and it does not take an id.
+# Sending both in one sendmsg works the same against clamd 1.4 and saves a
+# syscall.
+_FILDES_WIRE = b"zFILDES\0\0"
+# The replies almost every scan gets, recognised before any other parsing.
+_FD_OK = re.compile(rb"fd\[\d+\]: OK")
+_STREAM_OK = b"stream: OK"
+CLEAN = Clean()
 
 
 class ClamdProtocol:
@@ -290,25 +305,55 @@ class ClamdProtocol:
                 _KIND[type(command)], command.path if isinstance(command, Scan) else b""
             )
         if isinstance(command, Fildes):
-            # clamdscan sends the descriptor on one dummy byte after the
-            # command; clamd ignores that NUL (it is an empty z-record) and
-            # it does not take an id. Sending both in one sendmsg works the
-            # same against clamd 1.4 and saves a syscall.
-            return Outgoing(data + b"\0", (command.fd,), request_id)
+            return Outgoing(_FILDES_WIRE, (command.fd,), request_id)
         return Outgoing(data, (), None if isinstance(command, End) else request_id)
+
+    def send_fildes(self, fd: int) -> tuple[bytes, int]:
+        """``send(Fildes(fd))`` for the hot path: the bytes (``fd`` rides on them) and the id."""
+        if self.state is not State.SESSION:
+            outgoing = self.send(Fildes(fd))
+            assert outgoing.request_id is not None
+            return outgoing.data, outgoing.request_id
+        request_id = self._next_id
+        self._next_id = request_id + 1
+        self._pending[request_id] = _PENDING_FILDES
+        return _FILDES_WIRE, request_id
+
+    def send_instream(self, body: bytes) -> tuple[bytes, int]:
+        """A whole INSTREAM request, for a body known in full: command, chunks and end.
+
+        Returns the bytes and the request id; the state is as after
+        ``stream_end()``, so further commands may follow at once.
+        """
+        if self.state is State.SESSION and 0 < len(body) <= STREAM_CHUNK:
+            request_id = self._next_id
+            self._next_id = request_id + 1
+            self._pending[request_id] = _PENDING_INSTREAM
+            return b"".join(
+                (_INSTREAM_WIRE, _LENGTH.pack(len(body)), body, _STREAM_END)
+            ), request_id
+        outgoing = self.send(Instream())
+        assert outgoing.request_id is not None
+        parts = [outgoing.data]
+        parts.extend(
+            self.stream_chunk(body[at : at + STREAM_CHUNK])
+            for at in range(0, len(body), STREAM_CHUNK)
+        )
+        parts.append(self.stream_end())
+        return b"".join(parts), outgoing.request_id
 
     def stream_chunk(self, chunk: bytes) -> bytes:
         """One INSTREAM chunk: a 4-byte big-endian length, then the bytes."""
         self._require(State.STREAMING, "an INSTREAM chunk")
         if not chunk:
             raise LocalProtocolError("an empty chunk ends the stream: use stream_end()")
-        return struct.pack(">I", len(chunk)) + chunk
+        return _LENGTH.pack(len(chunk)) + chunk
 
     def stream_end(self) -> bytes:
         """The zero-length chunk that ends an INSTREAM body."""
         self._require(State.STREAMING, "the end of an INSTREAM body")
         self.state = State.SESSION if self._in_session else State.SINGLE
-        return b"\0\0\0\0"
+        return _STREAM_END
 
     def _require(self, state: State, what: str) -> None:
         if self.state is not state:
@@ -379,16 +424,19 @@ class ClamdProtocol:
         if not self._in_session:
             request_id, body = self._single_id(), record
         else:
-            match = _ID_PREFIX.match(record)
-            if match is None:
+            number, sep, body = record.partition(b": ")
+            if not sep or not number.isdigit():
                 return self._parse_unnumbered(record)
-            request_id = int(match.group(1))
-            body = record[match.end() :]
+            request_id = int(number)
         pending = self._pending.pop(request_id, None)
         if pending is None:
             raise RemoteProtocolError(
                 f"reply for request {request_id}, which was not asked: {record[:80]!r}"
             )
+        if (pending.kind is _Kind.FILDES and _FD_OK.fullmatch(body)) or (
+            pending.kind is _Kind.INSTREAM and body == _STREAM_OK
+        ):
+            return ScanReply(request_id, CLEAN)
         try:
             text = body.decode("utf-8", "surrogateescape")
         except UnicodeDecodeError as exc:  # pragma: no cover - surrogateescape never fails
@@ -466,7 +514,7 @@ def _scan_verdict(pending: _Pending, body: bytes, text: str) -> Verdict:
     if status in {"OK", "Empty file"}:
         # clamd 1.4 answers OK for an empty file; older ones said "Empty
         # file". Either way clamd looked at every byte there was.
-        return Clean()
+        return CLEAN
     if status.endswith(" FOUND"):
         signature = status[: -len(" FOUND")]
         if not signature or "\n" in signature:

@@ -26,7 +26,6 @@ from clamwatch.clamd.protocol import (
     ConnectionClosed,
     End,
     Event,
-    Fildes,
     Instream,
     NeedData,
     Ping,
@@ -159,6 +158,22 @@ class Session:
             assert request_id is not None
             self._handshake.add(request_id)
 
+    def _send_now(self, data: bytes, fd: int) -> bool:
+        """Write a whole small request at once, bypassing the out buffer; False if it did not go.
+
+        A failure is left for :meth:`on_writable`, which reports it: the
+        request is queued as usual and sent (or found lost) from there.
+        """
+        try:
+            sent = send_with_fd(self.sock, data, fd)
+        except OSError:
+            return False
+        if sent == len(data):
+            return True
+        item = _OutItem(bytearray(data[sent:]), fd, started=sent > 0)
+        self._out.append(item)
+        return True
+
     @property
     def wants_write(self) -> bool:
         return self.state is SessionState.CONNECTING or bool(self._out)
@@ -227,14 +242,42 @@ class Session:
         """Send one scan request for ``job``."""
         job.attempts += 1
         if transport is Transport.FILDES:
-            request_id = self._command(Fildes(job.file.fd), now)
-        else:
-            request_id = self._command(Instream(), now)
-        assert request_id is not None
-        self.in_flight[request_id] = InFlight(job, now, transport)
-        if transport is Transport.INSTREAM:
-            self._stream = _Stream(request_id, job.file.fd)
-            self.fill_stream(now)
+            fd = job.file.fd
+            data, request_id = self.proto.send_fildes(fd)
+            self.last_send = now
+            self.requests += 1
+            self.in_flight[request_id] = InFlight(job, now, transport)
+            if self._out or not self._send_now(data, fd):
+                self._queue(data, fd)
+            return
+        if job.file.identity.size < STREAM_CHUNK and self._whole_stream(job, now):
+            return
+        stream_id = self._command(Instream(), now)
+        assert stream_id is not None
+        self.in_flight[stream_id] = InFlight(job, now, transport)
+        self._stream = _Stream(stream_id, job.file.fd)
+        self.fill_stream(now)
+
+    def _whole_stream(self, job: ScanJob, now: float) -> bool:
+        """INSTREAM a small file with one read and one queued piece; False: stream it in chunks.
+
+        A short read is the end of a regular file as it is now; a file that
+        grew to a full chunk, a read error or a body over the stream limit
+        take the chunked path, which says what happened.
+        """
+        try:
+            body = os.pread(job.file.fd, STREAM_CHUNK, 0)
+        except OSError:
+            return False
+        limit = self.stream_limit
+        if not body or len(body) >= STREAM_CHUNK or (limit is not None and len(body) > limit):
+            return False
+        data, request_id = self.proto.send_instream(body)
+        self.last_send = now
+        self.requests += 1
+        self.in_flight[request_id] = InFlight(job, now, Transport.INSTREAM)
+        self._queue(data)
+        return True
 
     def ping(self, now: float) -> None:
         """Keepalive: clamd's ReadTimeout counts input idleness, even while it scans."""
