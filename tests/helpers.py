@@ -119,12 +119,11 @@ def scan_files(
     while len(outcomes) < submitted:
         left = deadline - time.monotonic()
         assert left > 0, f"only {len(outcomes)} of {submitted} outcomes within {timeout} s"
+        if engine.inline and done.empty():
+            engine.step(min(left, 0.1))
+            continue
         try:
-            if engine.inline:
-                engine.step(min(left, 0.1))
-                job, outcome = done.get_nowait()
-            else:
-                job, outcome = done.get(timeout=left)
+            job, outcome = done.get(timeout=left)
         except queue.Empty:
             continue
         job.file.close()

@@ -91,6 +91,20 @@ def test_thousand_files_in_one_session_agree_with_clamdscan(  # noqa: PLR0917 - 
     assert {o.transport for o in outcomes.values()} == {wanted}
     assert stats.sessions_opened == 1, "all 1,000 requests went through one IDSESSION"
     assert stats.requests_sent == 1000 and stats.requests_resent == 0
+    # 1,000 requests at once fill every slot: replies were let gather
+    assert stats.gathers > 0
+
+
+def test_files_one_at_a_time_never_wait_for_replies_to_gather(
+    clamd: PrivateClamd, tmp_path: Path
+) -> None:
+    paths = [tmp_path / f"f{n}" for n in range(20)]
+    for path in paths:
+        path.write_bytes(b"clean")
+    with running(clamd.unix_address) as engine:
+        for path in paths:
+            assert scan_files(engine, [path])[path].verdict == Clean()
+        assert engine.stats.gathers == 0
 
 
 def test_auto_transport_is_fildes_on_a_unix_socket(clamd: PrivateClamd, tmp_path: Path) -> None:
