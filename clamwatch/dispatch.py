@@ -16,7 +16,14 @@ content; the scanning pipeline takes work out. In between:
   nothing is dropped silently.
 
 Every method is thread-safe; none blocks except :meth:`wait_for_room` and
-:meth:`wait`, which only the walker and the pipeline call.
+:meth:`wait_for_rescan`, which only the walker calls. The pipeline sleeps on
+:attr:`Dispatcher.ready`.
+
+Waking a thread costs a futex call and a context switch, on two CPUs shared
+with clamd and the writers: producers wake the pipeline only when it has
+cleared ``ready`` (it is about to sleep), and wake the walker only when it
+waits for room or for a rescan. A burst then moves in batches, not a
+wake-up per file.
 """
 
 from __future__ import annotations
@@ -86,7 +93,14 @@ class Dispatcher:
         self.max_pending = max_pending
         self.settle_time = settle_time
         self.clock = clock
-        self.cond = threading.Condition()
+        self.cond = threading.Condition()  # guards everything below; the walker waits on it
+        # set when there may be work for the pipeline: it clears it before it
+        # looks, and sleeps on it when it found nothing (see _wake_taker)
+        self.ready = threading.Event()
+        # False while the pipeline cannot take more (its window is full): new
+        # work then waits without waking it; a finished scan wakes it instead
+        self.taker_wants_work = True
+        self._room_waiters = 0  # threads inside wait_for_room
         self._pending: dict[str, Work] = {}
         self._settling: dict[str, _Settling] = {}
         self._in_flight: dict[str, Work] = {}
@@ -111,6 +125,32 @@ class Dispatcher:
         """``work.path`` may have new content: scan it as soon as there is room."""
         with self.cond:
             self._due(work)
+
+    def arrived(self, batch: list[tuple[Mode, Work]]) -> None:
+        """:meth:`due` (Mode.DUE) or :meth:`settle` (Mode.SETTLE) for each, in order.
+
+        The watcher hands over what one read of the kernel's queue brought,
+        under one lock.
+        """
+        with self.cond:
+            for mode, work in batch:
+                if mode is Mode.DUE:
+                    self._due(work)
+                else:
+                    self._settle(work)
+
+    def _wake_taker(self) -> None:
+        # Event.set takes a lock and notifies; skip it while already set (the
+        # pipeline has not looked yet, so it will find this work anyway).
+        if self.taker_wants_work and not self.ready.is_set():
+            self.ready.set()
+
+    def _wake_walker(self) -> None:
+        """There is room again, or a rescan: wake the walker if it waits for either."""
+        self.cond.notify_all()
+
+    def _made_room(self) -> None:
+        if self._room_waiters:
             self.cond.notify_all()
 
     def _due(self, work: Work) -> None:
@@ -134,6 +174,7 @@ class Dispatcher:
             self._rescan(Rescan(os.path.dirname(path) or "/", work.watch, "queue full"))
             return
         self._pending[path] = work
+        self._wake_taker()
 
     def _mark_dirty(self, path: str, if_changed: bool) -> None:
         self._dirty[path] = self._dirty.get(path, True) and if_changed
@@ -141,27 +182,28 @@ class Dispatcher:
     def settle(self, work: Work) -> None:
         """``work.path`` was created: scan it once it stops changing, or at its close."""
         with self.cond:
-            path = work.path
-            if path in self._in_flight:
-                # A create (often watchdog's replay for a directory it just
-                # watches) is no sign of new content by itself: a file created
-                # anew is another inode, which the version check tells apart.
-                self._mark_dirty(path, True)
-            elif path not in self._pending and path not in self._settling:
-                if self._full():
-                    self.degraded += 1
-                    self._rescan(
-                        Rescan(os.path.dirname(path) or "/", work.watch, "queue full", Mode.SETTLE)
-                    )
-                else:
-                    self._settling[path] = _Settling(work, stable_since=self.clock())
-            self.cond.notify_all()
+            self._settle(work)
+
+    def _settle(self, work: Work) -> None:
+        path = work.path
+        if path in self._in_flight:
+            # A create (often a walk's replay for a directory just watched)
+            # is no sign of new content by itself: a file created anew is
+            # another inode, which the version check tells apart.
+            self._mark_dirty(path, True)
+        elif path not in self._pending and path not in self._settling:
+            if self._full():
+                self.degraded += 1
+                self._rescan(
+                    Rescan(os.path.dirname(path) or "/", work.watch, "queue full", Mode.SETTLE)
+                )
+            else:
+                self._settling[path] = _Settling(work, stable_since=self.clock())
 
     def rescan(self, request: Rescan) -> None:
         """Walk ``request.directory`` again (later, in the walker's thread)."""
         with self.cond:
             self._rescan(request)
-            self.cond.notify_all()
 
     def _rescan(self, request: Rescan) -> None:
         if any(parent in self._rescans for parent in _parents(request.directory)):
@@ -173,6 +215,7 @@ class Dispatcher:
             if request.directory != request.watch:
                 request = replace(request, directory=request.watch, reason="too many rescans")
         self._rescans[request.directory] = request
+        self._wake_walker()
 
     def retry_later(self, work: Work, delay: float) -> None:
         with self.cond:
@@ -180,14 +223,23 @@ class Dispatcher:
             if self._dirty.pop(work.path, True) is False:
                 work.if_changed = False  # changed during the failed scan: the retry covers it
             self._delayed.append((self.clock() + delay, work))
-            self.cond.notify_all()
 
     def wait_for_room(self) -> bool:
         """Block until there is room for one more entry; False when stopping."""
         with self.cond:
-            while self._full() and not self.stopping:
-                self.cond.wait(0.5)
+            self._room_waiters += 1
+            try:
+                while self._full() and not self.stopping:
+                    self.cond.wait(0.5)
+            finally:
+                self._room_waiters -= 1
             return not self.stopping
+
+    def wait_for_rescan(self, timeout: float) -> None:
+        """Block until a rescan waits, the dispatcher stops, or ``timeout`` passes."""
+        with self.cond:
+            if not self._rescans and not self.stopping:
+                self.cond.wait(timeout)
 
     # -- the pipeline -----------------------------------------------------------------
 
@@ -202,7 +254,7 @@ class Dispatcher:
                 self._in_flight[path] = work
                 batch.append(work)
             if batch:
-                self.cond.notify_all()  # room for the walker
+                self._made_room()
         return batch
 
     def _release_delayed(self) -> None:
@@ -220,12 +272,19 @@ class Dispatcher:
 
     def done(self, path: str) -> None:
         """The scan of ``path`` ended; scan again if it changed meanwhile."""
+        self.done_many([path])
+
+    def done_many(self, paths: list[str]) -> None:
+        """:meth:`done` for several paths, under one lock."""
+        if not paths:
+            return
         with self.cond:
-            work = self._in_flight.pop(path, None)
-            if_changed = self._dirty.pop(path, None)
-            if if_changed is not None and work is not None:
-                self._due(Work(path, work.watch, self.clock(), "changed during scan", if_changed))
-            self.cond.notify_all()
+            now = self.clock()
+            for path in paths:
+                work = self._in_flight.pop(path, None)
+                if_changed = self._dirty.pop(path, None)
+                if if_changed is not None and work is not None:
+                    self._due(Work(path, work.watch, now, "changed during scan", if_changed))
 
     def next_rescan(self) -> Rescan | None:
         with self.cond:
@@ -264,7 +323,7 @@ class Dispatcher:
             for path in gone:
                 self._settling.pop(path, None)
             if gone:
-                self.cond.notify_all()  # room for the walker
+                self._made_room()
             for work in promote:
                 if self._settling.get(work.path) is not None:
                     self._due(replace(work, reason=f"{work.reason}, settled"))
@@ -274,8 +333,6 @@ class Dispatcher:
                     self._closed_early[work.path] = now
             for path in [p for p, t in self._closed_early.items() if now - t >= _LATE_CLOSE]:
                 del self._closed_early[path]
-            if promote or closed:
-                self.cond.notify_all()
 
     # -- status -----------------------------------------------------------------------
 
@@ -320,6 +377,7 @@ class Dispatcher:
         with self.cond:
             self.stopping = True
             self.cond.notify_all()
+        self.ready.set()
 
 
 def _parents(directory: str) -> list[str]:

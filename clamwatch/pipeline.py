@@ -5,10 +5,17 @@ file once (the disk I/O stays off the engine's socket loop), hands it to the
 engine, and turns outcomes into verdict events. It keeps at most ``window``
 files open and handed to the engine: while clamd is down those wait in the
 engine, everything else waits as a path in the dispatcher.
+
+It works in rounds: every outcome that came in, then as much new work as the
+window has room for, each under one lock, then sleep on the dispatcher's
+``ready`` event. The engine thread only queues an outcome and sets ``ready``
+when it is clear, so a burst costs a wake-up per round, not one per file,
+while a lone verdict is reported the moment its outcome arrives.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import threading
@@ -20,6 +27,7 @@ from clamwatch.actions import ActionRequest, ActionRunner
 from clamwatch.clamd.engine import Engine
 from clamwatch.clamd.job import ScanJob, ScanOutcome
 from clamwatch.dispatch import Dispatcher, Work
+from clamwatch.events import held_back
 from clamwatch.files import FileIdentity, OpenedFile, open_for_scan, unwritten
 from clamwatch.policy import Rule, decide
 from clamwatch.verdict import NotScanned, NotScannedReason, ScanError, Verdict
@@ -31,6 +39,7 @@ log = logging.getLogger(__name__)
 # later, a few times, before reporting an error.
 _RETRY_DELAYS = (10.0, 60.0, 300.0)
 _SETTLE_EVERY = 0.05  # seconds between checks of files that settle (cheap when none do)
+_NOTHING = Rule()  # the rule whose words are ["none"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +95,7 @@ class Pipeline:
         *,
         actions: ActionRunner | None = None,
         window: int = 256,
+        batch: int = 32,
     ) -> None:
         self.dispatcher = dispatcher
         self.engine = engine
@@ -93,9 +103,15 @@ class Pipeline:
         self.report = report
         self.actions = actions
         self.window = window
+        # outcomes per round while the engine has plenty to do; no more than a
+        # quarter of the window, so that a busy round's batch always comes in
+        self._batch = max(1, min(batch, window // 4))
+        self._wake_after = 1  # outcomes that wake the pipeline (read by the engine thread)
         self.seen = SeenVersions()
         self._outstanding: dict[ScanJob, Work] = {}
-        self._completed: list[tuple[ScanJob, ScanOutcome]] = []
+        # appended by the engine thread, taken by ours (deque: thread-safe ends)
+        self._completed: collections.deque[tuple[ScanJob, ScanOutcome]] = collections.deque()
+        self._done: list[str] = []  # paths ended this round, for dispatcher.done_many
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="clamwatch-dispatch", daemon=True)
         self.scanned = 0
@@ -112,15 +128,23 @@ class Pipeline:
     # -- engine thread ------------------------------------------------------------------
 
     def _on_done(self, job: ScanJob, outcome: ScanOutcome) -> None:
-        with self.dispatcher.cond:
-            self._completed.append((job, outcome))
-            self.dispatcher.cond.notify_all()
+        completed = self._completed
+        completed.append((job, outcome))
+        ready = self.dispatcher.ready
+        # not set: the pipeline has yet to look (it will see this), or it
+        # waits for a batch of outcomes (it has plenty in the engine meanwhile)
+        if len(completed) >= self._wake_after and not ready.is_set():
+            ready.set()
 
     # -- pipeline thread ----------------------------------------------------------------
 
     def _run(self) -> None:
         next_settle = 0.0
+        ready = self.dispatcher.ready
         while not self._stop.is_set():
+            # Clear before looking: whatever arrives after this sets it again,
+            # so the wait below never sleeps through new work.
+            ready.clear()
             self._finish_completed()
             now = time.monotonic()
             self.heartbeat = now
@@ -128,21 +152,49 @@ class Pipeline:
                 self.dispatcher.settle_check(_lstat, unwritten)
                 next_settle = now + _SETTLE_EVERY
             free = self.window - len(self._outstanding)
-            batch = self.dispatcher.take(free) if free > 0 else []
-            for work in batch:
-                self._start(work)
-            if not batch:
-                with self.dispatcher.cond:
-                    if not self._completed and not self._stop.is_set():
-                        self.dispatcher.cond.wait(_SETTLE_EVERY)
+            if free > 0:
+                for work in self.dispatcher.take(free):
+                    self._start(work)
+                self._flush_done()
+            self._sleep()
         self._finish_completed()
 
+    def _sleep(self) -> None:
+        """Wait for the next round: at once for a lone file, in batches in a burst.
+
+        With more than a quarter of the window in the engine, clamd has work
+        for a while: new paths wait for the next round, and that round comes
+        when a batch of outcomes is in (at most _SETTLE_EVERY later).
+        """
+        ready = self.dispatcher.ready
+        if len(self._outstanding) <= self.window // 4:
+            self._wake_after = 1
+            ready.wait(_SETTLE_EVERY)
+            return
+        self._wake_after = self._batch
+        self.dispatcher.taker_wants_work = False
+        ready.clear()  # new paths that came during this round wait for the batch
+        if len(self._completed) < self._wake_after and not self._stop.is_set():
+            ready.wait(_SETTLE_EVERY)
+        self.dispatcher.taker_wants_work = True
+        self._wake_after = 1
+
     def _finish_completed(self) -> None:
-        with self.dispatcher.cond:
-            completed, self._completed = self._completed, []
-        for job, outcome in completed:
-            work = self._outstanding.pop(job)
-            self._conclude(work, outcome.verdict, outcome, job.file)
+        """Conclude every outcome that came in."""
+        completed = self._completed
+        if not completed:
+            return
+        with held_back():  # their lines written together, at the end of the round
+            while completed:
+                job, outcome = completed.popleft()
+                work = self._outstanding.pop(job)
+                self._conclude(work, outcome.verdict, outcome, job.file)
+        self._flush_done()
+
+    def _flush_done(self) -> None:
+        if self._done:
+            done, self._done = self._done, []
+            self.dispatcher.done_many(done)
 
     def _conclude(
         self,
@@ -170,8 +222,8 @@ class Pipeline:
         rules = self.filters[work.watch]
         rule = decide(verdict, rules.watch.policy)
         self.report(Result(work, verdict, outcome, time.monotonic() - work.since, rule))
-        self.dispatcher.done(work.path)
-        if self.actions is not None and rule.words != ["none"]:
+        self._done.append(work.path)
+        if self.actions is not None and rule != _NOTHING:
             version = outcome.clamd_version if outcome is not None else None
             self.actions.submit(
                 ActionRequest(work.path, rules.watch, verdict, rule, version, opened)
@@ -182,23 +234,23 @@ class Pipeline:
     def _start(self, work: Work) -> None:
         rules = self.filters.get(work.watch)
         if rules is None or rules.excluded(work.path):
-            self.dispatcher.done(work.path)
+            self._done.append(work.path)
             return
         st = _lstat(work.path)
         if st is None:
             log.debug("%s vanished before it could be scanned", work.path)
-            self.dispatcher.done(work.path)
+            self._done.append(work.path)
             return
         if work.if_changed and SeenVersions.key(work.path, st) in self.seen:
-            self.dispatcher.done(work.path)
+            self._done.append(work.path)
             return
         if work.newer_than is not None and max(st.st_mtime, st.st_ctime) < work.newer_than:
-            self.dispatcher.done(work.path)
+            self._done.append(work.path)
             return
         skipped = rules.skipped_by_stat(st)
         if skipped is not None:
             log.debug("%s skipped: %s", work.path, skipped)
-            self.dispatcher.done(work.path)
+            self._done.append(work.path)
             return
         opened = open_for_scan(work.path, st)
         if isinstance(opened, OpenedFile) and rules.too_large(opened.identity.size):
@@ -211,7 +263,7 @@ class Pipeline:
         if not isinstance(opened, OpenedFile):
             if isinstance(opened, NotScanned) and opened.reason is NotScannedReason.VANISHED:
                 log.debug("%s vanished before it could be scanned", work.path)
-                self.dispatcher.done(work.path)
+                self._done.append(work.path)
             else:
                 self._conclude(work, opened, None, None)
             return
@@ -228,11 +280,9 @@ class Pipeline:
         """
         self.dispatcher.stop()
         while self._outstanding and time.monotonic() < deadline and self._thread.is_alive():
-            with self.dispatcher.cond:
-                self.dispatcher.cond.wait(0.05)
+            time.sleep(0.05)  # the pipeline thread reports what finishes meanwhile
         self._stop.set()
-        with self.dispatcher.cond:
-            self.dispatcher.cond.notify_all()
+        self.dispatcher.ready.set()
         self._thread.join()
         unfinished = self.engine.close(timeout=max(1.0, deadline - time.monotonic()))
         left: list[Work] = []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from clamwatch.config import WatchConfig
 
@@ -15,6 +15,11 @@ class WatchFilter:
 
     watch: WatchConfig
     own: tuple[str, ...] = ()
+    # "own/" for each of own: asked for every event and every file walked
+    _own_below: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_own_below", tuple(own.rstrip("/") + "/" for own in self.own))
 
     @property
     def root(self) -> str:
@@ -44,7 +49,7 @@ class WatchFilter:
 
     def own_folder(self, path: str) -> bool:
         """``path`` is one of clamwatch's own folders or below one."""
-        return any(path == own or path.startswith(own.rstrip("/") + "/") for own in self.own)
+        return path in self.own or path.startswith(self._own_below)
 
     def skipped_by_stat(self, st: os.stat_result) -> str | None:
         """Why a file is skipped silently (owner or minimum size), or None."""

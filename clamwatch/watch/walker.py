@@ -46,8 +46,7 @@ class Walker:
         while not self._stop.is_set():
             request = self.dispatcher.next_rescan()
             if request is None:
-                with self.dispatcher.cond:
-                    self.dispatcher.cond.wait(0.25)
+                self.dispatcher.wait_for_rescan(0.25)
                 continue
             self.walking = request
             finished = self._walk(request)

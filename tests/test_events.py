@@ -1,0 +1,124 @@
+"""Event lines: the JSON each event prints, and lines held back for a round of verdicts."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from clamwatch.events import (
+    EventKind,
+    EventStreamHandler,
+    JsonFormatter,
+    emit,
+    emit_fields,
+    held_back,
+)
+
+
+class CountingStream(io.StringIO):
+    """A text stream that counts its write() calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+    def lines(self) -> list[dict[str, object]]:
+        return [json.loads(line) for line in self.getvalue().splitlines()]
+
+
+@pytest.fixture
+def stream() -> Iterator[CountingStream]:
+    """The events logger writing JSON lines to a counting stream (as `clamwatch run` does)."""
+    out = CountingStream()
+    handler = EventStreamHandler(out)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("clamwatch.events")
+    old_level, old_propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    yield out
+    logger.removeHandler(handler)
+    logger.setLevel(old_level)
+    logger.propagate = old_propagate
+
+
+def test_a_verdict_line_has_its_fields_in_order_without_none(stream: CountingStream) -> None:
+    emit(
+        EventKind.DETECTION,
+        "/srv/up/caf\u00e9.exe: Eicar FOUND",
+        logging.WARNING,
+        signature="Eicar",
+        path="/srv/up/caf\u00e9.exe",
+        watch=Path("/srv/up"),
+        latency_ms=1.5,
+        attempts=1,
+        clean=False,
+        transport=None,
+    )
+    (line,) = stream.getvalue().splitlines()
+    assert "caf\u00e9" in line  # not escaped: ensure_ascii is off
+    data = json.loads(line)
+    assert list(data) == [
+        "time", "level", "event", "message", "logger",
+        "signature", "path", "watch", "latency_ms", "attempts", "clean",
+    ]  # fmt: skip
+    assert data["level"] == "warning"
+    assert data["event"] == "detection"
+    assert data["logger"] == "clamwatch.events"
+    assert data["watch"] == "/srv/up"  # a PathLike as its text
+    assert data["latency_ms"] == 1.5
+    assert data["clean"] is False
+    assert len(str(data["time"])) == len("2026-11-25T09:59:00.123Z")
+    assert str(data["time"]).endswith("Z")
+
+
+def test_emit_fields_prints_what_emit_prints(stream: CountingStream) -> None:
+    fields: dict[str, object] = {"path": "/srv/up/a", "verdict": "clean", "attempts": 2}
+    emit(EventKind.CLEAN, "/srv/up/a: OK", logging.INFO, **fields)
+    emit_fields(EventKind.CLEAN, "/srv/up/a: OK", logging.INFO, dict(fields))
+    first, second = stream.lines()
+    del first["time"], second["time"]
+    assert first == second
+
+
+def test_a_disabled_level_prints_nothing(stream: CountingStream) -> None:
+    logging.getLogger("clamwatch.events").setLevel(logging.WARNING)
+    emit_fields(EventKind.CLEAN, "/srv/up/a: OK", logging.INFO, {"path": "/srv/up/a"})
+    emit(EventKind.CLEAN, "/srv/up/a: OK", logging.INFO, path="/srv/up/a")
+    assert stream.getvalue() == ""
+
+
+def test_a_lone_event_is_written_at_once(stream: CountingStream) -> None:
+    emit(EventKind.CLEAN, "/srv/up/a: OK", path="/srv/up/a")
+    assert stream.writes == 1
+    assert [line["path"] for line in stream.lines()] == ["/srv/up/a"]
+
+
+def test_held_back_lines_are_written_together_at_the_end(stream: CountingStream) -> None:
+    with held_back():
+        for name in "abc":
+            emit(EventKind.CLEAN, f"/srv/up/{name}: OK", path=f"/srv/up/{name}")
+        with held_back():  # nested: only the outermost end writes
+            emit(EventKind.CLEAN, "/srv/up/d: OK", path="/srv/up/d")
+        assert stream.writes == 0
+    assert stream.writes == 1
+    assert [line["path"] for line in stream.lines()] == [f"/srv/up/{n}" for n in "abcd"]
+    emit(EventKind.CLEAN, "/srv/up/e: OK", path="/srv/up/e")  # after the block: at once again
+    assert stream.writes == 2
+
+
+def test_held_back_lines_are_written_when_the_block_fails(stream: CountingStream) -> None:
+    with pytest.raises(RuntimeError), held_back():
+        emit(EventKind.CLEAN, "/srv/up/a: OK", path="/srv/up/a")
+        raise RuntimeError("boom")
+    assert [line["path"] for line in stream.lines()] == ["/srv/up/a"]

@@ -1,0 +1,176 @@
+"""The pipeline's rounds: a lone verdict at once, a burst in batches, nothing left waiting.
+
+Real files and the real dispatcher; the clamd engine is a fake that the test
+drives. The pipeline's periodic fallback wake-up is pushed out to minutes,
+so every verdict here must come from a wake-up, never from a timeout.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import cast
+
+import pytest
+
+from clamwatch import pipeline as pipeline_module
+from clamwatch.clamd.engine import Engine
+from clamwatch.clamd.job import ScanJob, ScanOutcome, Transport
+from clamwatch.config import WatchConfig
+from clamwatch.dispatch import Dispatcher, Work
+from clamwatch.pipeline import Pipeline, Result
+from clamwatch.verdict import Clean
+from clamwatch.watch.filters import WatchFilter
+
+DEADLINE_SECONDS = 10.0  # only reached when a wake-up is lost
+
+
+class FakeEngine:
+    """Holds submitted jobs; completes them on its own thread when told to (or at once)."""
+
+    def __init__(self, *, at_once: bool) -> None:
+        self.at_once = at_once
+        self._cond = threading.Condition()
+        self._held: list[ScanJob] = []
+        self._release = 0
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="fake-engine")
+        self._thread.start()
+
+    def submit(self, job: ScanJob) -> None:
+        with self._cond:
+            self._held.append(job)
+            self._cond.notify_all()
+
+    @property
+    def held(self) -> int:
+        with self._cond:
+            return len(self._held)
+
+    def complete(self, count: int) -> None:
+        with self._cond:
+            self._release += count
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closed and not (self._held and (self.at_once or self._release > 0)):
+                    self._cond.wait()
+                if self._closed:
+                    return
+                job = self._held.pop(0)
+                self._release = max(0, self._release - 1)
+            job.file.close()
+            job.on_done(job, ScanOutcome(Clean(), Transport.FILDES, "ClamAV test", 1))
+
+    def close(self, timeout: float = 10.0) -> list[ScanJob]:
+        with self._cond:
+            self._closed = True
+            left, self._held = self._held, []
+            self._cond.notify_all()
+        self._thread.join(timeout)
+        return left
+
+
+class Reports:
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self.results: list[Result] = []
+
+    def __call__(self, result: Result) -> None:
+        with self._cond:
+            self.results.append(result)
+            self._cond.notify_all()
+
+    def wait_for(self, count: int) -> list[str]:
+        deadline = time.monotonic() + DEADLINE_SECONDS
+        with self._cond:
+            while len(self.results) < count:
+                left = deadline - time.monotonic()
+                assert left > 0, f"{len(self.results)} of {count} verdicts: a wake-up was lost"
+                self._cond.wait(left)
+            return [r.work.path for r in self.results]
+
+
+@pytest.fixture(autouse=True)
+def no_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pipeline_module, "_SETTLE_EVERY", 300.0)
+
+
+Start = Callable[..., tuple[Pipeline, FakeEngine, Reports]]
+
+
+@pytest.fixture
+def start(watched: Path) -> Iterator[Start]:
+    started: list[Pipeline] = []
+
+    def run(
+        *, at_once: bool, window: int = 256, batch: int = 32
+    ) -> tuple[Pipeline, FakeEngine, Reports]:
+        dispatcher = Dispatcher(max_pending=10_000, settle_time=2.0)
+        engine = FakeEngine(at_once=at_once)
+        filters = {str(watched): WatchFilter(WatchConfig(path=watched, name="uploads"))}
+        reports = Reports()
+        pipeline = Pipeline(
+            dispatcher, cast(Engine, engine), filters, reports, window=window, batch=batch
+        )
+        pipeline.start()
+        started.append(pipeline)
+        return pipeline, engine, reports
+
+    yield run
+    for pipeline in started:
+        pipeline.stop(time.monotonic() + 1.0)
+
+
+def files(watched: Path, count: int) -> list[str]:
+    paths = []
+    for number in range(count):
+        path = watched / f"f{number:04}"
+        path.write_bytes(b"clean %d" % number)
+        paths.append(str(path))
+    return paths
+
+
+def due(pipeline: Pipeline, watched: Path, paths: list[str]) -> None:
+    for path in paths:
+        pipeline.dispatcher.due(Work(path, str(watched), time.monotonic(), "closed after write"))
+
+
+def test_a_lone_file_is_reported_without_waiting_for_a_batch(start: Start, watched: Path) -> None:
+    pipeline, _, reports = start(at_once=True)
+    (path,) = files(watched, 1)
+    due(pipeline, watched, [path])
+    assert reports.wait_for(1) == [path]
+    # and again, once the pipeline has gone to sleep in between
+    (second,) = [p for p in files(watched, 2) if p != path]
+    due(pipeline, watched, [second])
+    assert reports.wait_for(2) == [path, second]
+
+
+def test_a_burst_is_reported_in_full_whatever_the_outcomes_trickle(
+    start: Start, watched: Path
+) -> None:
+    """A full window waits for batches of outcomes; the last, partial ones still wake it."""
+    pipeline, engine, reports = start(at_once=False, window=16, batch=4)
+    paths = files(watched, 50)
+    due(pipeline, watched, paths)
+    done = 0
+    for chunk in (1, 3, 2, 7, 1, 1, 5, 9, 4, 2, 6, 3, 1, 5):
+        deadline = time.monotonic() + DEADLINE_SECONDS
+        while engine.held < min(chunk, len(paths) - done):
+            assert time.monotonic() < deadline, "the pipeline stopped handing files over"
+            time.sleep(0.005)
+        engine.complete(chunk)
+        done += chunk
+    assert done == len(paths)
+    assert sorted(reports.wait_for(len(paths))) == paths
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while not pipeline.dispatcher.idle:  # every path marked done
+        assert time.monotonic() < deadline, "paths left in flight"
+        time.sleep(0.005)
+    assert pipeline.outstanding == 0
+    assert len(reports.results) == len(paths)  # one verdict each
