@@ -1,17 +1,27 @@
-"""The watchdog (inotify) backend: kernel events in, dispatcher entries out.
+"""The inotify backend, on watchdog's inotify wrapper: kernel events in, dispatcher entries out.
 
 Triggers (style.md, design.md): close after write; the destination of a
 move into or within the tree; a file created (it settles, in case no close
-is seen); a directory created or moved in (walked: after mkdir, writes often
-land before the new directory's watch exists). Directory-modified noise is
-never asked for (watchdog >= 4 event filters).
+is seen); a directory created or moved in (watched, then walked: after
+mkdir, writes often land before the new directory's watch exists).
+Directory-modified noise is never asked for.
 
-watchdog drops the kernel's IN_Q_OVERFLOW without telling its handler; it
-only logs "Inotify queue overflowed" (watchdog issue #654, still so in 7.x).
-:class:`OverflowDetector` listens for that log record and every tree is
-walked again. Roots are supervised by polling their identity once a second:
-a root that does not exist yet is waited for, one deleted and created again
-is watched afresh and walked.
+watchdog's InotifyObserver would take three threads and a Python event
+object per kernel event to get there, and hold moves back half a second to
+pair them. A burst of uploads is tens of thousands of events a second on two
+CPUs shared with clamd, so this backend drives watchdog's lower layer
+(``watchdog.observers.inotify_c``: the descriptor, its watches and its
+parsed events) from one thread of its own, "clamwatch-inotify", which hands
+each read of the kernel queue to the dispatcher under one lock. A directory
+renamed within the tree is paired by its cookie, as the kernel queues the
+two halves together (inotify(7)).
+
+The kernel's IN_Q_OVERFLOW, which watchdog's observer only logs (watchdog
+issue #654), comes straight to :meth:`_TreeWatch.on_queue_overflow`: every
+tree is watched again (directories made meanwhile had no watch) and walked
+again. Roots are supervised by polling their identity once a second: a root
+that does not exist yet is waited for, one deleted and created again is
+watched afresh and walked.
 """
 
 from __future__ import annotations
@@ -25,18 +35,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from watchdog.events import (
-    DirCreatedEvent,
-    DirDeletedEvent,
-    DirMovedEvent,
-    FileClosedEvent,
-    FileCreatedEvent,
-    FileMovedEvent,
-    FileSystemEvent,
-    FileSystemEventHandler,
+from watchdog.observers.inotify_c import (
+    CallbackId,
+    InotifyConstants,
+    InotifyEvent,
+    InotifyFD,
+    Mask,
+    WatchDescriptor,
 )
-from watchdog.observers.api import BaseObserver, ObservedWatch
-from watchdog.observers.inotify import InotifyObserver
 
 from clamwatch.dispatch import Dispatcher, Mode, Rescan, Work
 from clamwatch.events import EventKind, emit
@@ -44,87 +50,228 @@ from clamwatch.watch.filters import WatchFilter
 
 log = logging.getLogger(__name__)
 
-_EVENTS: list[type[FileSystemEvent]] = [
-    FileClosedEvent,
-    FileCreatedEvent,
-    FileMovedEvent,
-    DirCreatedEvent,
-    DirMovedEvent,
-    DirDeletedEvent,
-]
+_IN = InotifyConstants
+# IN_DELETE_SELF and IN_IGNORED (always reported) tell a root is gone;
+# IN_DONT_FOLLOW: a symbolic link is never watched through (inotify(7)).
+_MASK = Mask(
+    _IN.IN_CLOSE_WRITE
+    | _IN.IN_CREATE
+    | _IN.IN_MOVED_FROM
+    | _IN.IN_MOVED_TO
+    | _IN.IN_DELETE_SELF
+    | _IN.IN_DONT_FOLLOW
+)
+_READ_SIZE = 256 * 1024  # bytes per read of the kernel queue: a few thousand events
+_MOVE_PAIRING = 1.0  # seconds a directory's IN_MOVED_FROM waits for its IN_MOVED_TO
 _SUPERVISE_EVERY = 1.0  # seconds between checks of the watch roots
 _RETRY_FAILED = 10.0  # seconds before a watch that failed to arm is tried again
 
 
-def _os_path(value: str | bytes) -> str:
-    return os.fsdecode(value)
+class _Batch:
+    """What one read of the kernel queue asks of the dispatcher. Reader thread only."""
+
+    def __init__(self) -> None:
+        self.arrived: list[tuple[Mode, Work]] = []
+        self.rescans: list[Rescan] = []
+        self.overflowed = False
 
 
-class _Handler(FileSystemEventHandler):
-    """Turns one watch's events into dispatcher entries. Runs on watchdog's thread."""
+class _TreeWatch:
+    """One root's watches (a watchdog WatchCallback): events in, batch entries out."""
 
-    def __init__(self, rules: WatchFilter, dispatcher: Dispatcher) -> None:
+    def __init__(self, fd: InotifyFD, rules: WatchFilter, batch: _Batch) -> None:
+        self.fd = fd
         self.rules = rules
-        self.dispatcher = dispatcher
+        self.batch = batch
+        self._id = CallbackId(id(self))
+        self._lock = threading.Lock()  # the maps: the reader and the supervisor change them
+        self._active = False
+        self._directory: dict[WatchDescriptor, str] = {}
+        self._wd: dict[str, WatchDescriptor] = {}
+        # a directory's IN_MOVED_FROM, by cookie: (its path, when)
+        self._moved_from: dict[int, tuple[str, float]] = {}
 
-    def _inside(self, path: str) -> bool:
-        root = self.rules.root
-        return path == root or path.startswith(root.rstrip("/") + "/")
+    # -- arming (supervisor thread) -------------------------------------------------
 
-    def dispatch(self, event: FileSystemEvent) -> None:
-        now = time.monotonic()
+    def arm(self) -> None:
+        """Watch the root and every directory below it; OSError when the root fails."""
+        with self._lock:
+            self._forget()
+            self._active = True
+            try:
+                self._watch_tree(self.rules.root)
+            except OSError:
+                self._disarm()
+                raise
+
+    def disarm(self) -> None:
+        with self._lock:
+            self._disarm()
+
+    def _disarm(self) -> None:
+        self._active = False
+        # OSError: the descriptor is closed already (stopping)
+        with contextlib.suppress(OSError):
+            self.fd.remove_callbacks([(wd, self._id) for wd in self._directory])
+        self._forget()
+
+    def _forget(self) -> None:
+        self._directory.clear()
+        self._wd.clear()
+        self._moved_from.clear()
+
+    def rewatch(self) -> None:
+        """After an overflow: watch the tree afresh (as watchdog's own watch group does).
+
+        Directories made meanwhile have no watch yet, and the IN_IGNORED of
+        those deleted may be lost: every watch is dropped and made again.
+        """
+        with self._lock:
+            if not self._active:
+                return
+            with contextlib.suppress(OSError):
+                self.fd.remove_callbacks([(wd, self._id) for wd in self._directory])
+            self._forget()
+            with contextlib.suppress(OSError):  # the root is gone: the supervisor sees to it
+                self._watch_tree(self.rules.root)
+
+    def _watch_tree(self, top: str) -> None:
+        """Watch ``top`` (OSError if it cannot be) and the directories below it (as they can be).
+
+        A directory watched already is not asked for again: watchdog would warn
+        about the callback twice. The kernel queues a deleted directory's
+        IN_IGNORED before any event of one made anew under its name, so the
+        name is free by then (inotify(7): the queue is ordered).
+        """
+        if top not in self._wd:
+            self._watch(top)
+        stack = [top]
+        while stack:
+            directory = stack.pop()
+            try:
+                with os.scandir(directory) as entries:
+                    found = [e.path for e in entries if e.is_dir(follow_symlinks=False)]
+            except OSError:
+                continue  # gone or unreadable meanwhile
+            for path in found:
+                if path not in self._wd:
+                    try:
+                        self._watch(path)
+                    except OSError:
+                        continue
+                stack.append(path)
+
+    def _watch(self, path: str) -> None:
+        wd = self.fd.add_callback(os.fsencode(path), _MASK, self, self._id)
+        if wd < 0:  # watchdog passes EACCES over in silence
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+        old = self._directory.get(wd)
+        if old is not None and self._wd.get(old) == wd:
+            del self._wd[old]
+        self._directory[wd] = path
+        self._wd[path] = wd
+
+    # -- events (reader thread) -----------------------------------------------------
+
+    def on_event(self, event: InotifyEvent) -> None:
+        mask = event.mask
+        with self._lock:
+            directory = self._directory.get(event.wd)
+            if directory is None or not self._active:
+                return
+            path = os.path.join(directory, os.fsdecode(event.name)) if event.name else directory
+            if mask & _IN.IN_ISDIR:
+                self._directory_event(mask, event.cookie, path)
+                return
+        if mask & (_IN.IN_CLOSE_WRITE | _IN.IN_MOVED_TO | _IN.IN_CREATE) and self.rules.excluded(
+            path
+        ):
+            return
         watch = self.rules.root
-        if isinstance(event, FileClosedEvent):
-            path = _os_path(event.src_path)
-            if not self.rules.excluded(path):
-                self.dispatcher.due(Work(path, watch, now, "closed after write"))
-        elif isinstance(event, FileMovedEvent):
-            path = _os_path(event.dest_path)
-            if self._inside(path) and not self.rules.excluded(path):
-                self.dispatcher.due(Work(path, watch, now, "moved in"))
-        elif isinstance(event, FileCreatedEvent):
-            path = _os_path(event.src_path)
-            if not self.rules.excluded(path):
-                self.dispatcher.settle(Work(path, watch, now, "created"))
-        elif isinstance(event, DirMovedEvent):
-            path = _os_path(event.dest_path)
-            if self._inside(path) and not self.rules.excluded(path):
-                self.dispatcher.rescan(Rescan(path, watch, "directory moved in"))
-        elif isinstance(event, DirCreatedEvent):
-            path = _os_path(event.src_path)
+        if mask & _IN.IN_CLOSE_WRITE:
+            self.batch.arrived.append(
+                (Mode.DUE, Work(path, watch, time.monotonic(), "closed after write"))
+            )
+        elif mask & _IN.IN_MOVED_TO:
+            self.batch.arrived.append((Mode.DUE, Work(path, watch, time.monotonic(), "moved in")))
+        elif mask & _IN.IN_CREATE:
+            self.batch.arrived.append((Mode.SETTLE, Work(path, watch, time.monotonic(), "created")))
+
+    def _directory_event(self, mask: int, cookie: int, path: str) -> None:
+        """A directory created, or moved out, in or within the tree. Holds the lock."""
+        watch = self.rules.root
+        if mask & _IN.IN_MOVED_FROM:
+            now = time.monotonic()
+            self._moved_from[cookie] = (path, now)
+            for key in [k for k, (_, t) in self._moved_from.items() if now - t > _MOVE_PAIRING]:
+                del self._moved_from[key]
+            return
+        if mask & _IN.IN_CREATE:
+            self._watch_tree_quietly(path)
             if not self.rules.excluded(path):
                 # files the watch did see arrive are scanned once: the walk
                 # skips versions that already have their verdict
-                self.dispatcher.rescan(Rescan(path, watch, "new directory", Mode.SETTLE))
+                self.batch.rescans.append(Rescan(path, watch, "new directory", Mode.SETTLE))
+        elif mask & _IN.IN_MOVED_TO:
+            source = self._moved_from.pop(cookie, None)
+            if source is None or not self._moved(source[0], path):
+                self._watch_tree_quietly(path)  # from outside the tree
+            if not self.rules.excluded(path):
+                self.batch.rescans.append(Rescan(path, watch, "directory moved in"))
+
+    def _watch_tree_quietly(self, path: str) -> None:
+        with contextlib.suppress(OSError):  # gone already, or the watch limit
+            self._watch_tree(path)
+
+    def _moved(self, source: str, destination: str) -> bool:
+        """A watched directory was renamed within the tree: its watches keep working."""
+        if source not in self._wd:
+            return False
+        prefix = source + "/"
+        for path in [p for p in self._wd if p == source or p.startswith(prefix)]:
+            wd = self._wd.pop(path)
+            renamed = destination + path[len(source) :]
+            self._wd[renamed] = wd
+            self._directory[wd] = renamed
+        return True
+
+    def on_watch_deleted(self, wd: WatchDescriptor) -> None:
+        """The kernel dropped a watch (its directory was deleted, IN_IGNORED)."""
+        with self._lock:
+            path = self._directory.pop(wd, None)
+            if path is not None and self._wd.get(path) == wd:
+                del self._wd[path]
+
+    def on_queue_overflow(self) -> None:
+        self.batch.overflowed = True
 
 
-class OverflowDetector(logging.Handler):
-    """Hears watchdog's "Inotify queue overflowed" log record and calls back."""
+class _InotifyReader(InotifyFD):
+    """watchdog's inotify descriptor, read by its thread a queue's worth at a time."""
 
-    LOGGERS = ("watchdog.observers.inotify_c", "watchdog.observers.inotify_buffer")
+    def __init__(self, on_read: Callable[[], None]) -> None:
+        super().__init__()
+        self.name = "clamwatch-inotify"
+        self._on_read = on_read
 
-    def __init__(self, on_overflow: Callable[[], None]) -> None:
-        super().__init__(logging.WARNING)
-        self.on_overflow = on_overflow
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if "overflow" in record.getMessage().lower():
-            self.on_overflow()
-
-    def install(self) -> None:
-        for name in self.LOGGERS:
-            logging.getLogger(name).addHandler(self)
-
-    def remove(self) -> None:
-        for name in self.LOGGERS:
-            logging.getLogger(name).removeHandler(self)
+    def run(self) -> None:
+        while self.should_keep_running():
+            for event in self.read_events(event_buffer_size=_READ_SIZE):
+                try:
+                    self.handle_event(event)
+                except Exception:
+                    log.exception("inotify event %r could not be handled", event)
+            try:
+                self._on_read()
+            except Exception:
+                log.exception("inotify events could not be handed over")
 
 
 @dataclass(slots=True)
 class _Root:
     rules: WatchFilter
-    handler: _Handler
-    observed: ObservedWatch | None = None
+    tree: _TreeWatch
+    armed: bool = False
     identity: tuple[int, int] | None = None
     announced_waiting: bool = False
     retry_at: float = 0.0
@@ -142,21 +289,21 @@ class TreeWatcher:
     ) -> None:
         self.dispatcher = dispatcher
         self.on_armed = on_armed  # (watch, first time) -> walk it as needed
-        # full events: a file moved in from outside the tree is a move with no
-        # source, not a "created" that would wait for settle_time
-        self._observer: BaseObserver = InotifyObserver(generate_full_events=True)
-        self._roots = [_Root(rules, _Handler(rules, dispatcher)) for rules in filters]
+        self._batch = _Batch()
+        self._inotify = _InotifyReader(self._hand_over)
+        self._roots = [self._root(rules) for rules in filters]
         self._lock = threading.Lock()  # _roots: changed by update(), walked by the supervisor
-        self._overflow = OverflowDetector(self._overflowed)
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._supervise, name="clamwatch-watch-roots", daemon=True
         )
 
+    def _root(self, rules: WatchFilter) -> _Root:
+        return _Root(rules, _TreeWatch(self._inotify, rules, self._batch))
+
     def start(self) -> None:
         """Arm every root that exists now (so READY means watching), then supervise."""
-        self._overflow.install()
-        self._observer.start()
+        self._inotify.start()
         with self._lock:
             for root in self._roots:
                 self._check(root, time.monotonic())
@@ -164,7 +311,22 @@ class TreeWatcher:
 
     @property
     def armed(self) -> int:
-        return sum(root.observed is not None for root in self._roots)
+        return sum(root.armed for root in self._roots)
+
+    # -- the reader thread ----------------------------------------------------------
+
+    def _hand_over(self) -> None:
+        batch = self._batch
+        if batch.arrived:
+            arrived, batch.arrived = batch.arrived, []
+            self.dispatcher.arrived(arrived)
+        if batch.rescans:
+            rescans, batch.rescans = batch.rescans, []
+            for request in rescans:
+                self.dispatcher.rescan(request)
+        if batch.overflowed:
+            batch.overflowed = False
+            self._overflowed()
 
     def _overflowed(self) -> None:
         emit(
@@ -173,8 +335,13 @@ class TreeWatcher:
             " tree again (raise fs.inotify.max_queued_events to make this rarer)",
             logging.WARNING,
         )
-        for root in self._roots:
+        with self._lock:
+            roots = list(self._roots)
+        for root in roots:
+            root.tree.rewatch()
             self.dispatcher.rescan(Rescan(root.rules.root, root.rules.root, "inotify overflow"))
+
+    # -- the supervisor thread ------------------------------------------------------
 
     def _supervise(self) -> None:
         while not self._stop.wait(_SUPERVISE_EVERY):
@@ -194,10 +361,10 @@ class TreeWatcher:
                     self._disarm(root)
                     log.info("no longer watching %s", root.rules.root)
                     continue
-                root.rules = root.handler.rules = rules
+                root.rules = root.tree.rules = rules
                 kept.append(root)
             for rules in wanted.values():
-                root = _Root(rules, _Handler(rules, self.dispatcher))
+                root = self._root(rules)
                 kept.append(root)
                 self._check(root, time.monotonic())
             self._roots = kept
@@ -209,9 +376,9 @@ class TreeWatcher:
             identity: tuple[int, int] | None = (st.st_dev, st.st_ino)
         except OSError:
             identity = None
-        if identity is not None and identity == root.identity and root.observed is not None:
+        if identity is not None and identity == root.identity and root.armed:
             return
-        if root.observed is not None:
+        if root.armed:
             self._disarm(root)
             if identity is None:
                 emit(
@@ -237,9 +404,7 @@ class TreeWatcher:
     def _arm(self, root: _Root, identity: tuple[int, int], now: float) -> None:
         path = root.rules.root
         try:
-            root.observed = self._observer.schedule(
-                root.handler, path, recursive=True, event_filter=_EVENTS
-            )
+            root.tree.arm()
         except OSError as exc:
             root.retry_at = now + _RETRY_FAILED
             emit(
@@ -250,24 +415,24 @@ class TreeWatcher:
             )
             return
         first = not root.armed_once
+        root.armed = True
         root.identity, root.armed_once, root.announced_waiting = identity, True, False
         emit(EventKind.WATCH_ARMED, f"watching {path}", watch=path)
         self.on_armed(root.rules, first)
 
     def _disarm(self, root: _Root) -> None:
-        observed, root.observed, root.identity = root.observed, None, None
-        if observed is not None:
-            # KeyError: watchdog already dropped a watch whose root was deleted
-            with contextlib.suppress(KeyError, OSError):
-                self._observer.unschedule(observed)
+        root.armed, root.identity = False, None
+        root.tree.disarm()
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
-        self._observer.stop()
-        self._observer.join()
-        self._overflow.remove()
+        with self._lock:
+            for root in self._roots:
+                self._disarm(root)
+        self._inotify.stop()
+        self._inotify.join()
 
 
 def _explain(exc: OSError) -> str:

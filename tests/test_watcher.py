@@ -1,0 +1,184 @@
+"""The inotify backend on its own: real kernel events into a real dispatcher.
+
+Each test waits for what it expects with a deadline; where something must
+not happen, a later event that must happen is awaited first (the kernel's
+queue is ordered, so by then the first would have come).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from watchdog.observers.inotify_c import InotifyConstants, InotifyEvent, Mask, WatchDescriptor
+
+from clamwatch.config import WatchConfig
+from clamwatch.dispatch import Dispatcher, Mode, Rescan, Work
+from clamwatch.watch.filters import WatchFilter
+from clamwatch.watch.watchdog_backend import TreeWatcher
+
+DEADLINE_SECONDS = 10.0
+
+
+class Seen:
+    """What the dispatcher was handed, taken out as it comes."""
+
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self.dispatcher = dispatcher
+        self.works: list[Work] = []
+        self.rescans: list[Rescan] = []
+
+    def _poll(self) -> None:
+        self.works += self.dispatcher.take(1000)
+        self.dispatcher.done_many([w.path for w in self.works])
+        while (request := self.dispatcher.next_rescan()) is not None:
+            self.rescans.append(request)
+
+    def wait(self, what: str, found: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + DEADLINE_SECONDS
+        while True:
+            self._poll()
+            if found():
+                return
+            assert time.monotonic() < deadline, f"no {what}; seen {self.reasons()}"
+            time.sleep(0.01)
+
+    def work(self, path: Path, reason: str) -> Work:
+        self.wait(f"{reason} for {path}", lambda: (str(path), reason) in self.reasons())
+        return next(w for w in self.works if (w.path, w.reason) == (str(path), reason))
+
+    def rescan(self, path: Path, reason: str) -> Rescan:
+        self.wait(
+            f"rescan ({reason}) of {path}",
+            lambda: any((r.directory, r.reason) == (str(path), reason) for r in self.rescans),
+        )
+        return next(r for r in self.rescans if (r.directory, r.reason) == (str(path), reason))
+
+    def reasons(self) -> list[tuple[str, str]]:
+        return [(w.path, w.reason) for w in self.works]
+
+
+@pytest.fixture
+def start(watched: Path) -> Iterator[Callable[..., tuple[TreeWatcher, Seen]]]:
+    started: list[TreeWatcher] = []
+
+    def run(**watch: object) -> tuple[TreeWatcher, Seen]:
+        dispatcher = Dispatcher(max_pending=10_000, settle_time=2.0)
+        rules = WatchFilter(WatchConfig(path=watched, name="uploads", **watch))  # type: ignore[arg-type]
+        watcher = TreeWatcher([rules], dispatcher, lambda rules, first: None)
+        started.append(watcher)
+        watcher.start()
+        assert watcher.armed == 1
+        return watcher, Seen(dispatcher)
+
+    yield run
+    for watcher in started:
+        watcher.stop()
+
+
+def test_close_after_write_and_created_files(
+    start: Callable[..., tuple[TreeWatcher, Seen]], watched: Path
+) -> None:
+    _, seen = start()
+    path = watched / "upload.bin"
+    with path.open("wb") as handle:
+        handle.write(b"half")
+        seen.wait("a settling entry", lambda: seen.dispatcher.settling == 1)
+    work = seen.work(path, "closed after write")
+    assert work.watch == str(watched)
+    assert seen.dispatcher.settling == 0  # the close replaced the created entry
+
+
+def test_new_directories_are_watched_and_walked(
+    start: Callable[..., tuple[TreeWatcher, Seen]], watched: Path
+) -> None:
+    _, seen = start()
+    deep = watched / "a" / "b" / "c"
+    deep.mkdir(parents=True)  # b and c exist before a's watch can
+    request = seen.rescan(watched / "a", "new directory")
+    assert request.mode is Mode.SETTLE
+    # c gets its watch from a's walk or from its own IN_CREATE, whichever
+    # comes first: write until a close shows up (files written before
+    # that are the walk's to find)
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    number = 0
+    while not any(path.startswith(f"{deep}/late") for path, _ in seen.reasons()):
+        assert time.monotonic() < deadline, "c was never watched"
+        (deep / f"late{number}").write_bytes(b"x")
+        number += 1
+        seen.wait("anything", lambda: True)
+    assert {reason for path, reason in seen.reasons()} == {"closed after write"}
+
+
+def test_a_directory_renamed_within_the_tree_keeps_its_watches(
+    start: Callable[..., tuple[TreeWatcher, Seen]], watched: Path
+) -> None:
+    _, seen = start()
+    old = watched / "old"
+    old.mkdir()
+    seen.rescan(old, "new directory")  # asked for once old is watched
+    (old / "sub").mkdir()
+    seen.rescan(old / "sub", "new directory")
+    (old / "sub" / "probe").write_bytes(b"x")
+    seen.work(old / "sub" / "probe", "closed after write")
+    new = watched / "new"
+    old.rename(new)
+    seen.rescan(new, "directory moved in")
+    (new / "sub" / "after").write_bytes(b"x")
+    seen.work(new / "sub" / "after", "closed after write")
+    assert not any(path.startswith(str(old) + "/sub/after") for path, _ in seen.reasons())
+
+
+def test_a_file_moved_in_from_outside(
+    start: Callable[..., tuple[TreeWatcher, Seen]], watched: Path, tmp_path: Path
+) -> None:
+    _, seen = start()
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(b"x")
+    outside.rename(watched / "inside.bin")
+    seen.work(watched / "inside.bin", "moved in")
+
+
+def test_excluded_files_are_never_handed_over(
+    start: Callable[..., tuple[TreeWatcher, Seen]], watched: Path
+) -> None:
+    _, seen = start(exclude=("*.part",))
+    (watched / "a.part").write_bytes(b"x")
+    (watched / "b").write_bytes(b"x")
+    seen.work(watched / "b", "closed after write")
+    assert all(not path.endswith(".part") for path, _ in seen.reasons())
+
+
+def test_an_overflow_walks_the_tree_and_watches_it_afresh(
+    start: Callable[..., tuple[TreeWatcher, Seen]],
+    watched: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    watcher, seen = start()
+    (watched / "sub").mkdir()
+    seen.rescan(watched / "sub", "new directory")
+    # what the kernel queues when events were dropped (inotify(7): wd -1)
+    overflow = InotifyEvent(WatchDescriptor(-1), Mask(InotifyConstants.IN_Q_OVERFLOW), 0, b"")
+    with caplog.at_level(logging.WARNING, logger="clamwatch.events"):
+        watcher._inotify.handle_event(overflow)
+        watcher._hand_over()  # as the reader thread does after each read
+    kinds = [getattr(r, "event", None) for r in caplog.records]
+    assert any(kind is not None and kind.value == "overflow-rescan" for kind in kinds)
+    seen.rescan(watched, "inotify overflow")
+    (watched / "sub" / "after").write_bytes(b"x")
+    seen.work(watched / "sub" / "after", "closed after write")
+
+
+def test_stop_leaves_no_watches_and_no_threads(watched: Path) -> None:
+    dispatcher = Dispatcher(max_pending=100, settle_time=2.0)
+    rules = WatchFilter(WatchConfig(path=watched, name="uploads"))
+    watcher = TreeWatcher([rules], dispatcher, lambda rules, first: None)
+    watcher.start()
+    fd_count = len(os.listdir("/proc/self/fd"))
+    watcher.stop()
+    assert watcher.armed == 0
+    assert len(os.listdir("/proc/self/fd")) < fd_count  # the inotify descriptor is closed
