@@ -33,7 +33,7 @@ class ClamdSettings:
     clamd_conf: Path = Path("/etc/clamav/clamd.conf")
     transport: TransportChoice = TransportChoice.AUTO
     sessions: int = 2
-    max_in_flight: int | None = None  # None: 4 x clamd's MaxThreads, 16 to 64
+    max_in_flight: int | None = None  # None: 8 x clamd's MaxThreads, 16 to 64
     request_timeout: float = 180.0
     keepalive: float | None = None  # None: a third of clamd's ReadTimeout, at most 30 s
     max_stream_size: int | None = None  # None: clamd.conf's StreamMaxLength
