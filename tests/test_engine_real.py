@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import re
@@ -239,6 +240,20 @@ def test_an_inline_engine_is_turned_by_its_caller_only(clamd: PrivateClamd) -> N
             threaded.step(0)
     finally:
         threaded.close()
+
+
+@pytest.mark.parametrize("inline", [False, True], ids=["thread", "inline"])
+def test_closing_during_a_handshake_is_not_clamd_lost(
+    clamd: PrivateClamd, inline: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A short scan ends while the second session is still connecting or in
+    # its handshake: closing it is not clamd being unreachable.
+    caplog.set_level(logging.INFO)
+    for _ in range(5):
+        with running(clamd.unix_address, sessions=4, inline=inline) as engine:
+            engine.wait_ready(10)
+            assert engine.stats.sessions_opened < 4
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 def test_unreachable_clamd_is_an_error_never_a_verdict(tmp_path: Path) -> None:

@@ -489,7 +489,11 @@ class Engine:
             if session.state is SessionState.CONNECTING or (
                 session.state is SessionState.HANDSHAKE and not session.in_flight
             ):
-                self._session_lost(session, "closing", now)
+                # nothing in flight and nothing wrong: closed, not lost (no
+                # "clamd unreachable" for a session still in its handshake)
+                self._unregister(session)
+                session.close()
+                self._sessions.remove(session)
             else:
                 session.end(now, "closing")
 
