@@ -252,7 +252,8 @@ def test_closing_during_a_handshake_is_not_clamd_lost(
     for _ in range(5):
         with running(clamd.unix_address, sessions=4, inline=inline) as engine:
             engine.wait_ready(10)
-            assert engine.stats.sessions_opened < 4
+            if inline:  # nothing turns the loop until close(): some are not ready yet
+                assert engine.stats.sessions_opened < 4
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
