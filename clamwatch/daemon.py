@@ -26,7 +26,7 @@ from clamwatch.actions import ActionRunner
 from clamwatch.clamd.engine import ClamdUnavailableError, Engine
 from clamwatch.clamd.settings import resolve_engine
 from clamwatch.config import Config, ConfigError, load_config
-from clamwatch.dispatch import Dispatcher, Rescan, Work
+from clamwatch.dispatch import Dispatcher, Mode, Rescan, Work
 from clamwatch.events import (
     EventKind,
     EventStreamHandler,
@@ -170,19 +170,24 @@ class Daemon:
         root = rules.root
         self._coverage.armed_at[root] = time.time()
         mode = self.config.daemon.startup_scan
+        # These walks race with writers that are busy as the watch is armed:
+        # what they find settles (it is scanned at once when no writer has it
+        # open, else at its close), so a file caught half-written is not
+        # scanned twice, once half-written and once at its close.
+        settle = Mode.SETTLE
         if not first:
             # deleted and created again: whatever it holds now is new to us
-            self.dispatcher.rescan(Rescan(root, root, "watch root re-created"))
+            self.dispatcher.rescan(Rescan(root, root, "watch root re-created", settle))
             return
         covered = self.state.covered_at.get(root)
         if mode == "none":
             self._coverage.walked.add(root)
         elif mode == "changed" and covered is not None:
             self.dispatcher.rescan(
-                Rescan(root, root, "changed while not running", newer_than=covered - _SLACK)
+                Rescan(root, root, "changed while not running", settle, newer_than=covered - _SLACK)
             )
         else:
-            self.dispatcher.rescan(Rescan(root, root, "startup scan", if_changed=False))
+            self.dispatcher.rescan(Rescan(root, root, "startup scan", settle, if_changed=False))
 
     def _walked(self, request: Rescan) -> None:
         if request.directory == request.watch and request.reason in (

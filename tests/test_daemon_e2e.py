@@ -323,6 +323,28 @@ def test_startup_scan_modes(
         assert daemon.verdicts()[str(before)][0]["event"] == "detection"
 
 
+def test_startup_scan_waits_for_a_file_still_being_written(
+    start_daemon: StartDaemon, watched: Path, eicar: bytes
+) -> None:
+    """A file half-written when the daemon starts is scanned once, at its close."""
+    done = watched / "done.txt"
+    done.write_text("complete before the start")
+    growing = watched / "growing.com"
+    with growing.open("wb") as writer:
+        writer.write(eicar[:10])  # a clean prefix; the rest comes after the start
+        writer.flush()
+        # a settle time far longer than the test: only the close may end the wait
+        daemon = start_daemon(startup_scan="all", settle_time="120s")
+        # the startup walk found both; the finished one is scanned at once
+        daemon.wait_verdicts([done], timeout=30)
+        assert str(growing) not in daemon.verdicts(), "scanned while still open for writing"
+        writer.write(eicar[10:])
+    daemon.wait_verdicts([growing], timeout=30)
+    found = only_once(daemon, [done, growing])
+    assert found[str(growing)]["event"] == "detection"
+    assert found[str(growing)]["reason"] == "closed after write"
+
+
 def test_exclusions_sizes_and_uids(
     start_daemon: StartDaemon, tmp_path: Path, watched: Path, clamd: PrivateClamd, eicar: bytes
 ) -> None:
