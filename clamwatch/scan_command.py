@@ -6,6 +6,7 @@ import contextlib
 import logging
 import resource
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -17,6 +18,7 @@ from clamwatch.clamd.settings import resolve_engine
 from clamwatch.config import ClamdSettings
 from clamwatch.files import OpenedFile, open_for_scan
 from clamwatch.report import Reporter
+from clamwatch.verdict import ScanError
 from clamwatch.walk import walk
 
 log = logging.getLogger(__name__)
@@ -84,8 +86,15 @@ def run_scan(options: ScanOptions, out: TextIO = sys.stdout, err: TextIO = sys.s
         drain = 0.0
         err.write("\nclamwatch scan: interrupted\n")
         return 130
+    except Exception as exc:
+        # A bug in the engine's loop, which runs on this thread: Python's own
+        # exit status for it would be 1, "found" to anyone reading clamdscan's.
+        log.exception("the clamd engine failed")
+        err.write(f"clamwatch scan: the scan stopped on an internal error: {exc!r}\n")
+        out.flush()
+        return 2
     finally:
-        engine.close(drain)
+        engine.close(drain)  # nothing left to do after a failure: _scan_all closed it
     if options.summary:
         reporter.summary()
     out.flush()
@@ -108,6 +117,26 @@ def _scan_all(engine: Engine, paths: list[str], reporter: Reporter) -> None:
         job.file.close()
         reporter.report(job.file.path, outcome.verdict, outcome)
 
+    try:
+        _feed(engine, paths, reporter, outstanding, done)
+    except Exception as exc:
+        # Never a verdict: whatever was waiting is an error, with its line.
+        # The engine is closed first, without a drain, so that no late reply
+        # reports a file a second time.
+        with contextlib.suppress(Exception):
+            engine.close(0.0)
+        for job in list(outstanding):
+            done(job, ScanOutcome(ScanError(f"the clamd engine failed: {exc!r}"), None, None, 0))
+        raise
+
+
+def _feed(
+    engine: Engine,
+    paths: list[str],
+    reporter: Reporter,
+    outstanding: set[ScanJob],
+    done: Callable[[ScanJob, ScanOutcome], None],
+) -> None:
     opened_since_step = 0
     for item in walk(paths):
         if isinstance(item, tuple):

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from clamwatch.clamd.engine import Engine
 from clamwatch.privateclamd import PrivateClamd
+from clamwatch.scan_command import ScanOptions, run_scan
 from clamwatch.testsig import EICAR_SIGNATURE
 
 
@@ -69,6 +73,40 @@ def test_clean_tree_exits_0(clamd: PrivateClamd, tmp_path: Path, flag: str) -> N
     # nothing went wrong, so nothing on stderr (a session closed during its
     # handshake once said "clamd ... is unreachable" here)
     assert result.stderr == ""
+
+
+def test_a_failure_inside_the_engine_is_exit_2_never_a_verdict(
+    clamd: PrivateClamd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The engine's loop runs on the command's thread: a bug in it must not
+    # end the command with Python's status 1 ("found"), nor leave files
+    # without their line, nor call any of them clean.
+    for number in range(40):
+        (tmp_path / f"f{number:02d}").write_text(f"clean {number}")
+    real = Engine._scan_reply
+    calls = 0
+
+    def failing(engine: Engine, *args: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 5:
+            raise RuntimeError("injected engine bug")
+        real(engine, *args)
+
+    monkeypatch.setattr(Engine, "_scan_reply", failing)
+    out, err = io.StringIO(), io.StringIO()
+    options = ScanOptions([str(tmp_path)], address=clamd.unix_address, summary=False)
+    assert run_scan(options, out, err) == 2
+    assert "internal error: RuntimeError('injected engine bug')" in err.getvalue()
+    found = lines(out.getvalue())
+    assert set(found) == {f"{tmp_path}/f{number:02d}" for number in range(40)}
+    clean = [path for path, status in found.items() if status == "OK"]
+    assert len(clean) == 4, "only the replies read before the failure are verdicts"
+    assert all(
+        status.startswith("the clamd engine failed: ") and status.endswith(" ERROR")
+        for status in found.values()
+        if status != "OK"
+    )
 
 
 def test_tcp_address_streams(clamd: PrivateClamd, uploads: Path) -> None:
