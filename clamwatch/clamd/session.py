@@ -244,9 +244,7 @@ class Session:
         if transport is Transport.FILDES:
             fd = job.file.fd
             data, request_id = self.proto.send_fildes(fd)
-            self.last_send = now
-            self.requests += 1
-            self.in_flight[request_id] = InFlight(job, now, transport)
+            self._sent(request_id, job, transport, now)
             if self._out or not self._send_now(data, fd):
                 self._queue(data, fd)
             return
@@ -257,6 +255,12 @@ class Session:
         self.in_flight[stream_id] = InFlight(job, now, transport)
         self._stream = _Stream(stream_id, job.file.fd)
         self.fill_stream(now)
+
+    def _sent(self, request_id: int, job: ScanJob, transport: Transport, now: float) -> None:
+        """A scan request framed outside _command(): count it and keep it in flight."""
+        self.last_send = now
+        self.requests += 1
+        self.in_flight[request_id] = InFlight(job, now, transport)
 
     def _whole_stream(self, job: ScanJob, now: float) -> bool:
         """INSTREAM a small file with one read and one queued piece; False: stream it in chunks.
@@ -273,9 +277,7 @@ class Session:
         if not body or len(body) >= STREAM_CHUNK or (limit is not None and len(body) > limit):
             return False
         data, request_id = self.proto.send_instream(body)
-        self.last_send = now
-        self.requests += 1
-        self.in_flight[request_id] = InFlight(job, now, Transport.INSTREAM)
+        self._sent(request_id, job, Transport.INSTREAM, now)
         self._queue(data)
         return True
 
