@@ -112,6 +112,7 @@ class Pipeline:
         # appended by the engine thread, taken by ours (deque: thread-safe ends)
         self._completed: collections.deque[tuple[ScanJob, ScanOutcome]] = collections.deque()
         self._done: list[str] = []  # paths ended this round, for dispatcher.done_many
+        self._starting: list[ScanJob] = []  # opened this round, for engine.submit_many
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="clamwatch-dispatch", daemon=True)
         self.scanned = 0
@@ -155,6 +156,9 @@ class Pipeline:
             if free > 0:
                 for work in self.dispatcher.take(free):
                     self._start(work)
+                if self._starting:
+                    jobs, self._starting = self._starting, []
+                    self.engine.submit_many(jobs)
                 self._flush_done()
             self._sleep()
         self._finish_completed()
@@ -269,7 +273,7 @@ class Pipeline:
             return
         job = ScanJob(opened, self._on_done, context=work.path)
         self._outstanding[job] = work
-        self.engine.submit(job)
+        self._starting.append(job)  # submitted together at the end of the round
 
     # -- stopping -----------------------------------------------------------------------
 

@@ -455,8 +455,8 @@ def test_stream_far_over_clamds_limit_is_too_large_at_once(
 
 @pytest.mark.thread_only
 def test_every_submit_wakes_the_engine(tmp_path: Path) -> None:
-    """Submits from several threads race the loop as it drains its wake-up
-    socket; none may leave a later submit waiting for an unrelated wake-up
+    """Submits (one job or a batch) from several threads race the loop as it drains
+    its wake-up socket; none may leave a later submit waiting for an unrelated wake-up
     (a reply, or the next keepalive: 30 s here)."""
     path = tmp_path / "f"
     path.write_bytes(b"clean")
@@ -466,16 +466,26 @@ def test_every_submit_wakes_the_engine(tmp_path: Path) -> None:
         job.file.close()
         done.put(outcome)
 
-    def submit_many(engine: Engine, count: int) -> None:
+    def job() -> ScanJob:
+        opened = open_for_scan(str(path))
+        assert isinstance(opened, OpenedFile)
+        return ScanJob(opened, on_done)
+
+    def submit_each(engine: Engine, count: int) -> None:
         for _ in range(count):
-            opened = open_for_scan(str(path))
-            assert isinstance(opened, OpenedFile)
-            engine.submit(ScanJob(opened, on_done))
+            engine.submit(job())
+
+    def submit_batches(engine: Engine, count: int) -> None:
+        for size in (1, 0, 7, 2, 15, 25):  # 50 in all; an empty batch changes nothing
+            engine.submit_many([job() for _ in range(size)])
 
     with FakeClamd() as fake, running(fake.unix_address, sessions=1, keepalive=30.0) as engine:
         engine.wait_ready(DEADLINE)
         for _ in range(30):
-            threads = [threading.Thread(target=submit_many, args=(engine, 50)) for _ in range(4)]
+            threads = [
+                threading.Thread(target=submit, args=(engine, 50))
+                for submit in (submit_each, submit_batches, submit_each, submit_batches)
+            ]
             for thread in threads:
                 thread.start()
             for thread in threads:

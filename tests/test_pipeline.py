@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import cast
 
@@ -34,14 +34,17 @@ class FakeEngine:
         self.at_once = at_once
         self._cond = threading.Condition()
         self._held: list[ScanJob] = []
+        self.batches: list[int] = []  # jobs per submit_many call
         self._release = 0
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="fake-engine")
         self._thread.start()
 
-    def submit(self, job: ScanJob) -> None:
+    def submit_many(self, jobs: Iterable[ScanJob]) -> None:
         with self._cond:
-            self._held.append(job)
+            before = len(self._held)
+            self._held.extend(jobs)
+            self.batches.append(len(self._held) - before)
             self._cond.notify_all()
 
     @property
@@ -108,9 +111,11 @@ def start(watched: Path) -> Iterator[Start]:
     started: list[Pipeline] = []
 
     def run(
-        *, at_once: bool, window: int = 256, batch: int = 32
+        *, at_once: bool, window: int = 256, batch: int = 32, due_first: list[str] | None = None
     ) -> tuple[Pipeline, FakeEngine, Reports]:
         dispatcher = Dispatcher(max_pending=10_000, settle_time=2.0)
+        for path in due_first or []:
+            dispatcher.due(Work(path, str(watched), time.monotonic(), "closed after write"))
         engine = FakeEngine(at_once=at_once)
         filters = {str(watched): WatchFilter(WatchConfig(path=watched, name="uploads"))}
         reports = Reports()
@@ -149,6 +154,20 @@ def test_a_lone_file_is_reported_without_waiting_for_a_batch(start: Start, watch
     (second,) = [p for p in files(watched, 2) if p != path]
     due(pipeline, watched, [second])
     assert reports.wait_for(2) == [path, second]
+
+
+def test_files_waiting_together_go_to_the_engine_together(start: Start, watched: Path) -> None:
+    """One submit_many per round: the engine's loop is woken once for them, not per file."""
+    paths = files(watched, 40)
+    _, engine, reports = start(at_once=False, window=16, due_first=paths)
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while engine.held < 16:
+        assert time.monotonic() < deadline, "the pipeline did not fill its window"
+        time.sleep(0.005)
+    assert engine.batches == [16]  # the whole window in one call
+    engine.complete(len(paths))
+    assert sorted(reports.wait_for(len(paths))) == paths
+    assert sum(engine.batches) == len(paths)
 
 
 def test_a_burst_is_reported_in_full_whatever_the_outcomes_trickle(
