@@ -90,6 +90,10 @@ def emit_fields(kind: EventKind, message: str, level: int, fields: dict[str, obj
 
 
 def _log_event(kind: EventKind, message: str, level: int, fields: dict[str, object]) -> None:
+    direct = _sole_event_handler(level)
+    if direct is not None:
+        direct.handle_event(kind, message, level, fields)
+        return
     # Logger.log would also look up the caller's frame (findCaller), which no
     # handler of events uses, and copy ``extra`` key by key.
     record = log.makeRecord(log.name, level, __file__, 0, message, (), None, "emit")
@@ -98,24 +102,77 @@ def _log_event(kind: EventKind, message: str, level: int, fields: dict[str, obje
     log.handle(record)
 
 
+class EventHandler(logging.Handler):
+    """A handler that also takes events without a LogRecord (see _sole_event_handler)."""
+
+    def handle_event(
+        self, kind: EventKind, message: str, level: int, fields: Mapping[str, object]
+    ) -> None:
+        """Handle one event as handle() would handle its record; never raises."""
+        with self.lock if self.lock is not None else contextlib.nullcontext():
+            try:
+                self.emit_event(kind, message, level, fields, time.time())
+            except Exception:
+                self.handleError(logging.makeLogRecord({"msg": message}))
+
+    def takes_events(self) -> bool:
+        """Whether handle_event() does for an event all that handle() would do."""
+        return True
+
+    def emit_event(
+        self,
+        kind: EventKind,
+        message: str,
+        level: int,
+        fields: Mapping[str, object],
+        created: float,
+    ) -> None:
+        raise NotImplementedError
+
+
+def _sole_event_handler(level: int) -> EventHandler | None:
+    """The one handler an event would reach, when it can take the event without a record.
+
+    That is the daemon's setup: one handler on the root logger. A verdict then
+    skips making a LogRecord (the time, the thread, the process and a dozen
+    attributes no event handler reads) and the handler's filter and format
+    calls: half the cost of an event. Any other handler or filter in the way
+    (a test's, a library's) and the event goes through logging as usual.
+    """
+    if log.filters or log.disabled:
+        return None
+    found: logging.Handler | None = None
+    logger: logging.Logger | None = log
+    while logger is not None:
+        for handler in logger.handlers:
+            if found is not None:
+                return None
+            found = handler
+        logger = logger.parent if logger.propagate else None
+    if (
+        isinstance(found, EventHandler)
+        and not found.filters
+        and level >= found.level
+        and found.takes_events()
+    ):
+        return found
+    return None
+
+
 def _fields(record: logging.LogRecord) -> Mapping[str, object]:
     fields = getattr(record, "fields", None)
     return fields if isinstance(fields, dict) else {}
 
 
-_PLAIN = frozenset({str, int, float, bool, type(None)})
-
-
-def _jsonable(value: object) -> object:
-    if type(value) in _PLAIN or isinstance(value, str | int | float | bool):
-        return value
+def _as_text(value: object) -> object:
+    """The JSON encoder's default: a value that is not str, int, float, bool or None."""
     if isinstance(value, os.PathLike):
         return os.fsdecode(value)
     return str(value)
 
 
-# json.dumps(..., ensure_ascii=False) builds a new encoder for every call
-_ENCODER = json.JSONEncoder(ensure_ascii=False)
+# Made once: json.dumps(..., ensure_ascii=False) builds a new encoder for every call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, default=_as_text)
 
 
 class _Seconds:
@@ -133,36 +190,88 @@ class _Seconds:
         return cached[1]
 
 
-class TextFormatter(logging.Formatter):
-    """``clamwatch[LEVEL]: message``: what an admin reads on a terminal."""
+def _level_name(level: int) -> str:
+    return logging.getLevelName(level).lower()
+
+
+class EventFormatter(logging.Formatter):
+    """A formatter that also formats an event from its parts, without a LogRecord."""
 
     def format(self, record: logging.LogRecord) -> str:
-        text = f"clamwatch[{record.levelname.lower()}]: {record.getMessage()}"
-        if record.exc_info:
-            text += "\n" + self.formatException(record.exc_info)
+        kind = getattr(record, "event", None)
+        return self.line(
+            record.created,
+            record.levelno,
+            kind if isinstance(kind, EventKind) else None,
+            record.getMessage(),
+            _fields(record),
+            logger=record.name,
+            exception=self.formatException(record.exc_info) if record.exc_info else None,
+        )
+
+    def line(
+        self,
+        created: float,
+        level: int,
+        kind: EventKind | None,
+        message: str,
+        fields: Mapping[str, object],
+        *,
+        logger: str = log.name,
+        exception: str | None = None,
+    ) -> str:
+        raise NotImplementedError
+
+
+class TextFormatter(EventFormatter):
+    """``clamwatch[LEVEL]: message``: what an admin reads on a terminal."""
+
+    def line(
+        self,
+        created: float,
+        level: int,
+        kind: EventKind | None,
+        message: str,
+        fields: Mapping[str, object],
+        *,
+        logger: str = log.name,
+        exception: str | None = None,
+    ) -> str:
+        text = f"clamwatch[{_level_name(level)}]: {message}"
+        if exception:
+            text += "\n" + exception
         return text
 
 
-class JsonFormatter(logging.Formatter):
+class JsonFormatter(EventFormatter):
     """One JSON object per event, with the fields the journal will carry."""
 
     def __init__(self) -> None:
         super().__init__()
         self._seconds = _Seconds()
 
-    def format(self, record: logging.LogRecord) -> str:
-        kind = getattr(record, "event", None)
+    def line(
+        self,
+        created: float,
+        level: int,
+        kind: EventKind | None,
+        message: str,
+        fields: Mapping[str, object],
+        *,
+        logger: str = log.name,
+        exception: str | None = None,
+    ) -> str:
+        # milliseconds as LogRecord.msecs has them
         data: dict[str, object] = {
-            "time": f"{self._seconds(record.created)}.{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "event": kind.value if isinstance(kind, EventKind) else "log",
-            "message": record.getMessage(),
-            "logger": record.name,
+            "time": f"{self._seconds(created)}.{int((created - int(created)) * 1000):03d}Z",
+            "level": _level_name(level),
+            "event": kind.value if kind is not None else "log",
+            "message": message,
+            "logger": logger,
         }
-        for key, value in _fields(record).items():
-            data[key] = value if type(value) in _PLAIN else _jsonable(value)
-        if record.exc_info:
-            data["exception"] = self.formatException(record.exc_info)
+        data.update(fields)  # a value JSON has no type for: _ENCODER's default
+        if exception:
+            data["exception"] = exception
         return _ENCODER.encode(data)
 
 
@@ -188,7 +297,7 @@ def held_back() -> Iterator[None]:
                 handler.flush()
 
 
-class EventStreamHandler(logging.StreamHandler[TextIO]):
+class EventStreamHandler(logging.StreamHandler[TextIO], EventHandler):
     """A StreamHandler that holds lines back inside :func:`held_back`."""
 
     def __init__(self, stream: TextIO) -> None:
@@ -202,7 +311,25 @@ class EventStreamHandler(logging.StreamHandler[TextIO]):
         except Exception:
             self.handleError(record)
             return
-        # handle() holds self.lock around emit()
+        self._add(line)
+
+    def takes_events(self) -> bool:
+        return isinstance(self.formatter, EventFormatter)
+
+    def emit_event(
+        self,
+        kind: EventKind,
+        message: str,
+        level: int,
+        fields: Mapping[str, object],
+        created: float,
+    ) -> None:
+        assert isinstance(self.formatter, EventFormatter)  # takes_events()
+        line = self.formatter.line(created, level, kind, message, fields)
+        self._add(line + self.terminator)
+
+    def _add(self, line: str) -> None:
+        # handle() and handle_event() hold self.lock around emit()
         self._lines.append(line)
         if not getattr(_holding, "depth", 0):
             self._write()

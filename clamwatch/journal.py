@@ -13,8 +13,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Mapping
 
-from clamwatch.events import MESSAGE_IDS, EventKind
+from clamwatch.events import MESSAGE_IDS, EventHandler, EventKind, log
 from systemd import journal
 
 _PRIORITY = {  # syslog(3) priorities
@@ -39,28 +40,54 @@ def _value(value: object) -> str | bytes:
     return str(value)
 
 
-class JournalHandler(logging.Handler):
+class JournalHandler(EventHandler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            fields: dict[str, str | bytes] = {
-                "PRIORITY": str(priority(record.levelno)),
-                "SYSLOG_IDENTIFIER": "clamwatch",
-                "CLAMWATCH_LOGGER": record.name,
-            }
             kind = getattr(record, "event", None)
-            if isinstance(kind, EventKind):
-                fields["MESSAGE_ID"] = MESSAGE_IDS[kind]
-                fields["CLAMWATCH_EVENT"] = kind.value
             extra = getattr(record, "fields", None)
-            if isinstance(extra, dict):
-                for key, value in extra.items():
-                    fields["CLAMWATCH_" + key.upper()] = _value(value)
             message = record.getMessage()
             if record.exc_info:
                 message += "\n" + logging.Formatter().formatException(record.exc_info)
-            journal.send(message, **fields)
+            self._send(
+                message,
+                record.levelno,
+                record.name,
+                kind if isinstance(kind, EventKind) else None,
+                extra if isinstance(extra, dict) else {},
+            )
         except Exception:
             self.handleError(record)
+
+    def emit_event(
+        self,
+        kind: EventKind,
+        message: str,
+        level: int,
+        fields: Mapping[str, object],
+        created: float,
+    ) -> None:
+        # the journal stamps the entry itself, as it does for emit()'s
+        self._send(message, level, log.name, kind, fields)
+
+    def _send(
+        self,
+        message: str,
+        level: int,
+        logger: str,
+        kind: EventKind | None,
+        extra: Mapping[str, object],
+    ) -> None:
+        fields: dict[str, str | bytes] = {
+            "PRIORITY": str(priority(level)),
+            "SYSLOG_IDENTIFIER": "clamwatch",
+            "CLAMWATCH_LOGGER": logger,
+        }
+        if kind is not None:
+            fields["MESSAGE_ID"] = MESSAGE_IDS[kind]
+            fields["CLAMWATCH_EVENT"] = kind.value
+        for key, value in extra.items():
+            fields["CLAMWATCH_" + key.upper()] = _value(value)
+        journal.send(message, **fields)
 
 
 def stderr_is_journal() -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -14,6 +15,8 @@ from clamwatch.events import (
     EventKind,
     EventStreamHandler,
     JsonFormatter,
+    TextFormatter,
+    _sole_event_handler,
     emit,
     emit_fields,
     held_back,
@@ -122,3 +125,75 @@ def test_held_back_lines_are_written_when_the_block_fails(stream: CountingStream
         emit(EventKind.CLEAN, "/srv/up/a: OK", path="/srv/up/a")
         raise RuntimeError("boom")
     assert [line["path"] for line in stream.lines()] == ["/srv/up/a"]
+
+
+class Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def sole() -> Iterator[EventStreamHandler]:
+    """The stream's handler alone on the events logger, as the daemon sets it up.
+
+    pytest adds its capture handlers as each test's call starts, so this is
+    entered inside the test, not in a fixture.
+    """
+    logger = logging.getLogger("clamwatch.events")
+    saved = logger.handlers[:]
+    (handler,) = [h for h in saved if isinstance(h, EventStreamHandler)]
+    logger.handlers[:] = [handler]
+    try:
+        yield handler
+    finally:
+        logger.handlers[:] = saved
+
+
+@pytest.mark.parametrize("formatter", [JsonFormatter, TextFormatter])
+def test_an_event_prints_the_same_with_or_without_a_log_record(
+    stream: CountingStream, formatter: type[logging.Formatter]
+) -> None:
+    """The daemon's sole handler takes events directly; with another handler in
+    the way they go through logging's records. Both print the same line."""
+    logger = logging.getLogger("clamwatch.events")
+    fields: dict[str, object] = {"path": "/srv/up/caf\u00e9", "watch": Path("/srv"), "n": 2}
+    other = Records()
+    with sole() as handler:
+        handler.setFormatter(formatter())
+        assert _sole_event_handler(logging.WARNING) is handler
+        emit_fields(EventKind.DETECTION, "/srv/up/caf\u00e9: Eicar FOUND", logging.WARNING, fields)
+        logger.addHandler(other)
+        assert _sole_event_handler(logging.WARNING) is None
+        emit_fields(EventKind.DETECTION, "/srv/up/caf\u00e9: Eicar FOUND", logging.WARNING, fields)
+    assert len(other.records) == 1  # the second went through logging
+    direct, recorded = stream.getvalue().splitlines()
+    if formatter is JsonFormatter:
+        first, second = json.loads(direct), json.loads(recorded)
+        del first["time"], second["time"]
+        assert first == second
+        assert first["watch"] == "/srv" and first["logger"] == "clamwatch.events"
+    else:
+        assert direct == recorded == "clamwatch[warning]: /srv/up/caf\u00e9: Eicar FOUND"
+
+
+def test_a_filter_or_a_higher_handler_level_takes_events_through_logging(
+    stream: CountingStream,
+) -> None:
+    logger = logging.getLogger("clamwatch.events")
+    with sole() as handler:
+        handler.setLevel(logging.WARNING)
+        assert _sole_event_handler(logging.INFO) is None  # the handler's level decides
+        emit(EventKind.CLEAN, "/srv/up/a: OK", path="/srv/up/a")
+        assert stream.getvalue() == ""
+        handler.setLevel(logging.NOTSET)
+        logger.addFilter(lambda record: False)
+        try:
+            assert _sole_event_handler(logging.INFO) is None
+            emit(EventKind.CLEAN, "/srv/up/a: OK", path="/srv/up/a")
+            assert stream.getvalue() == ""  # the filter dropped it
+        finally:
+            logger.filters.clear()
