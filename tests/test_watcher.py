@@ -19,7 +19,7 @@ from watchdog.observers.inotify_c import InotifyConstants, InotifyEvent, Mask, W
 from clamwatch.config import WatchConfig
 from clamwatch.dispatch import Dispatcher, Mode, Rescan, Work
 from clamwatch.watch.filters import WatchFilter
-from clamwatch.watch.watchdog_backend import TreeWatcher
+from clamwatch.watch.watchdog_backend import TreeWatcher, worth_handling
 
 DEADLINE_SECONDS = 10.0
 
@@ -182,3 +182,20 @@ def test_stop_leaves_no_watches_and_no_threads(watched: Path) -> None:
     watcher.stop()
     assert watcher.armed == 0
     assert len(os.listdir("/proc/self/fd")) < fd_count  # the inotify descriptor is closed
+
+
+def test_a_files_creation_is_left_out_when_its_close_is_in_the_same_read() -> None:
+    flag = InotifyConstants
+
+    def event(wd: int, mask: int, name: bytes) -> InotifyEvent:
+        return InotifyEvent(WatchDescriptor(wd), Mask(mask), 0, name)
+
+    created_and_closed = event(1, flag.IN_CREATE, b"a")
+    created_only = event(1, flag.IN_CREATE, b"b")
+    same_name_elsewhere = event(2, flag.IN_CREATE, b"a")  # another directory's "a"
+    directory = event(1, flag.IN_CREATE | flag.IN_ISDIR, b"c")
+    closes = [event(1, flag.IN_CLOSE_WRITE, b"a"), event(1, flag.IN_CLOSE_WRITE, b"c")]
+    read = [created_and_closed, created_only, same_name_elsewhere, directory, *closes]
+    assert worth_handling(read) == [created_only, same_name_elsewhere, directory, *closes]
+    no_closes = [created_and_closed, created_only, directory]
+    assert worth_handling(no_closes) == no_closes
