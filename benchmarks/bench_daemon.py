@@ -47,6 +47,7 @@ import os
 import pwd
 import queue
 import random
+import resource
 import shutil
 import signal
 import statistics
@@ -467,6 +468,12 @@ def _wait_quiet() -> None:
 # -- process measurements ---------------------------------------------------------------
 
 
+def _children_cpu() -> float:
+    """User+sys CPU seconds of this process's children that have been waited for."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def process_cpu(pid: int) -> float:
     """user+sys seconds of a running process, from /proc/PID/stat (proc(5))."""
     try:
@@ -582,6 +589,7 @@ class BurstResult:
     after_last_close_seconds: float  # last close to last verdict
     daemon_cpu_seconds: float
     clamd_cpu_seconds: float
+    writers_cpu_seconds: float  # user+sys of the writer processes (the kernel's inotify work too)
     daemon_latency_ms: Percentiles  # the daemon's latency_ms over the burst
     reasons: dict[str, int]
     actions: dict[str, int]
@@ -677,7 +685,9 @@ class Report:
     load_after: tuple[float, float, float]
     python_env_removed: list[str]
     latency_measure: str
-    burst: BurstResult | None = None
+    burst: BurstResult | None = None  # the round with the median ratio
+    burst_rounds: list[BurstResult] = field(default_factory=list)
+    burst_ratio: float = float("nan")  # median of the rounds' ratios: held to the target
     light: LightResult | None = None  # clean files only: held to the targets
     light_infected: LightResult | None = None  # with infected files the policy moves away
     clamonacc: ClamonaccResult | None = None
@@ -760,14 +770,18 @@ def run_burst(
     unix_conf: Path,
     env: dict[str, str],
     workdir: Path,
+    seed: int,
+    name: str,
 ) -> BurstResult:
-    files = plan_burst(root, args.files, args.writers, args.seed, not args.existing_dirs)
+    files = plan_burst(root, args.files, args.writers, seed, not args.existing_dirs)
     daemon.expect(files.paths)
     clamd_pid = clamd.pid
     assert clamd_pid is not None
     cpu_before, clamd_before = process_cpu(daemon.pid), process_cpu(clamd_pid)
-    with profiled(daemon.pid, args.profile, "burst"):
+    with profiled(daemon.pid, args.profile, name):
+        writers_before = _children_cpu()
         logs = run_writers(files.jobs)
+        writers_cpu = _children_cpu() - writers_before
         first = min(log.first_write for log in logs)
         last_close = max(log.last_close for log in logs)
         _say(f"burst: {args.files} files written by {len(logs)} writers in"
@@ -793,6 +807,7 @@ def run_burst(
         after_last_close_seconds=last - last_close,
         daemon_cpu_seconds=cpu,
         clamd_cpu_seconds=clamd_cpu,
+        writers_cpu_seconds=writers_cpu,
         daemon_latency_ms=Percentiles.of(latencies),
         reasons=_tally(daemon, files.paths, "reason"),
         actions=_tally(daemon, files.paths, "action"),
@@ -1195,15 +1210,21 @@ def _memory(
 def evaluate(report: Report) -> None:
     targets: list[TargetResult] = []
     wrong: list[str] = []
-    if report.burst is not None:
-        burst = report.burst
-        if burst.clamdscan_seconds:
-            name = "burst: clamwatch run / clamdscan --multiscan --fdpass"
-            targets.append(TargetResult(name, burst.ratio, 1.2, "x", burst.ratio <= 1.2))
+    for number, burst in enumerate(report.burst_rounds, 1):
         if not burst.correctness.ok:
-            wrong.append(f"burst: {burst.correctness.summary()}")
+            wrong.append(f"burst round {number}: {burst.correctness.summary()}")
         if burst.clamdscan_error:
-            wrong.append(f"clamdscan: {burst.clamdscan_error}")
+            wrong.append(f"clamdscan, round {number}: {burst.clamdscan_error}")
+    ratios = [b.ratio for b in report.burst_rounds if b.clamdscan_seconds]
+    if ratios and len(ratios) == len(report.burst_rounds):
+        report.burst_ratio = statistics.median(ratios)
+        # the round whose ratio is the median (the lower middle one for an even count)
+        report.burst = sorted(report.burst_rounds, key=lambda b: b.ratio)[(len(ratios) - 1) // 2]
+        name = "burst: clamwatch run / clamdscan --multiscan --fdpass"
+        value = report.burst_ratio
+        targets.append(TargetResult(name, value, 1.2, "x", value <= 1.2))
+    elif report.burst_rounds:
+        report.burst = report.burst_rounds[0]
     if report.light is not None:
         light = report.light.close_to_arrival_ms
         targets.append(TargetResult("light load: close -> verdict p50", light.p50, 20, "ms",
@@ -1249,14 +1270,30 @@ def format_table(report: Report) -> str:
     ]
     if report.burst is not None:
         b = report.burst
+        rounds = report.burst_rounds
         lines += [
-            f"burst: {b.files} files ({b.infected} infected) by {b.writers} writer processes,"
-            f" directories {'made during' if b.directories_made_during_burst else 'made before'}"
-            " the burst",
+            f"burst: {len(rounds)} round(s), each {b.files} files ({b.infected} infected) by"
+            f" {b.writers} writer processes, directories"
+            f" {'made during' if b.directories_made_during_burst else 'made before'} the burst,"
+            " then clamdscan on the same files",
+        ]
+        lines += [
+            f"  round {n}: clamwatch {r.clamwatch_seconds:.3f} s, clamdscan median"
+            f" {r.clamdscan_median:.3f} s, ratio {r.ratio:.3f}"
+            f" (writers {r.writers_seconds:.3f} s, cpu: writers {r.writers_cpu_seconds:.2f} s,"
+            f" daemon {r.daemon_cpu_seconds:.2f} s, clamd {r.clamd_cpu_seconds:.2f} s)"
+            for n, r in enumerate(rounds, 1)
+        ]
+        lines += [
+            f"  median of the rounds' ratios: {report.burst_ratio:.3f}; the median round:",
             f"  writers, first write -> last close     {b.writers_seconds:8.3f} s",
             f"  clamwatch run, first write -> last verdict {b.clamwatch_seconds:8.3f} s"
             f"  ({b.after_last_close_seconds:.3f} s after the last close;"
             f" daemon cpu {b.daemon_cpu_seconds:.2f} s, clamd cpu {b.clamd_cpu_seconds:.2f} s)",
+            f"  cpu seconds of the burst: writers {b.writers_cpu_seconds:.2f} + clamd"
+            f" {b.clamd_cpu_seconds:.2f} + daemon {b.daemon_cpu_seconds:.2f}"
+            f" = {b.writers_cpu_seconds + b.clamd_cpu_seconds + b.daemon_cpu_seconds:.2f}"
+            f" on {report.cpus} CPUs",
             "  clamdscan --multiscan --fdpass, same files after the burst:"
             f" {', '.join(f'{s:.3f}' for s in b.clamdscan_seconds)} s"
             f" (median {b.clamdscan_median:.3f}; clamd cpu"
@@ -1393,6 +1430,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--existing-dirs", action="store_true",
                         help="make the burst's directories before it (default: the writers"
                         " make them as they go, as an upload of a tree does)")  # fmt: skip
+    parser.add_argument(
+        "--burst-rounds",
+        type=int,
+        default=3,
+        help="bursts, each followed by its clamdscan runs; the target is the"
+        " median of the rounds' ratios (default 3)",
+    )
     parser.add_argument("--clamdscan-runs", type=int, default=3,
                         help="clamdscan runs after the burst; the median counts"
                         " (default 3)")  # fmt: skip
@@ -1437,8 +1481,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         " (the table then goes to stderr)")  # fmt: skip
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args(argv)
-    if min(args.files, args.writers, args.light, args.threads, args.clamdscan_runs) < 1:
-        parser.error("--files, --writers, --light, --threads, --clamdscan-runs must be >= 1")
+    if min(args.files, args.writers, args.light, args.threads, args.clamdscan_runs,
+           args.burst_rounds) < 1:  # fmt: skip
+        parser.error(
+            "--files, --writers, --light, --threads, --clamdscan-runs, --burst-rounds must be >= 1"
+        )
     if args.memory_files < 1 or args.memory_dirs < 1:
         parser.error("--memory-files and --memory-dirs must be at least 1")
     if args.profile is not None:
@@ -1449,9 +1496,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def benchmark(args: argparse.Namespace, workdir: Path, report: Report) -> None:
     env = tool_environment(args.keep_python_env)
     watched = workdir / "watched"
-    burst_root, light_root = watched / "burst", watched / "light"
-    light_infected_root = watched / "light-infected"
-    for root in (burst_root, light_root, light_infected_root):
+    burst_roots = [watched / f"burst{n}" for n in range(1, args.burst_rounds + 1)]
+    light_root, light_infected_root = watched / "light", watched / "light-infected"
+    for root in (*burst_roots, light_root, light_infected_root):
         root.mkdir(parents=True)
     # Debian's AppArmor profile lets clamd write only below /tmp.
     with PrivateClamd(workdir / "clamd", max_threads=args.threads, tcp=False) as clamd:
@@ -1460,15 +1507,22 @@ def benchmark(args: argparse.Namespace, workdir: Path, report: Report) -> None:
         daemon = start_daemon(workdir, "clamwatch", clamd, watched)
         try:
             started = time.monotonic()
-            report.burst = run_burst(
-                args,
-                daemon=daemon,
-                clamd=clamd,
-                root=burst_root,
-                unix_conf=unix_conf,
-                env=env,
-                workdir=workdir,
-            )
+            for number, root in enumerate(burst_roots, 1):
+                if len(burst_roots) > 1:
+                    _say(f"burst round {number} of {len(burst_roots)}")
+                report.burst_rounds.append(
+                    run_burst(
+                        args,
+                        daemon=daemon,
+                        clamd=clamd,
+                        root=root,
+                        unix_conf=unix_conf,
+                        env=env,
+                        workdir=workdir,
+                        seed=args.seed + 1000 * (number - 1),
+                        name=root.name,
+                    )
+                )
             report.seconds["burst"] = time.monotonic() - started
             started = time.monotonic()
             report.light = run_light(args, daemon, light_root, 0.0)
