@@ -62,24 +62,42 @@ class State(enum.Enum):
 # -- commands ---------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Ping:
-    pass
+class _Bare:
+    """A command without fields: equal to any other of its class, hashable, immutable.
+
+    Not a dataclass, as it needs nothing more: each @dataclass costs
+    `clamwatch scan` ~0.4 ms of start-up (it compiles six methods), and the
+    command is timed against clamdscan. Subclasses set ``__slots__ = ()`` too.
+    """
+
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return True
+
+    def __hash__(self) -> int:
+        return hash(type(self))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
 
 
-@dataclass(frozen=True, slots=True)
-class Version:
-    pass
+class Ping(_Bare):
+    __slots__ = ()
 
 
-@dataclass(frozen=True, slots=True)
-class VersionCommands:
-    pass
+class Version(_Bare):
+    __slots__ = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Stats:
-    pass
+class VersionCommands(_Bare):
+    __slots__ = ()
+
+
+class Stats(_Bare):
+    __slots__ = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,14 +114,14 @@ class Fildes:
     fd: int
 
 
-@dataclass(frozen=True, slots=True)
-class Instream:
+class Instream(_Bare):
     """INSTREAM: the body follows as chunks (:meth:`ClamdProtocol.stream_chunk`)."""
 
+    __slots__ = ()
 
-@dataclass(frozen=True, slots=True)
-class End:
-    pass
+
+class End(_Bare):
+    __slots__ = ()
 
 
 Command = Ping | Version | VersionCommands | Stats | Scan | Fildes | Instream | End
