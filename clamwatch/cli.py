@@ -11,12 +11,13 @@ from pathlib import Path
 from clamwatch import __version__
 from clamwatch.clamd.address import DEFAULT_CLAMD_CONF, AddressError
 from clamwatch.clamd.job import TransportChoice
-from clamwatch.config import DEFAULT_CONFIG
 from clamwatch.units import parse_duration, parse_size
 
 # Each subcommand imports its own modules when it runs: `clamwatch scan` is
 # timed against clamdscan, and importing the daemon (watchdog, the actions,
-# the quarantine) cost it some 40 ms per run.
+# the quarantine) cost it some 40 ms per run. The configuration (tomllib and
+# a few dataclasses, some 8 ms) is imported only by the subcommands that
+# read it, for their options' defaults too (build_parser).
 
 _DESCRIPTION = """\
 clamwatch watches directories and scans every finished file with clamd,
@@ -86,7 +87,15 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The command line; given ``command``, only that subcommand gets its options.
+
+    Every subcommand is listed either way (for --help and for the error that
+    names the choices); only the one that runs needs its options. The others'
+    would cost `clamwatch scan` the configuration's import (their defaults)
+    and some 1 ms more: argparse makes a help formatter and looks up
+    translations for each option.
+    """
     parser = argparse.ArgumentParser(
         prog="clamwatch",
         description=_DESCRIPTION,
@@ -97,7 +106,23 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="count", default=0, help="log more (repeat for debug output)"
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, add in _SUBCOMMANDS.items():
+        add(commands, with_options=command in (None, name))
+    return parser
 
+
+def _subcommand(argv: Sequence[str]) -> str | None:
+    """The subcommand argparse will run: the first argument that is not an option.
+
+    No option of ``clamwatch`` itself takes a value, so that is the word
+    argparse takes as COMMAND, when it is a subcommand's name at all.
+    """
+    return next((arg for arg in argv if not arg.startswith("-")), None)
+
+
+def _add_scan(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], *, with_options: bool
+) -> None:
     scan = commands.add_parser(
         "scan",
         help="scan files and directories once",
@@ -105,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_SCAN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    if not with_options:
+        return
     scan.add_argument("paths", nargs="+", metavar="PATH", help="files or directories to scan")
     how = scan.add_mutually_exclusive_group()
     how.add_argument(
@@ -168,12 +195,20 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     progress.add_argument("--no-progress", dest="progress", action="store_false")
 
+
+def _add_run(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], *, with_options: bool
+) -> None:
     run = commands.add_parser(
         "run",
         help="run the watch daemon in the foreground",
         description=_RUN_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    if not with_options:
+        return
+    from clamwatch.config import DEFAULT_CONFIG
+
     run.add_argument(
         "--config",
         type=Path,
@@ -195,6 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
         " journal carries (default: log_format from the configuration, else text)",
     )
 
+
+def _add_check_config(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], *, with_options: bool
+) -> None:
     check = commands.add_parser(
         "check-config",
         help="validate the configuration (and that clamd answers)",
@@ -205,6 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="exit status: 0 the configuration is valid (and clamd answered);"
         " 1 it is not (or clamd did not answer)",
     )
+    if not with_options:
+        return
+    from clamwatch.config import DEFAULT_CONFIG
+
     check.add_argument(
         "--config",
         type=Path,
@@ -214,6 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--clamd", action="store_true", help="also check that clamd answers")
 
+
+def _add_demo(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], *, with_options: bool
+) -> None:
     demo = commands.add_parser(
         "demo",
         help="run the daemon with a private clamd on a demo upload folder",
@@ -222,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
         " arrive (clean files and one EICAR test file) and their verdicts are logged;"
         " drop more files in yourself. Ctrl-C stops the daemon, then clamd.",
     )
+    if not with_options:
+        return
     demo.add_argument(
         "--workdir",
         type=Path,
@@ -236,8 +285,6 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DURATION",
         help="stop after this long (default: run until Ctrl-C)",
     )
-    _add_quarantine_parser(commands)
-    return parser
 
 
 _QUARANTINE_DESCRIPTION = """\
@@ -272,13 +319,15 @@ def _duration_text(text: str) -> str:
     return text
 
 
-def _add_quarantine_parser(
-    commands: argparse._SubParsersAction[argparse.ArgumentParser],
-) -> None:
-    # Accepted before or after the action: SUPPRESS leaves a value given
-    # before it alone (argparse copies only what the action's parser set).
-    where = argparse.ArgumentParser(add_help=False)
-    where.add_argument(
+def _add_where(parser: argparse.ArgumentParser) -> None:
+    """--config and --directory, accepted before or after the action.
+
+    SUPPRESS leaves a value given before the action alone (argparse copies
+    only what the action's parser set).
+    """
+    from clamwatch.config import DEFAULT_CONFIG
+
+    parser.add_argument(
         "--config",
         type=Path,
         default=argparse.SUPPRESS,
@@ -286,30 +335,37 @@ def _add_quarantine_parser(
         help="the configuration file whose [quarantine] directory to use"
         f" (default: {DEFAULT_CONFIG})",
     )
-    where.add_argument(
+    parser.add_argument(
         "--directory",
         type=Path,
         default=argparse.SUPPRESS,
         metavar="DIR",
         help="the quarantine directory, instead of the configured one",
     )
+
+
+def _add_quarantine(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], *, with_options: bool
+) -> None:
     quarantine = commands.add_parser(
         "quarantine",
-        parents=[where],
         help="list, show, restore, delete or purge quarantined files",
         description=_QUARANTINE_DESCRIPTION,
         epilog=_QUARANTINE_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    if not with_options:
+        return
+    _add_where(quarantine)
     actions = quarantine.add_subparsers(dest="quarantine_command", metavar="ACTION", required=True)
 
     listing = actions.add_parser(
         "list",
-        parents=[where],
         help="list the entries, oldest first",
         description="List the entries, oldest first: id, detection time, size, signature and"
         " original path (escaped like `clamwatch scan` prints names).",
     )
+    _add_where(listing)
     listing.add_argument(
         "--json",
         action="store_true",
@@ -317,15 +373,15 @@ def _add_quarantine_parser(
         " the name's exact bytes, and data_path",
     )
     show = actions.add_parser(
-        "show", parents=[where], help="show one entry", description="Show everything the"
+        "show", help="show one entry", description="Show everything the"
         " record of one entry holds, and where its content is kept.",
     )  # fmt: skip
+    _add_where(show)
     show.add_argument("id", metavar="ID", help="the entry's id, as `list` prints it")
     show.add_argument("--json", action="store_true", help="print the record as a JSON object")
 
     restore = actions.add_parser(
         "restore",
-        parents=[where],
         help="put a file back and delete its entry",
         description="Write the entry's content back where it came from (or to --to) with its"
         " owner, group, mode and modification time, then delete the entry. The file appears"
@@ -333,6 +389,7 @@ def _add_quarantine_parser(
         " replaced unless --force is given. A file restored into a watched tree is scanned"
         " again, and quarantined again if it is still found infected.",
     )
+    _add_where(restore)
     restore.add_argument("id", metavar="ID", help="the entry's id")
     restore.add_argument(
         "--to",
@@ -342,18 +399,19 @@ def _add_quarantine_parser(
     restore.add_argument("--force", action="store_true", help="replace an existing file")
 
     delete = actions.add_parser(
-        "delete", parents=[where], help="delete one entry for good",
+        "delete", help="delete one entry for good",
         description="Delete an entry's content and record.",
     )  # fmt: skip
+    _add_where(delete)
     delete.add_argument("id", metavar="ID", help="the entry's id")
 
     purge = actions.add_parser(
         "purge",
-        parents=[where],
         help="delete the entries older than a given age",
         description="Delete every entry detected longer ago than --older-than. The daemon"
         " does the same by itself with [quarantine] max_age and max_total_size.",
     )
+    _add_where(purge)
     purge.add_argument(
         "--older-than",
         required=True,
@@ -363,8 +421,19 @@ def _add_quarantine_parser(
     )
 
 
+_SUBCOMMANDS = {
+    "scan": _add_scan,
+    "run": _add_run,
+    "check-config": _add_check_config,
+    "demo": _add_demo,
+    "quarantine": _add_quarantine,
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    if argv is None:
+        argv = sys.argv[1:]
+    args = build_parser(_subcommand(argv)).parse_args(argv)
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
     logging.basicConfig(level=level, format="clamwatch: %(message)s")
     if args.command == "scan":

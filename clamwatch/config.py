@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from clamwatch.clamd.job import TransportChoice
+from clamwatch.clamd.settings import ClamdSettings
 from clamwatch.policy import FileAction, Policy, Rule, parse_rule
 from clamwatch.units import parse_duration, parse_size
 
@@ -25,18 +26,6 @@ T = TypeVar("T")
 
 class ConfigError(Exception):
     """A configuration problem, worded for the admin who has to fix it."""
-
-
-@dataclass(frozen=True, slots=True)
-class ClamdSettings:
-    address: str | None = None  # None: from clamd_conf
-    clamd_conf: Path = Path("/etc/clamav/clamd.conf")
-    transport: TransportChoice = TransportChoice.AUTO
-    sessions: int = 2
-    max_in_flight: int | None = None  # None: 8 x clamd's MaxThreads, 16 to 64
-    request_timeout: float = 180.0
-    keepalive: float | None = None  # None: a third of clamd's ReadTimeout, at most 30 s
-    max_stream_size: int | None = None  # None: clamd.conf's StreamMaxLength
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,8 @@ import threading
 import time
 from pathlib import Path
 
-from clamwatch.config import ClamdSettings, Config, DaemonSettings, WatchConfig
+from clamwatch.clamd.settings import ClamdSettings
+from clamwatch.config import Config, DaemonSettings, WatchConfig
 from clamwatch.daemon import Daemon, setup_logging
 from clamwatch.privateclamd import PrivateClamd
 from clamwatch.testsig import eicar_bytes

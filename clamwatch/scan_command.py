@@ -14,8 +14,7 @@ from typing import TextIO
 from clamwatch.clamd.address import DEFAULT_CLAMD_CONF, AddressError
 from clamwatch.clamd.engine import ClamdUnavailableError, Engine
 from clamwatch.clamd.job import ScanJob, ScanOutcome, TransportChoice
-from clamwatch.clamd.settings import resolve_engine
-from clamwatch.config import ClamdSettings
+from clamwatch.clamd.settings import ClamdSettings, resolve_engine
 from clamwatch.files import OpenedFile, open_for_scan
 from clamwatch.report import Reporter
 from clamwatch.verdict import ScanError

@@ -12,6 +12,7 @@ import pytest
 
 from clamwatch import config
 from clamwatch.clamd.job import TransportChoice
+from clamwatch.clamd.settings import ClamdSettings
 from clamwatch.config import ConfigError, load_config, parse_config
 
 SHIPPED = Path(__file__).parent.parent / "etc" / "clamwatch" / "clamwatch.toml"
@@ -29,7 +30,7 @@ def uncommented_defaults(text: str) -> str:
 def test_shipped_config_loads_and_has_no_watch(tmp_path: Path) -> None:
     loaded = load_config(SHIPPED)
     assert loaded.watches == ()
-    assert loaded.clamd == config.ClamdSettings()
+    assert loaded.clamd == ClamdSettings()
     assert loaded.daemon == config.DaemonSettings()
 
 
@@ -45,7 +46,7 @@ def test_shipped_config_documents_every_key_with_its_default(tmp_path: Path) -> 
     assert set(data["watch"][0]) == set(config._WATCH_KEYS)
     parsed = parse_config(SHIPPED, data)
     # the documented values are the defaults
-    assert parsed.clamd == config.ClamdSettings()
+    assert parsed.clamd == ClamdSettings()
     assert parsed.daemon == config.DaemonSettings()
     assert parsed.quarantine == config.QuarantineSettings()
     watch = parsed.watches[0]

@@ -24,8 +24,9 @@ from typing import Any
 import pytest
 
 from clamwatch.clamd.address import parse_address
-from clamwatch.clamd.engine import Engine, EngineSettings
+from clamwatch.clamd.engine import Engine
 from clamwatch.clamd.job import ScanJob, ScanOutcome, Transport, TransportChoice
+from clamwatch.clamd.settings import EngineSettings
 from clamwatch.files import OpenedFile, open_for_scan
 from clamwatch.testsig import EICAR_SIGNATURE
 from clamwatch.verdict import Clean, Infected, NotScanned, NotScannedReason, ScanError

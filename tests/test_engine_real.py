@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 
 from clamwatch.clamd.address import parse_address
-from clamwatch.clamd.engine import ClamdUnavailableError, Engine, EngineSettings
+from clamwatch.clamd.engine import ClamdUnavailableError, Engine
 from clamwatch.clamd.job import ScanJob, ScanOutcome, Transport, TransportChoice
+from clamwatch.clamd.settings import EngineSettings
 from clamwatch.files import OpenedFile, open_for_scan
 from clamwatch.privateclamd import PrivateClamd
 from clamwatch.testsig import EICAR_SIGNATURE

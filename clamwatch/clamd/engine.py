@@ -39,6 +39,7 @@ from clamwatch.clamd.protocol import (
     SessionEnded,
 )
 from clamwatch.clamd.session import Capabilities, InFlight, Session, SessionState
+from clamwatch.clamd.settings import EngineSettings
 from clamwatch.clamd.transport import ClamdConnectionError
 from clamwatch.events import EventKind, emit
 from clamwatch.verdict import NotScanned, NotScannedReason, ScanError, Verdict
@@ -51,26 +52,6 @@ _TIMER_TICK = 0.05
 # The longest a saturated engine lets replies gather before it reads (see
 # Engine._gather).
 _GATHER_MAX = 0.002
-
-
-@dataclass(frozen=True, slots=True)
-class EngineSettings:
-    transport: TransportChoice = TransportChoice.AUTO
-    sessions: int = 2
-    # None: eight times clamd's MaxThreads as STATS reports it (16 to 64), so
-    # every clamd thread has its next request waiting when it finishes one.
-    max_in_flight: int | None = None
-    request_timeout: float = 180.0  # above clamd's own MaxScanTime (120 s by default)
-    # A PING when a session sent nothing for this long: clamd's ReadTimeout
-    # (120 s by default, 180 s in Debian's clamd.conf) kills idle input.
-    keepalive: float = 30.0
-    connect_timeout: float = 10.0
-    give_up_after: float | None = None  # None: wait for clamd forever (the daemon)
-    max_attempts: int = 5
-    max_stream_size: int | None = None  # clamd's StreamMaxLength, when known
-    max_requests_per_session: int = 100_000
-    backoff_initial: float = 0.1
-    backoff_max: float = 10.0
 
 
 @dataclass(slots=True)

@@ -1,6 +1,17 @@
-"""From the admin's clamd settings to an engine: the address and its limits."""
+"""From the admin's clamd settings to an engine: the address and its limits.
+
+:class:`ClamdSettings` is what the admin wrote ([clamd] in the configuration,
+or `clamwatch scan`'s options), :class:`EngineSettings` what the engine runs
+with, and :func:`resolve_engine` the step from one to the other. They live
+here, not in :mod:`clamwatch.config` and :mod:`clamwatch.clamd.engine`, so
+that `clamwatch scan` (timed against clamdscan) does not import the TOML
+configuration, and the configuration does not import the engine.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
 
 from clamwatch.clamd.address import (
     DEFAULT_CLAMD_CONF,
@@ -8,11 +19,42 @@ from clamwatch.clamd.address import (
     parse_address,
     read_clamd_conf,
 )
-from clamwatch.clamd.engine import EngineSettings
-from clamwatch.config import ClamdSettings
+from clamwatch.clamd.job import TransportChoice
 
 # clamd's ReadTimeout is 120 s by default; a PING every 30 s is well inside it.
 _DEFAULT_KEEPALIVE = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class ClamdSettings:
+    address: str | None = None  # None: from clamd_conf
+    clamd_conf: Path = Path("/etc/clamav/clamd.conf")
+    transport: TransportChoice = TransportChoice.AUTO
+    sessions: int = 2
+    max_in_flight: int | None = None  # None: 8 x clamd's MaxThreads, 16 to 64
+    request_timeout: float = 180.0
+    keepalive: float | None = None  # None: a third of clamd's ReadTimeout, at most 30 s
+    max_stream_size: int | None = None  # None: clamd.conf's StreamMaxLength
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    transport: TransportChoice = TransportChoice.AUTO
+    sessions: int = 2
+    # None: eight times clamd's MaxThreads as STATS reports it (16 to 64), so
+    # every clamd thread has its next request waiting when it finishes one.
+    max_in_flight: int | None = None
+    request_timeout: float = 180.0  # above clamd's own MaxScanTime (120 s by default)
+    # A PING when a session sent nothing for this long: clamd's ReadTimeout
+    # (120 s by default, 180 s in Debian's clamd.conf) kills idle input.
+    keepalive: float = 30.0
+    connect_timeout: float = 10.0
+    give_up_after: float | None = None  # None: wait for clamd forever (the daemon)
+    max_attempts: int = 5
+    max_stream_size: int | None = None  # clamd's StreamMaxLength, when known
+    max_requests_per_session: int = 100_000
+    backoff_initial: float = 0.1
+    backoff_max: float = 10.0
 
 
 def resolve_engine(
