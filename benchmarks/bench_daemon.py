@@ -47,7 +47,6 @@ import os
 import pwd
 import queue
 import random
-import resource
 import shutil
 import signal
 import statistics
@@ -115,6 +114,7 @@ class WriteLog:
     first_write: float  # monotonic, just before the first open()
     last_close: float  # monotonic, just after the last close()
     closes: list[tuple[str, float, float]]  # (path, monotonic, wall) after close(), if recorded
+    cpu_seconds: float  # user+sys of this writer from its first write to its last close
 
 
 def _pools(seed: int) -> tuple[bytes, bytes]:
@@ -134,6 +134,7 @@ def _write_all(job: WriteJob, pools: tuple[bytes, bytes]) -> WriteLog:
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
     made: set[str] = set()
     closes: list[tuple[str, float, float]] = []
+    cpu = time.process_time()
     first = time.monotonic()
     for number, (path, size, infected) in enumerate(job.files):
         if job.interval:
@@ -158,7 +159,8 @@ def _write_all(job: WriteJob, pools: tuple[bytes, bytes]) -> WriteLog:
             os.close(fd)
         if job.record:
             closes.append((path, time.monotonic(), time.time()))
-    return WriteLog(first, time.monotonic(), closes)
+    last = time.monotonic()
+    return WriteLog(first, last, closes, time.process_time() - cpu)
 
 
 def _writer_main(job: WriteJob, ready: Any, go: Any, results: Any) -> None:
@@ -468,12 +470,6 @@ def _wait_quiet() -> None:
 # -- process measurements ---------------------------------------------------------------
 
 
-def _children_cpu() -> float:
-    """User+sys CPU seconds of this process's children that have been waited for."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 def process_cpu(pid: int) -> float:
     """user+sys seconds of a running process, from /proc/PID/stat (proc(5))."""
     try:
@@ -589,7 +585,7 @@ class BurstResult:
     after_last_close_seconds: float  # last close to last verdict
     daemon_cpu_seconds: float
     clamd_cpu_seconds: float
-    writers_cpu_seconds: float  # user+sys of the writer processes (the kernel's inotify work too)
+    writers_cpu_seconds: float  # user+sys of the writers while they wrote (the kernel's part too)
     daemon_latency_ms: Percentiles  # the daemon's latency_ms over the burst
     reasons: dict[str, int]
     actions: dict[str, int]
@@ -779,9 +775,8 @@ def run_burst(
     assert clamd_pid is not None
     cpu_before, clamd_before = process_cpu(daemon.pid), process_cpu(clamd_pid)
     with profiled(daemon.pid, args.profile, name):
-        writers_before = _children_cpu()
         logs = run_writers(files.jobs)
-        writers_cpu = _children_cpu() - writers_before
+        writers_cpu = sum(log.cpu_seconds for log in logs)
         first = min(log.first_write for log in logs)
         last_close = max(log.last_close for log in logs)
         _say(f"burst: {args.files} files written by {len(logs)} writers in"
