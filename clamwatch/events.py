@@ -25,7 +25,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator, Mapping
-from typing import TextIO
+from typing import NamedTuple, TextIO
 
 from clamwatch.names import display_path
 
@@ -92,7 +92,7 @@ def emit_fields(kind: EventKind, message: str, level: int, fields: dict[str, obj
 def _log_event(kind: EventKind, message: str, level: int, fields: dict[str, object]) -> None:
     direct = _sole_event_handler(level)
     if direct is not None:
-        direct.handle_event(kind, message, level, fields)
+        direct.handle_event(LoggedEvent(time.time(), level, kind, message, fields))
         return
     # Logger.log would also look up the caller's frame (findCaller), which no
     # handler of events uses, and copy ``extra`` key by key.
@@ -102,31 +102,48 @@ def _log_event(kind: EventKind, message: str, level: int, fields: dict[str, obje
     log.handle(record)
 
 
+class LoggedEvent(NamedTuple):
+    """What the handlers of events read of one: an event's own parts, or a LogRecord's."""
+
+    created: float  # time.time()
+    level: int
+    kind: EventKind | None  # None: a plain log message
+    message: str
+    fields: Mapping[str, object]
+    logger: str = log.name
+    exception: str | None = None  # a formatted traceback
+
+    @classmethod
+    def of(cls, record: logging.LogRecord, exception: str | None) -> LoggedEvent:
+        kind = getattr(record, "event", None)
+        fields = getattr(record, "fields", None)
+        return cls(
+            record.created,
+            record.levelno,
+            kind if isinstance(kind, EventKind) else None,
+            record.getMessage(),
+            fields if isinstance(fields, dict) else {},
+            record.name,
+            exception,
+        )
+
+
 class EventHandler(logging.Handler):
     """A handler that also takes events without a LogRecord (see _sole_event_handler)."""
 
-    def handle_event(
-        self, kind: EventKind, message: str, level: int, fields: Mapping[str, object]
-    ) -> None:
+    def handle_event(self, event: LoggedEvent) -> None:
         """Handle one event as handle() would handle its record; never raises."""
         with self.lock if self.lock is not None else contextlib.nullcontext():
             try:
-                self.emit_event(kind, message, level, fields, time.time())
+                self.emit_event(event)
             except Exception:
-                self.handleError(logging.makeLogRecord({"msg": message}))
+                self.handleError(logging.makeLogRecord({"msg": event.message}))
 
     def takes_events(self) -> bool:
         """Whether handle_event() does for an event all that handle() would do."""
         return True
 
-    def emit_event(
-        self,
-        kind: EventKind,
-        message: str,
-        level: int,
-        fields: Mapping[str, object],
-        created: float,
-    ) -> None:
+    def emit_event(self, event: LoggedEvent) -> None:
         raise NotImplementedError
 
 
@@ -157,11 +174,6 @@ def _sole_event_handler(level: int) -> EventHandler | None:
     ):
         return found
     return None
-
-
-def _fields(record: logging.LogRecord) -> Mapping[str, object]:
-    fields = getattr(record, "fields", None)
-    return fields if isinstance(fields, dict) else {}
 
 
 def _as_text(value: object) -> object:
@@ -195,51 +207,23 @@ def _level_name(level: int) -> str:
 
 
 class EventFormatter(logging.Formatter):
-    """A formatter that also formats an event from its parts, without a LogRecord."""
+    """A formatter that also formats an event without a LogRecord."""
 
     def format(self, record: logging.LogRecord) -> str:
-        kind = getattr(record, "event", None)
-        return self.line(
-            record.created,
-            record.levelno,
-            kind if isinstance(kind, EventKind) else None,
-            record.getMessage(),
-            _fields(record),
-            logger=record.name,
-            exception=self.formatException(record.exc_info) if record.exc_info else None,
-        )
+        exception = self.formatException(record.exc_info) if record.exc_info else None
+        return self.line(LoggedEvent.of(record, exception))
 
-    def line(
-        self,
-        created: float,
-        level: int,
-        kind: EventKind | None,
-        message: str,
-        fields: Mapping[str, object],
-        *,
-        logger: str = log.name,
-        exception: str | None = None,
-    ) -> str:
+    def line(self, event: LoggedEvent) -> str:
         raise NotImplementedError
 
 
 class TextFormatter(EventFormatter):
     """``clamwatch[LEVEL]: message``: what an admin reads on a terminal."""
 
-    def line(
-        self,
-        created: float,
-        level: int,
-        kind: EventKind | None,
-        message: str,
-        fields: Mapping[str, object],
-        *,
-        logger: str = log.name,
-        exception: str | None = None,
-    ) -> str:
-        text = f"clamwatch[{_level_name(level)}]: {message}"
-        if exception:
-            text += "\n" + exception
+    def line(self, event: LoggedEvent) -> str:
+        text = f"clamwatch[{_level_name(event.level)}]: {event.message}"
+        if event.exception:
+            text += "\n" + event.exception
         return text
 
 
@@ -250,28 +234,19 @@ class JsonFormatter(EventFormatter):
         super().__init__()
         self._seconds = _Seconds()
 
-    def line(
-        self,
-        created: float,
-        level: int,
-        kind: EventKind | None,
-        message: str,
-        fields: Mapping[str, object],
-        *,
-        logger: str = log.name,
-        exception: str | None = None,
-    ) -> str:
+    def line(self, event: LoggedEvent) -> str:
+        created, kind = event.created, event.kind
         # milliseconds as LogRecord.msecs has them
         data: dict[str, object] = {
             "time": f"{self._seconds(created)}.{int((created - int(created)) * 1000):03d}Z",
-            "level": _level_name(level),
+            "level": _level_name(event.level),
             "event": kind.value if kind is not None else "log",
-            "message": message,
-            "logger": logger,
+            "message": event.message,
+            "logger": event.logger,
         }
-        data.update(fields)  # a value JSON has no type for: _ENCODER's default
-        if exception:
-            data["exception"] = exception
+        data.update(event.fields)  # a value JSON has no type for: _ENCODER's default
+        if event.exception:
+            data["exception"] = event.exception
         return _ENCODER.encode(data)
 
 
@@ -316,17 +291,9 @@ class EventStreamHandler(logging.StreamHandler[TextIO], EventHandler):
     def takes_events(self) -> bool:
         return isinstance(self.formatter, EventFormatter)
 
-    def emit_event(
-        self,
-        kind: EventKind,
-        message: str,
-        level: int,
-        fields: Mapping[str, object],
-        created: float,
-    ) -> None:
+    def emit_event(self, event: LoggedEvent) -> None:
         assert isinstance(self.formatter, EventFormatter)  # takes_events()
-        line = self.formatter.line(created, level, kind, message, fields)
-        self._add(line + self.terminator)
+        self._add(self.formatter.line(event) + self.terminator)
 
     def _add(self, line: str) -> None:
         # handle() and handle_event() hold self.lock around emit()

@@ -13,9 +13,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Mapping
 
-from clamwatch.events import MESSAGE_IDS, EventHandler, EventKind, log
+from clamwatch.events import MESSAGE_IDS, EventHandler, LoggedEvent
 from systemd import journal
 
 _PRIORITY = {  # syslog(3) priorities
@@ -43,50 +42,27 @@ def _value(value: object) -> str | bytes:
 class JournalHandler(EventHandler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            kind = getattr(record, "event", None)
-            extra = getattr(record, "fields", None)
-            message = record.getMessage()
-            if record.exc_info:
-                message += "\n" + logging.Formatter().formatException(record.exc_info)
-            self._send(
-                message,
-                record.levelno,
-                record.name,
-                kind if isinstance(kind, EventKind) else None,
-                extra if isinstance(extra, dict) else {},
-            )
+            exc_info = record.exc_info
+            exception = logging.Formatter().formatException(exc_info) if exc_info else None
+            self.emit_event(LoggedEvent.of(record, exception))
         except Exception:
             self.handleError(record)
 
-    def emit_event(
-        self,
-        kind: EventKind,
-        message: str,
-        level: int,
-        fields: Mapping[str, object],
-        created: float,
-    ) -> None:
-        # the journal stamps the entry itself, as it does for emit()'s
-        self._send(message, level, log.name, kind, fields)
-
-    def _send(
-        self,
-        message: str,
-        level: int,
-        logger: str,
-        kind: EventKind | None,
-        extra: Mapping[str, object],
-    ) -> None:
+    def emit_event(self, event: LoggedEvent) -> None:
+        # the journal stamps each entry with its own time
         fields: dict[str, str | bytes] = {
-            "PRIORITY": str(priority(level)),
+            "PRIORITY": str(priority(event.level)),
             "SYSLOG_IDENTIFIER": "clamwatch",
-            "CLAMWATCH_LOGGER": logger,
+            "CLAMWATCH_LOGGER": event.logger,
         }
-        if kind is not None:
-            fields["MESSAGE_ID"] = MESSAGE_IDS[kind]
-            fields["CLAMWATCH_EVENT"] = kind.value
-        for key, value in extra.items():
+        if event.kind is not None:
+            fields["MESSAGE_ID"] = MESSAGE_IDS[event.kind]
+            fields["CLAMWATCH_EVENT"] = event.kind.value
+        for key, value in event.fields.items():
             fields["CLAMWATCH_" + key.upper()] = _value(value)
+        message = event.message
+        if event.exception:
+            message += "\n" + event.exception
         journal.send(message, **fields)
 
 
