@@ -133,6 +133,43 @@ def test_a_directory_renamed_within_the_tree_keeps_its_watches(
     assert not any(path.startswith(str(old) + "/sub/after") for path, _ in seen.reasons())
 
 
+def test_a_directory_moved_out_and_made_again_under_its_name_is_watched(
+    start: Callable[..., tuple[TreeWatcher, Seen]],
+    watched: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The watches of a directory moved out of the tree go with it: a new one
+    made under the old name gets its own, and the old one's events are not
+    taken for the new one's."""
+    watcher, seen = start()
+    name = watched / "incoming"
+    name.mkdir()
+    seen.rescan(name, "new directory")  # asked for once it is watched
+    (name / "probe").write_bytes(b"x")
+    seen.work(name / "probe", "closed after write")
+    away = tmp_path / "away"
+    name.rename(away)
+    name.mkdir()
+    seen.wait(
+        "a second walk of the new directory",
+        lambda: sum(r.directory == str(name) for r in seen.rescans) == 2,
+    )
+    (away / "gone").write_bytes(b"x")  # in the old directory, out of the tree now
+    (name / "after").write_bytes(b"x")
+    seen.work(name / "after", "closed after write")
+    assert (str(name / "gone"), "closed after write") not in seen.reasons()
+    # the moved-out directory's watch is dropped once no IN_MOVED_TO can pair with it
+    seen.wait("the moved-out directory's watch dropped", lambda: watches(watcher) == 2)
+    assert not [r for r in caplog.records if r.name.startswith("watchdog")]
+
+
+def watches(watcher: TreeWatcher) -> int:
+    """The kernel's count of this watcher's inotify watches (proc(5): fdinfo)."""
+    fdinfo = Path(f"/proc/self/fdinfo/{watcher._inotify._inotify_fd}").read_text()
+    return sum(line.startswith("inotify wd:") for line in fdinfo.splitlines())
+
+
 def test_a_file_moved_in_from_outside(
     start: Callable[..., tuple[TreeWatcher, Seen]], watched: Path, tmp_path: Path
 ) -> None:

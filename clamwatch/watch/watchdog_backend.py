@@ -88,8 +88,10 @@ class _TreeWatch:
         self._active = False
         self._directory: dict[WatchDescriptor, str] = {}
         self._wd: dict[str, WatchDescriptor] = {}
-        # a directory's IN_MOVED_FROM, by cookie: (its path, when)
-        self._moved_from: dict[int, tuple[str, float]] = {}
+        # A directory moved away, by its IN_MOVED_FROM's cookie: when, and its
+        # watches (by path below it, "" for itself), detached from the maps
+        # until its IN_MOVED_TO says where in the tree it went, if anywhere.
+        self._moved_from: dict[int, tuple[float, dict[str, WatchDescriptor]]] = {}
 
     # -- arming (supervisor thread) -------------------------------------------------
 
@@ -112,8 +114,13 @@ class _TreeWatch:
         self._active = False
         # OSError: the descriptor is closed already (stopping)
         with contextlib.suppress(OSError):
-            self.fd.remove_callbacks([(wd, self._id) for wd in self._directory])
+            self.fd.remove_callbacks([(wd, self._id) for wd in self._watches()])
         self._forget()
+
+    def _watches(self) -> list[WatchDescriptor]:
+        """Every watch of this tree: in the maps, and detached by a move."""
+        detached = [wd for _, moved in self._moved_from.values() for wd in moved.values()]
+        return [*self._directory, *detached]
 
     def _forget(self) -> None:
         self._directory.clear()
@@ -130,7 +137,7 @@ class _TreeWatch:
             if not self._active:
                 return
             with contextlib.suppress(OSError):
-                self.fd.remove_callbacks([(wd, self._id) for wd in self._directory])
+                self.fd.remove_callbacks([(wd, self._id) for wd in self._watches()])
             self._forget()
             with contextlib.suppress(OSError):  # the root is gone: the supervisor sees to it
                 self._watch_tree(self.rules.root)
@@ -202,9 +209,8 @@ class _TreeWatch:
         watch = self.rules.root
         if mask & _IN.IN_MOVED_FROM:
             now = time.monotonic()
-            self._moved_from[cookie] = (path, now)
-            for key in [k for k, (_, t) in self._moved_from.items() if now - t > _MOVE_PAIRING]:
-                del self._moved_from[key]
+            self._expire_moves(now)
+            self._moved_from[cookie] = (now, self._detach(path))
             return
         if mask & _IN.IN_CREATE:
             self._watch_tree_quietly(path)
@@ -213,8 +219,10 @@ class _TreeWatch:
                 # skips versions that already have their verdict
                 self.batch.rescans.append(Rescan(path, watch, "new directory", Mode.SETTLE))
         elif mask & _IN.IN_MOVED_TO:
-            source = self._moved_from.pop(cookie, None)
-            if source is None or not self._moved(source[0], path):
+            moved = self._moved_from.pop(cookie, None)
+            if moved is not None and moved[1]:
+                self._attach(path, moved[1])  # renamed within the tree: its watches work on
+            else:
                 self._watch_tree_quietly(path)  # from outside the tree
             if not self.rules.excluded(path):
                 self.batch.rescans.append(Rescan(path, watch, "directory moved in"))
@@ -223,17 +231,39 @@ class _TreeWatch:
         with contextlib.suppress(OSError):  # gone already, or the watch limit
             self._watch_tree(path)
 
-    def _moved(self, source: str, destination: str) -> bool:
-        """A watched directory was renamed within the tree: its watches keep working."""
-        if source not in self._wd:
-            return False
-        prefix = source + "/"
-        for path in [p for p in self._wd if p == source or p.startswith(prefix)]:
+    def _detach(self, directory: str) -> dict[str, WatchDescriptor]:
+        """Take a directory moved away, and those below it, out of the maps.
+
+        Until its IN_MOVED_TO (if any) the events of its watches are not
+        taken for paths in the tree, and a directory made anew under its
+        name gets watches of its own.
+        """
+        prefix = directory + "/"
+        detached: dict[str, WatchDescriptor] = {}
+        for path in [p for p in self._wd if p == directory or p.startswith(prefix)]:
             wd = self._wd.pop(path)
-            renamed = destination + path[len(source) :]
-            self._wd[renamed] = wd
-            self._directory[wd] = renamed
-        return True
+            del self._directory[wd]
+            detached[path[len(directory) :]] = wd
+        return detached
+
+    def _attach(self, directory: str, detached: dict[str, WatchDescriptor]) -> None:
+        for below, wd in detached.items():
+            self._wd[directory + below] = wd
+            self._directory[wd] = directory + below
+
+    def expire_moves(self) -> None:
+        with self._lock:
+            self._expire_moves(time.monotonic())
+
+    def _expire_moves(self, now: float) -> None:
+        """Drop the watches of directories moved out of the tree (no IN_MOVED_TO came)."""
+        expired = [k for k, (t, _) in self._moved_from.items() if now - t > _MOVE_PAIRING]
+        for cookie in expired:
+            _, detached = self._moved_from.pop(cookie)
+            # OSError: the descriptor is closed (stopping); the watches the
+            # kernel dropped meanwhile left the list in on_watch_deleted
+            with contextlib.suppress(OSError):
+                self.fd.remove_callbacks([(wd, self._id) for wd in detached.values()])
 
     def on_watch_deleted(self, wd: WatchDescriptor) -> None:
         """The kernel dropped a watch (its directory was deleted, IN_IGNORED)."""
@@ -241,6 +271,9 @@ class _TreeWatch:
             path = self._directory.pop(wd, None)
             if path is not None and self._wd.get(path) == wd:
                 del self._wd[path]
+            for _, detached in self._moved_from.values():
+                for below in [b for b, w in detached.items() if w == wd]:
+                    del detached[below]
 
     def on_queue_overflow(self) -> None:
         self.batch.overflowed = True
@@ -368,6 +401,7 @@ class TreeWatcher:
             with self._lock:
                 for root in self._roots:
                     self._check(root, now)
+                    root.tree.expire_moves()
 
     def update(self, filters: list[WatchFilter]) -> None:
         """A reloaded configuration: new rules, new roots armed, dropped roots disarmed."""
