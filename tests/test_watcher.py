@@ -18,6 +18,7 @@ from watchdog.observers.inotify_c import InotifyConstants, InotifyEvent, Mask, W
 
 from clamwatch.config import WatchConfig
 from clamwatch.dispatch import Dispatcher, Mode, Rescan, Work
+from clamwatch.watch import watchdog_backend
 from clamwatch.watch.filters import WatchFilter
 from clamwatch.watch.watchdog_backend import TreeWatcher, worth_handling
 
@@ -162,6 +163,29 @@ def test_a_directory_moved_out_and_made_again_under_its_name_is_watched(
     # the moved-out directory's watch is dropped once no IN_MOVED_TO can pair with it
     seen.wait("the moved-out directory's watch dropped", lambda: watches(watcher) == 2)
     assert not [r for r in caplog.records if r.name.startswith("watchdog")]
+
+
+@pytest.mark.filterwarnings("ignore:Callback with id")  # as the backend's own filter does
+def test_a_directory_moved_out_and_straight_back_keeps_a_working_watch(
+    start: Callable[..., tuple[TreeWatcher, Seen]],
+    watched: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    watcher, seen = start()
+    name = watched / "incoming"
+    name.mkdir()
+    seen.rescan(name, "new directory")
+    name.rename(tmp_path / "away")
+    (tmp_path / "away").rename(name)  # the kernel gives it its old watch back
+    seen.rescan(name, "directory moved in")
+    # the moved-out entry expires now, not in a second
+    monkeypatch.setattr(watchdog_backend, "_MOVE_PAIRING", 0.0)
+    for root in watcher._roots:
+        root.tree.expire_moves()
+    (name / "after").write_bytes(b"x")
+    seen.work(name / "after", "closed after write")
+    assert watches(watcher) == 2
 
 
 def watches(watcher: TreeWatcher) -> int:

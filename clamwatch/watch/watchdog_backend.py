@@ -32,6 +32,7 @@ import logging
 import os
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -60,6 +61,12 @@ _MASK = Mask(
     | _IN.IN_MOVED_TO
     | _IN.IN_DELETE_SELF
     | _IN.IN_DONT_FOLLOW
+)
+# A directory moved out of the tree and back in within _MOVE_PAIRING gets
+# its old watch back from the kernel, with our callback still on it:
+# watchdog's RuntimeWarning about replacing it says nothing an admin can use.
+warnings.filterwarnings(
+    "ignore", message="Callback with id .* already exists", category=RuntimeWarning
 )
 _READ_SIZE = 256 * 1024  # bytes per read of the kernel queue: a few thousand events
 _MOVE_PAIRING = 1.0  # seconds a directory's IN_MOVED_FROM waits for its IN_MOVED_TO
@@ -177,6 +184,15 @@ class _TreeWatch:
             del self._wd[old]
         self._directory[wd] = path
         self._wd[path] = wd
+        # The kernel gives a directory moved out and back in its old watch
+        # (watchdog warns that our callback on it is replaced: the filter at
+        # the top): in use again, it is not for _expire_moves to drop.
+        self._forget_detached(wd)
+
+    def _forget_detached(self, wd: WatchDescriptor) -> None:
+        for _, detached in self._moved_from.values():
+            for below in [b for b, w in detached.items() if w == wd]:
+                del detached[below]
 
     # -- events (reader thread) -----------------------------------------------------
 
@@ -271,9 +287,7 @@ class _TreeWatch:
             path = self._directory.pop(wd, None)
             if path is not None and self._wd.get(path) == wd:
                 del self._wd[path]
-            for _, detached in self._moved_from.values():
-                for below in [b for b, w in detached.items() if w == wd]:
-                    del detached[below]
+            self._forget_detached(wd)
 
     def on_queue_overflow(self) -> None:
         self.batch.overflowed = True
