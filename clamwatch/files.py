@@ -91,19 +91,27 @@ def os_error_verdict(exc: OSError, what: str) -> Verdict:
     return ScanError(f"{what} failed: {os.strerror(exc.errno or 0) if exc.errno else exc}")
 
 
-def open_for_scan(path: str, before: os.stat_result | None = None) -> OpenedFile | Verdict:
+def open_for_scan(
+    path: str, before: os.stat_result | None = None, *, listed_regular: bool = False
+) -> OpenedFile | Verdict:
     """Open ``path`` for scanning, or say why it will not be scanned.
 
     ``before`` is the path's lstat result when the caller has one already.
+    ``listed_regular``: its directory's listing said it is a regular file
+    (d_type), so no lstat is asked for first. Either way the file is opened
+    without following a link and without blocking, and the fstat of what was
+    opened decides: a link, fifo or device put in its place meanwhile is
+    refused as it would have been.
     """
-    if before is None:
-        try:
-            before = os.lstat(path)
-        except OSError as exc:
-            return os_error_verdict(exc, "lstat")
-    refused = classify(before.st_mode)
-    if refused is not None:
-        return refused
+    if not listed_regular:
+        if before is None:
+            try:
+                before = os.lstat(path)
+            except OSError as exc:
+                return os_error_verdict(exc, "lstat")
+        refused = classify(before.st_mode)
+        if refused is not None:
+            return refused
     try:
         fd = os.open(path, _OPEN_FLAGS)
     except OSError as exc:
@@ -115,7 +123,7 @@ def open_for_scan(path: str, before: os.stat_result | None = None) -> OpenedFile
         return os_error_verdict(exc, "fstat")
     refused = classify(st.st_mode)
     if refused is not None:
-        # swapped for a fifo or device between lstat and open
+        # swapped for a fifo or device between listing or lstat and open
         os.close(fd)
         return refused
     return OpenedFile(path, fd, FileIdentity.of(st))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import resource
 import sys
 from collections.abc import Callable
@@ -141,9 +142,13 @@ def _feed(
         if isinstance(item, tuple):
             reporter.report(*item)
             continue
-        opened = open_for_scan(item)
+        if isinstance(item, str):
+            path, opened = item, open_for_scan(item)
+        else:
+            path = item.path
+            opened = open_for_scan(path, listed_regular=_listed_regular(item))
         if not isinstance(opened, OpenedFile):
-            reporter.report(item, opened)
+            reporter.report(path, opened)
             continue
         job = ScanJob(opened, done)
         outstanding.add(job)
@@ -160,3 +165,10 @@ def _feed(
             opened_since_step = 0
     while outstanding:
         engine.step(_STEP_WAIT)
+
+
+def _listed_regular(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_file(follow_symlinks=False)
+    except OSError:
+        return False  # the opener's lstat says what the matter is

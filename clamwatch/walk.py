@@ -9,12 +9,15 @@ from clamwatch.files import os_error_verdict
 from clamwatch.verdict import Verdict
 
 
-def walk(paths: Iterable[str]) -> Iterator[str | tuple[str, Verdict]]:
+def walk(paths: Iterable[str]) -> Iterator[str | os.DirEntry[str] | tuple[str, Verdict]]:
     """Every file below ``paths``: a path to open, or a path with the reason it is skipped.
 
-    Each directory's files come in name order, then its subdirectories; symbolic links,
-    fifos and devices are yielded like files, so that the opener reports
-    them as not scanned instead of their silently vanishing from the count.
+    A file found in a directory comes as its DirEntry, whose
+    ``is_file(follow_symlinks=False)`` tells from the listing (no stat)
+    whether it is a regular file. Each directory's files come in name order,
+    then its subdirectories; symbolic links, fifos and devices are yielded
+    like files, so that the opener reports them as not scanned instead of
+    their silently vanishing from the count.
     """
     for top in paths:
         try:
@@ -43,5 +46,5 @@ def walk(paths: Iterable[str]) -> Iterator[str | tuple[str, Verdict]]:
                 if descend:
                     subdirs.append(entry.path)
                 else:
-                    yield entry.path
+                    yield entry
             stack.extend(reversed(subdirs))

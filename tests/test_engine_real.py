@@ -297,14 +297,18 @@ def test_scans_wait_for_a_late_clamd(
     assert outcome.verdict == Infected(EICAR_SIGNATURE)
 
 
-def test_nonregular_files_never_reach_clamd(tmp_path: Path) -> None:
-    """fifos, directories, symlinks and vanished names never reach clamd."""
+@pytest.mark.parametrize("listed_regular", [False, True])
+def test_nonregular_files_never_reach_clamd(tmp_path: Path, listed_regular: bool) -> None:
+    """fifos, directories, symlinks and vanished names never reach clamd, also when a
+    directory listing said "regular file" and the name was swapped since (no lstat then:
+    the fstat of what was opened decides)."""
     os.mkfifo(tmp_path / "fifo")
     (tmp_path / "dir").mkdir()
     (tmp_path / "target").write_bytes(b"t")
     (tmp_path / "link").symlink_to(tmp_path / "target")
     reasons = {
-        name: open_for_scan(str(tmp_path / name)) for name in ("fifo", "dir", "link", "vanished")
+        name: open_for_scan(str(tmp_path / name), listed_regular=listed_regular)
+        for name in ("fifo", "dir", "link", "vanished")
     }
     assert {name: getattr(v, "reason", v) for name, v in reasons.items()} == {
         "fifo": NotScannedReason.NOT_REGULAR,
