@@ -150,8 +150,10 @@ class Engine:
                 raise RuntimeError("the engine is closed")
             before = len(self._inbox)
             self._inbox.extend(jobs)
-            wake = not self._wake_pending and len(self._inbox) > before
-            self._wake_pending = self._wake_pending or wake
+            # one wake-up byte until the loop drains it (see _drain_wake)
+            wake = len(self._inbox) > before and not self._wake_pending
+            if wake:
+                self._wake_pending = True
         if wake:
             self._wake()
 

@@ -28,7 +28,7 @@ _DEFAULT_KEEPALIVE = 30.0
 @dataclass(frozen=True, slots=True)
 class ClamdSettings:
     address: str | None = None  # None: from clamd_conf
-    clamd_conf: Path = Path("/etc/clamav/clamd.conf")
+    clamd_conf: Path = DEFAULT_CLAMD_CONF
     transport: TransportChoice = TransportChoice.AUTO
     sessions: int = 2
     max_in_flight: int | None = None  # None: 8 x clamd's MaxThreads, 16 to 64
