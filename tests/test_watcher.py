@@ -256,7 +256,10 @@ def test_a_files_creation_is_left_out_when_its_close_is_in_the_same_read() -> No
     same_name_elsewhere = event(2, flag.IN_CREATE, b"a")  # another directory's "a"
     directory = event(1, flag.IN_CREATE | flag.IN_ISDIR, b"c")
     closes = [event(1, flag.IN_CLOSE_WRITE, b"a"), event(1, flag.IN_CLOSE_WRITE, b"c")]
-    read = [created_and_closed, created_only, same_name_elsewhere, directory, *closes]
-    assert worth_handling(read) == [created_only, same_name_elsewhere, directory, *closes]
+    made_again = event(1, flag.IN_CREATE, b"a")  # after its close: maybe still open
+    read = [created_and_closed, created_only, same_name_elsewhere, directory, *closes, made_again]
+    assert worth_handling(read) == [
+        created_only, same_name_elsewhere, directory, *closes, made_again,
+    ]  # fmt: skip
     no_closes = [created_and_closed, created_only, directory]
     assert worth_handling(no_closes) == no_closes

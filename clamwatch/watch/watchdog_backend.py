@@ -258,7 +258,7 @@ class _TreeWatch:
         detached: dict[str, WatchDescriptor] = {}
         for path in [p for p in self._wd if p == directory or p.startswith(prefix)]:
             wd = self._wd.pop(path)
-            del self._directory[wd]
+            self._directory.pop(wd, None)
             detached[path[len(directory) :]] = wd
         return detached
 
@@ -294,22 +294,27 @@ class _TreeWatch:
 
 
 def worth_handling(events: list[InotifyEvent]) -> list[InotifyEvent]:
-    """One read of the kernel queue, less the files' IN_CREATE made moot by their IN_CLOSE_WRITE.
+    """One read of the kernel queue, less the files' IN_CREATE made moot by a later IN_CLOSE_WRITE.
 
     In a burst most files are created and closed within one read. Their
     creation would queue them to settle, and their close then makes them due
     anyway (the dispatcher keeps the newer event): leaving the creation out
-    halves the events handed on, with the same outcome.
+    halves the events handed on, with the same outcome. A creation after the
+    close (the name made again, maybe still open) is kept.
     """
-    closed = {(e.wd, e.name) for e in events if e.mask & _IN.IN_CLOSE_WRITE}
-    if not closed:
+    if not any(e.mask & _IN.IN_CLOSE_WRITE for e in events):
         return events
-    return [
-        e
-        for e in events
-        if (e.mask & (_IN.IN_CREATE | _IN.IN_ISDIR)) != _IN.IN_CREATE
-        or (e.wd, e.name) not in closed
-    ]
+    kept: list[InotifyEvent] = []
+    closed_later: set[tuple[int, bytes]] = set()
+    for event in reversed(events):
+        key = (event.wd, event.name)
+        if event.mask & _IN.IN_CLOSE_WRITE:
+            closed_later.add(key)
+        elif (event.mask & (_IN.IN_CREATE | _IN.IN_ISDIR)) == _IN.IN_CREATE and key in closed_later:
+            continue  # a file's creation, closed later in this read
+        kept.append(event)
+    kept.reverse()
+    return kept
 
 
 class _InotifyReader(InotifyFD):
