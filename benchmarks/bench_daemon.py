@@ -4,7 +4,9 @@ The numbers (shared design, "Numbers this project is held to"):
 
 - burst: every file of a burst of 10,000 small files gets exactly one
   verdict, all of them within 1.2x the time `clamdscan --multiscan --fdpass`
-  needs for the same files after the burst, on the same clamd;
+  needs for the same files after the burst, on the same clamd (the burst
+  is repeated in rounds, each paired with its own clamdscan runs, and the
+  median of the rounds' ratios is held to the target);
 - light load: from close() to verdict, p50 <= 20 ms and p99 <= 50 ms;
 - memory: peak RSS < 100 MiB while 200,000 files arrive with clamd stopped,
   and all 200,000 get their verdict once clamd is back.
@@ -1433,8 +1435,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         " median of the rounds' ratios (default 3)",
     )
     parser.add_argument("--clamdscan-runs", type=int, default=3,
-                        help="clamdscan runs after the burst; the median counts"
-                        " (default 3)")  # fmt: skip
+                        help="clamdscan runs after each burst; their median is the"
+                        " round's denominator (default 3)")  # fmt: skip
     parser.add_argument("--light", type=int, default=300, help="light-load files (default 300)")
     parser.add_argument("--light-interval-ms", type=_duration_ms, default=10.0,
                         help="milliseconds between light-load files (default 10)")  # fmt: skip
