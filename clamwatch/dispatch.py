@@ -324,15 +324,23 @@ class Dispatcher:
                 self._settling.pop(path, None)
             if gone:
                 self._made_room()
+            # the Work of a settling entry is the entry's alone: it moves on as it is
             for work in promote:
                 if self._settling.get(work.path) is not None:
-                    self._due(replace(work, reason=f"{work.reason}, settled"))
+                    work.reason = f"{work.reason}, settled"
+                    self._due(work)
             for work in closed:
                 if self._settling.get(work.path) is not None:
-                    self._due(replace(work, reason=f"{work.reason}, not open for writing"))
+                    work.reason = f"{work.reason}, not open for writing"
+                    self._due(work)  # takes the path out of _closed_early first
                     self._closed_early[work.path] = now
-            for path in [p for p, t in self._closed_early.items() if now - t >= _LATE_CLOSE]:
-                del self._closed_early[path]
+            # _closed_early is in the order of its times: the expired ones lead
+            early = self._closed_early
+            while early:
+                path, when = next(iter(early.items()))
+                if now - when < _LATE_CLOSE:
+                    break
+                del early[path]
 
     # -- status -----------------------------------------------------------------------
 

@@ -808,3 +808,23 @@ def test_a_late_close_after_a_lease_promotion_counts_only_if_changed() -> None:
     dispatcher.due(Work("/w/a", "/w", 10.0, "closed after write"))
     (later,) = dispatcher.take(10)
     assert not later.if_changed
+
+
+def test_lease_promotions_expire_in_the_order_they_came() -> None:
+    """After _LATE_CLOSE a close is a new write again; one promoted later still counts as late."""
+    now = [0.0]
+    dispatcher = Dispatcher(100, 2.0, clock=lambda: now[0])
+    st = os.stat_result((0o100644, 1, 1, 1, 0, 0, 5, 0, 0, 0), {"st_mtime_ns": 7})
+    for path, at in (("/w/a", 0.0), ("/w/b", 1.5)):
+        now[0] = at
+        dispatcher.settle(Work(path, "/w", at, "created"))
+        dispatcher.settle_check(lambda path: st, lambda path, s: True)
+        (taken,) = dispatcher.take(10)
+        dispatcher.done(taken.path)
+    now[0] = 2.5  # a's promotion is 2.5 s old, b's 1 s
+    dispatcher.settle_check(lambda path: st, lambda path, s: True)
+    assert list(dispatcher._closed_early) == ["/w/b"]  # a's memory of it is let go
+    for path in ("/w/a", "/w/b"):
+        dispatcher.due(Work(path, "/w", 2.5, "closed after write"))
+    taken = {work.path: work.if_changed for work in dispatcher.take(10)}
+    assert taken == {"/w/a": False, "/w/b": True}
