@@ -826,5 +826,5 @@ def test_lease_promotions_expire_in_the_order_they_came() -> None:
     assert list(dispatcher._closed_early) == ["/w/b"]  # a's memory of it is let go
     for path in ("/w/a", "/w/b"):
         dispatcher.due(Work(path, "/w", 2.5, "closed after write"))
-    taken = {work.path: work.if_changed for work in dispatcher.take(10)}
-    assert taken == {"/w/a": False, "/w/b": True}
+    if_changed = {work.path: work.if_changed for work in dispatcher.take(10)}
+    assert if_changed == {"/w/a": False, "/w/b": True}
