@@ -29,6 +29,7 @@ wake-up per file.
 from __future__ import annotations
 
 import enum
+import itertools
 import os
 import threading
 import time
@@ -248,8 +249,9 @@ class Dispatcher:
         batch: list[Work] = []
         with self.cond:
             self._release_delayed()
-            while self._pending and len(batch) < limit:
-                path = next(iter(self._pending))
+            # one iterator for the batch: each next(iter(dict)) would walk
+            # again over the slots the pops before it left empty
+            for path in list(itertools.islice(self._pending, limit)):
                 work = self._pending.pop(path)
                 self._in_flight[path] = work
                 batch.append(work)
@@ -336,10 +338,8 @@ class Dispatcher:
                     self._closed_early[work.path] = now
             # _closed_early is in the order of its times: the expired ones lead
             early = self._closed_early
-            while early:
-                path, when = next(iter(early.items()))
-                if now - when < _LATE_CLOSE:
-                    break
+            expired = itertools.takewhile(lambda item: now - item[1] >= _LATE_CLOSE, early.items())
+            for path in [path for path, _ in expired]:
                 del early[path]
 
     # -- status -----------------------------------------------------------------------

@@ -16,6 +16,7 @@ while a lone verdict is reported the moment its outcome arrives.
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import os
 import threading
@@ -56,7 +57,7 @@ class SeenVersions:
 
     Rescans after a lost event skip what is in here, so a file gets one final
     verdict per version of its content. Only hashes are kept (about 100 bytes
-    an entry); the oldest go first.
+    an entry); the oldest go first, a sixteenth of ``limit`` at a time.
     """
 
     def __init__(self, limit: int = 262_144) -> None:
@@ -77,8 +78,13 @@ class SeenVersions:
         with self._lock:
             self._seen.pop(key, None)
             self._seen[key] = None
-            if len(self._seen) > self.limit:
-                del self._seen[next(iter(self._seen))]
+            if len(self._seen) > self.limit + self.limit // 16:
+                # in one pass: evicting one at a time, next(iter(dict)) would
+                # walk over every slot the evictions before it left empty
+                # (17 us a verdict once the limit is reached, measured)
+                excess = len(self._seen) - self.limit
+                for stale in list(itertools.islice(self._seen, excess)):
+                    del self._seen[stale]
 
     def __contains__(self, key: int) -> bool:
         with self._lock:

@@ -776,6 +776,16 @@ def test_seen_versions_forget_the_oldest_beyond_their_limit() -> None:
     assert c in seen
 
 
+def test_seen_versions_forget_in_batches_a_sixteenth_of_their_limit_over_it() -> None:
+    seen = SeenVersions(limit=32)
+    keys = [SeenVersions.key(f"/srv/up/{n}", BASE) for n in range(35)]
+    for key in keys[:34]:
+        seen.add(key)
+    assert all(key in seen for key in keys[:34])  # up to 32 + 32 // 16 are kept
+    seen.add(keys[34])
+    assert [key in seen for key in keys] == [False] * 3 + [True] * 32  # back to the 32 newest
+
+
 def test_seen_versions_count_a_repeated_add_as_new() -> None:
     seen = SeenVersions(limit=2)
     a, b, c = (SeenVersions.key(f"/srv/up/{n}", BASE) for n in "abc")
