@@ -464,6 +464,32 @@ def check_verdicts(daemon: TimedDaemon, files: FileSet, late: int) -> Correctnes
     return result
 
 
+def io_pressure() -> float | None:
+    """The share of the last 10 s some task waited for I/O, in % (PSI), if the kernel says."""
+    try:
+        line = Path("/proc/pressure/io").read_text().splitlines()[0]
+    except (OSError, IndexError):
+        return None
+    fields = dict(item.split("=", 1) for item in line.split()[1:])
+    return float(fields.get("avg10", "nan"))
+
+
+def wait_for_quiet_disk(limit: float = 5.0, cap: float = 120.0) -> float:
+    """Wait (at most ``cap`` s) until I/O pressure is below ``limit`` %; seconds waited.
+
+    Removing the files of an earlier run (200,000 in the memory phase), or the
+    writeback of the last burst, keeps the disk busy for a while after: a
+    burst is not to pay for it.
+    """
+    started = time.monotonic()
+    while time.monotonic() - started < cap:
+        pressure = io_pressure()
+        if pressure is None or pressure < limit:
+            break
+        time.sleep(1.0)
+    return time.monotonic() - started
+
+
 def _wait_quiet() -> None:
     """Give late duplicates (a walk's settled entries) time to show up."""
     time.sleep(_DAEMON_SETTLE_TIME + _QUIET_EXTRA)
@@ -1507,6 +1533,9 @@ def benchmark(args: argparse.Namespace, workdir: Path, report: Report) -> None:
             for number, root in enumerate(burst_roots, 1):
                 if len(burst_roots) > 1:
                     _say(f"burst round {number} of {len(burst_roots)}")
+                waited = wait_for_quiet_disk()
+                if waited >= 1.0:
+                    _say(f"waited {waited:.0f} s for the disk to go quiet (I/O pressure)")
                 report.burst_rounds.append(
                     run_burst(
                         args,
@@ -1537,6 +1566,7 @@ def benchmark(args: argparse.Namespace, workdir: Path, report: Report) -> None:
             if daemon.other_lines:
                 _say("daemon said, not as JSON:\n  " + "\n  ".join(daemon.other_lines[-10:]))
         if not args.skip_clamonacc:
+            wait_for_quiet_disk()  # as before each burst of clamwatch's
             started = time.monotonic()
             report.clamonacc = run_clamonacc(args, workdir)
             report.seconds["clamonacc"] = time.monotonic() - started
