@@ -7,17 +7,20 @@ queue is ordered, so by then the first would have come).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from watchdog.observers.inotify_c import InotifyConstants, InotifyEvent, Mask, WatchDescriptor
 
 from clamwatch.config import WatchConfig
 from clamwatch.dispatch import Dispatcher, Mode, Rescan, Work
+from clamwatch.events import EventKind
 from clamwatch.watch import watchdog_backend
 from clamwatch.watch.filters import WatchFilter
 from clamwatch.watch.watchdog_backend import TreeWatcher, worth_handling
@@ -192,6 +195,44 @@ def watches(watcher: TreeWatcher) -> int:
     """The kernel's count of this watcher's inotify watches (proc(5): fdinfo)."""
     fdinfo = Path(f"/proc/self/fdinfo/{watcher._inotify._inotify_fd}").read_text()
     return sum(line.startswith("inotify wd:") for line in fdinfo.splitlines())
+
+
+def test_a_directory_the_watch_limit_leaves_out_is_reported_and_watched_once_it_can_be(
+    start: Callable[..., tuple[TreeWatcher, Seen]],
+    watched: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """inotify_add_watch fails with ENOSPC for one new directory (as at the kernel's
+    fs.inotify.max_user_watches): it is still walked, the admin is told what to raise,
+    and once a watch can be had it gets one and is walked again."""
+    watcher, seen = start()
+    inotify = watcher._inotify
+    add_callback = inotify.add_callback
+    limited = watched / "limited"
+
+    def at_the_limit(path: bytes, *args: Any) -> WatchDescriptor:
+        if path == os.fsencode(limited):
+            raise OSError(errno.ENOSPC, "inotify watch limit reached")
+        return add_callback(path, *args)
+
+    monkeypatch.setattr(inotify, "add_callback", at_the_limit)
+    with caplog.at_level(logging.WARNING, logger="clamwatch.events"):
+        limited.mkdir()
+        seen.rescan(limited, "new directory")  # what it holds now is scanned anyway
+        seen.wait("the watch limit reported", lambda: failures(caplog) != [])
+    (message,) = failures(caplog)
+    assert str(watched) in message and "fs.inotify.max_user_watches" in message
+    monkeypatch.setattr(inotify, "add_callback", add_callback)  # the limit is raised
+    request = seen.rescan(limited, "watched late")
+    assert request.mode is Mode.SETTLE
+    (limited / "after").write_bytes(b"x")
+    seen.work(limited / "after", "closed after write")
+
+
+def failures(caplog: pytest.LogCaptureFixture) -> list[str]:
+    failed = EventKind.WATCH_FAILED
+    return [r.getMessage() for r in caplog.records if getattr(r, "event", None) is failed]
 
 
 def test_a_file_moved_in_from_outside(

@@ -71,6 +71,7 @@ warnings.filterwarnings(
 _READ_SIZE = 256 * 1024  # bytes per read of the kernel queue: a few thousand events
 _MOVE_PAIRING = 1.0  # seconds a directory's IN_MOVED_FROM waits for its IN_MOVED_TO
 _SUPERVISE_EVERY = 1.0  # seconds between checks of the watch roots
+_REPORT_UNWATCHED_EVERY = 60.0  # seconds between reminders of directories with no watch
 _RETRY_FAILED = 10.0  # seconds before a watch that failed to arm is tried again
 
 
@@ -99,6 +100,11 @@ class _TreeWatch:
         # watches (by path below it, "" for itself), detached from the maps
         # until its IN_MOVED_TO says where in the tree it went, if anywhere.
         self._moved_from: dict[int, tuple[float, dict[str, WatchDescriptor]]] = {}
+        # Directories in the tree that could not be watched (the watch limit,
+        # a permission), with why: tried again by the supervisor, and walked
+        # once watched; and how many were added since the supervisor looked.
+        self._unwatched: dict[str, OSError] = {}
+        self._unwatched_new = 0
 
     # -- arming (supervisor thread) -------------------------------------------------
 
@@ -133,6 +139,7 @@ class _TreeWatch:
         self._directory.clear()
         self._wd.clear()
         self._moved_from.clear()
+        self._unwatched.clear()
 
     def rewatch(self) -> None:
         """After an overflow: watch the tree afresh (as watchdog's own watch group does).
@@ -171,7 +178,8 @@ class _TreeWatch:
                 if path not in self._wd:
                     try:
                         self._watch(path)
-                    except OSError:
+                    except OSError as exc:
+                        self._cannot_watch(path, exc)
                         continue
                 stack.append(path)
 
@@ -244,8 +252,47 @@ class _TreeWatch:
                 self.batch.rescans.append(Rescan(path, watch, "directory moved in"))
 
     def _watch_tree_quietly(self, path: str) -> None:
-        with contextlib.suppress(OSError):  # gone already, or the watch limit
+        try:
             self._watch_tree(path)
+        except OSError as exc:
+            self._cannot_watch(path, exc)
+
+    def _cannot_watch(self, path: str, exc: OSError) -> None:
+        """A directory of the tree has no watch: remember it, unless it is gone."""
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            return
+        if path not in self._unwatched:
+            self._unwatched_new += 1
+        self._unwatched[path] = exc
+
+    def unwatched(self) -> tuple[int, int, OSError | None]:
+        """Directories with no watch: how many, how many since the last call, the latest why."""
+        with self._lock:
+            new, self._unwatched_new = self._unwatched_new, 0
+            reasons = list(self._unwatched.values())
+            return len(reasons), new, reasons[-1] if reasons else None
+
+    def retry_unwatched(self) -> list[str]:
+        """Watch the directories that could not be watched; those that now are.
+
+        Stops at the first that still fails for a kernel limit: the others
+        would too.
+        """
+        with self._lock:
+            if not self._active:
+                return []
+            watched: list[str] = []
+            for path in list(self._unwatched):
+                del self._unwatched[path]
+                try:
+                    self._watch_tree(path)
+                except OSError as exc:
+                    self._cannot_watch(path, exc)
+                    if exc.errno in (errno.ENOSPC, errno.EMFILE):
+                        break
+                    continue
+                watched.append(path)
+            return watched
 
     def _detach(self, directory: str) -> dict[str, WatchDescriptor]:
         """Take a directory moved away, and those below it, out of the maps.
@@ -347,6 +394,7 @@ class _Root:
     announced_waiting: bool = False
     retry_at: float = 0.0
     armed_once: bool = False
+    unwatched_report_at: float = 0.0  # when unwatched directories are reported again
 
 
 class TreeWatcher:
@@ -421,6 +469,32 @@ class TreeWatcher:
                 for root in self._roots:
                     self._check(root, now)
                     root.tree.expire_moves()
+                    self._watch_late(root, now)
+
+    def _watch_late(self, root: _Root, now: float) -> None:
+        """Say which directories have no watch, try them again, walk those that now have one.
+
+        A directory left unwatched (the kernel's watch limit, a permission)
+        is walked when it is made, but what is written into it later would be
+        missed: an admin must hear of it, and once the limit is raised its
+        watch comes and whatever arrived meanwhile is scanned.
+        """
+        tree = root.tree
+        for directory in tree.retry_unwatched():
+            log.info("%s is watched now; walking it for what arrived meanwhile", directory)
+            self.dispatcher.rescan(Rescan(directory, root.rules.root, "watched late", Mode.SETTLE))
+        count, new, reason = tree.unwatched()
+        if reason is not None and (new or now >= root.unwatched_report_at):
+            root.unwatched_report_at = now + _REPORT_UNWATCHED_EVERY
+            emit(
+                EventKind.WATCH_FAILED,
+                f"{count} director{'y' if count == 1 else 'ies'} under {root.rules.root} cannot"
+                f" be watched: {_explain(reason)}; files written into them are missed until"
+                f" then (tried again every {_SUPERVISE_EVERY:.0f} s, then walked)",
+                logging.ERROR,
+                watch=root.rules.root,
+                unwatched=count,
+            )
 
     def update(self, filters: list[WatchFilter]) -> None:
         """A reloaded configuration: new rules, new roots armed, dropped roots disarmed."""
