@@ -69,8 +69,10 @@ error. While clamd is unreachable files wait and are retried; none is ever
 reported clean without being scanned.
 
 SIGTERM or SIGINT stops watching, lets scans in flight finish (stop_timeout),
-saves what was still to do under state_directory and exits 0; the next start
-scans it, and whatever changed meanwhile (startup_scan)."""
+saves what was still to do under state_directory and exits 0 (1 when it
+could not be saved, a full disk); the next start scans it, and whatever
+changed meanwhile (startup_scan). A state that cannot be saved while running
+is logged as an error and tried again 30 s later."""
 
 
 def _size(text: str) -> int:

@@ -196,25 +196,44 @@ class Daemon:
         ):
             self._coverage.walked.add(request.watch)
 
-    def _checkpoint(self) -> None:
-        """Save what is still to do, and how far each watch is covered.
+    def _checkpoint(self) -> bool:
+        """Save what is still to do, and how far each watch is covered; False if it failed.
 
         Everything unresolved (waiting, settling, in flight, directories to
         walk) is saved by name, so coverage may move up to now, unless a walk
-        is under way: the directory being walked is in no list.
+        is under way: the directory being walked is in no list. A state that
+        cannot be written (a full disk) is an error the daemon runs on with:
+        the file keeps the last coverage saved, so the next start's walk of
+        what changed since reaches back to it.
         """
         now = time.time()
+        covered = dict(self.state.covered_at)
         if self.walker.walking is None:
             for root in self._coverage.walked:
-                self.state.covered_at[root] = now
+                covered[root] = now
         keep = self.config.quarantine
         if self.store is not None and (keep.max_age or keep.max_total_size):
             for entry in self.store.enforce_retention(keep.max_age, keep.max_total_size):
                 log.info("quarantine entry %s deleted by the retention settings", entry)
         snapshot = self.dispatcher.snapshot()
-        self.state.pending = snapshot.paths
-        self.state.rescans = [(r.directory, r.watch) for r in snapshot.rescans]
-        save_state(self.config.daemon.state_directory, self.state)
+        rescans = [(r.directory, r.watch) for r in snapshot.rescans]
+        state = State(covered, snapshot.paths, rescans)
+        directory = self.config.daemon.state_directory
+        try:
+            save_state(directory, state)
+        except OSError as exc:
+            log.error(
+                "cannot save the state under %s: %s; %d file(s) and %d folder(s) still to do"
+                " would be lost with a restart, and the next start walks back to the last"
+                " state saved",
+                directory,
+                exc.strerror or exc,
+                len(state.pending),
+                len(state.rescans),
+            )
+            return False
+        self.state = state
+        return True
 
     # -- running ----------------------------------------------------------------------
 
@@ -361,7 +380,14 @@ class Daemon:
         self.walker.stop()
         self.pipeline.stop(deadline)  # what it did not finish is in the snapshot
         self.actions.close()
-        self._checkpoint()
+        if not self._checkpoint():
+            emit(
+                EventKind.STOPPED,
+                f"clamwatch stopped: {self.pipeline.scanned} scanned, {self.pipeline.infected}"
+                f" infected; what was still to do could NOT be saved (see above)",
+                logging.ERROR,
+            )
+            return 1
         saved = len(self.state.pending) + len(self.state.rescans)
         emit(
             EventKind.STOPPED,

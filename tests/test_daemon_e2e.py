@@ -419,3 +419,22 @@ def test_demo_runs_the_daemon_on_a_private_clamd(tmp_path: Path) -> None:
     assert found in result.stderr
     assert result.stderr.count(": OK\n") == 22
     assert "clamwatch stopped: 23 scanned, 1 infected" in result.stderr
+
+
+def test_a_state_that_cannot_be_saved_is_an_error_not_a_crash(
+    start_daemon: StartDaemon, watched: Path, tmp_path: Path
+) -> None:
+    """SIGTERM with the state folder unwritable (here a file stands where it was, as
+    a full disk would refuse it too): the daemon says so, names the folder, and
+    exits 1 instead of 0, having scanned as usual until then."""
+    daemon = start_daemon()
+    state = tmp_path / "state"
+    shutil.rmtree(state)
+    state.write_text("in the way")
+    (watched / "a.txt").write_text("hello")
+    daemon.wait_verdicts([watched / "a.txt"], timeout=30)
+    assert daemon.stop() == 1
+    errors = [e["message"] for e in daemon.events if e["level"] == "error"]
+    assert any(f"cannot save the state under {state}" in m for m in errors), errors
+    (stopped,) = [e for e in daemon.events if e["event"] == "stopped"]
+    assert "could NOT be saved" in stopped["message"]
