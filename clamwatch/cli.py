@@ -48,7 +48,8 @@ exit status:
   0  every file was scanned and is clean
   1  at least one file is infected
   2  no file is infected, but at least one was not scanned, or clamd could
-     not be reached, or the command line is wrong
+     not be reached, or the results could not be written (the scan then
+     stops), or the command line is wrong
 
 examples:
   clamwatch scan /srv/uploads

@@ -84,12 +84,15 @@ class Reporter:
     started_wall: float = field(default_factory=time.time)
     _drawn: bool = False
     _last_draw: float = 0.0
+    # The first error writing the results (a closed pipe, a full disk): from
+    # then on nothing more is written, and the scan stops (see scan_command).
+    output_error: OSError | None = None
 
     def report(self, path: str, verdict: Verdict, outcome: ScanOutcome | None = None) -> None:
         if type(verdict) is Clean and not (self.json_lines or self.infected_only or self.progress):
             # the line nearly every file gets, without the general path's matching
             self.counts.scanned += 1
-            self.out.write(f"{display_path(path)}: OK\n")
+            self._write(f"{display_path(path)}: OK\n")
             return
         self.counts.add(verdict)
         if self.infected_only and not isinstance(verdict, Infected):
@@ -97,10 +100,25 @@ class Reporter:
             return
         self._clear()
         if self.json_lines:
-            self.out.write(json.dumps(json_record(path, verdict, outcome)) + "\n")
+            self._write(json.dumps(json_record(path, verdict, outcome)) + "\n")
         else:
-            self.out.write(f"{display_path(path)}: {describe(verdict)}\n")
+            self._write(f"{display_path(path)}: {describe(verdict)}\n")
         self._tick()
+
+    def _write(self, text: str, stream: TextIO | None = None) -> None:
+        if self.output_error is not None:
+            return
+        try:
+            (stream or self.out).write(text)
+        except OSError as exc:
+            self.output_error = exc
+
+    def flush(self) -> None:
+        if self.output_error is None:
+            try:
+                self.out.flush()
+            except OSError as exc:
+                self.output_error = exc
 
     def _tick(self) -> None:
         if not self.progress:
@@ -111,7 +129,7 @@ class Reporter:
         self._last_draw = now
         c = self.counts
         rate = c.total / max(now - self.started, 1e-9)
-        self.out.flush()
+        self.flush()
         self.err.write(
             f"\r\x1b[K{c.total} files, {c.infected} infected, "
             f"{c.not_scanned + c.errors} not scanned, {rate:.0f} files/s"
@@ -132,7 +150,7 @@ class Reporter:
         stream = self.err if self.json_lines else self.out
         fmt = "%Y:%m:%d %H:%M:%S"
         minutes, seconds = divmod(int(elapsed), 60)
-        stream.write(
+        self._write(
             "\n----------- SCAN SUMMARY -----------\n"
             f"Scanned files: {c.scanned}\n"
             f"Infected files: {c.infected}\n"
@@ -140,5 +158,6 @@ class Reporter:
             f"Errors: {c.errors}\n"
             f"Time: {elapsed:.3f} sec ({minutes} m {seconds} s)\n"
             f"Start Date: {time.strftime(fmt, time.localtime(self.started_wall))}\n"
-            f"End Date:   {time.strftime(fmt)}\n"
+            f"End Date:   {time.strftime(fmt)}\n",
+            stream,
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import resource
@@ -91,14 +92,32 @@ def run_scan(options: ScanOptions, out: TextIO = sys.stdout, err: TextIO = sys.s
         # exit status for it would be 1, "found" to anyone reading clamdscan's.
         log.exception("the clamd engine failed")
         err.write(f"clamwatch scan: the scan stopped on an internal error: {exc!r}\n")
-        out.flush()
+        reporter.flush()
         return 2
     finally:
         engine.close(drain)  # nothing left to do after a failure: _scan_all closed it
     if options.summary:
         reporter.summary()
-    out.flush()
+    reporter.flush()
+    if reporter.output_error is not None:
+        _output_failed(reporter.output_error, out, err)
+        return 1 if reporter.counts.infected else 2  # stopped: not every file was scanned
     return reporter.counts.exit_code()
+
+
+def _output_failed(exc: OSError, out: TextIO, err: TextIO) -> None:
+    """The results could not be written, so the scan stopped.
+
+    A reader that went away (``clamwatch scan ... | head``) is not worth a
+    word; anything else (a full disk) is. Whatever is still buffered for the
+    output goes nowhere, so that Python's own flush at exit does not fail too.
+    """
+    if exc.errno != errno.EPIPE:
+        err.write(f"clamwatch scan: cannot write the results: {exc.strerror or exc}\n")
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, out.fileno())
+        os.close(devnull)
 
 
 def _scan_all(engine: Engine, paths: list[str], reporter: Reporter) -> None:
@@ -139,6 +158,8 @@ def _feed(
 ) -> None:
     opened_since_step = 0
     for item in walk(paths):
+        if reporter.output_error is not None:
+            break  # nobody gets to read what comes next
         if isinstance(item, tuple):
             reporter.report(*item)
             continue

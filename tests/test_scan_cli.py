@@ -243,3 +243,44 @@ def test_help_documents_exit_status() -> None:
     result = clamwatch("scan", "--help")
     assert result.returncode == 0
     assert "exit status:" in result.stdout and "--fdpass" in result.stdout
+
+
+@pytest.mark.parametrize("infected", [False, True])
+def test_results_that_cannot_be_written_stop_the_scan(
+    clamd: PrivateClamd, uploads: Path, infected: bool
+) -> None:
+    """A full disk under stdout is said on stderr, and the exit status is 2, or 1 when
+    something was found: not Python's 1 for a traceback, which would read as "found"."""
+    if not infected:
+        (uploads / "sub" / "virus.com").unlink()
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(
+            [sys.executable, "-m", "clamwatch", "scan", "--address", clamd.unix_address,
+             str(uploads)],
+            stdout=full, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+            timeout=120, check=False,
+        )  # fmt: skip
+    assert result.returncode == (1 if infected else 2)
+    assert result.stderr == "clamwatch scan: cannot write the results: No space left on device\n"
+
+
+def test_a_reader_that_goes_away_ends_the_scan_quietly(clamd: PrivateClamd, tmp_path: Path) -> None:
+    """`clamwatch scan ... | head -1`: no traceback and no message, exit status 2."""
+    root = tmp_path / "many"
+    root.mkdir()
+    for number in range(3000):
+        (root / f"f{number:04}").write_text(f"clean {number}\n")
+    read, write = os.pipe()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "clamwatch", "scan", "--no-summary", "--address",
+         clamd.unix_address, str(root)],
+        stdout=write, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    os.close(write)
+    with os.fdopen(read, "rb") as reader:
+        first = reader.readline()
+    # the pipe is closed now: the next write the scan makes fails with EPIPE
+    _, stderr = process.communicate(timeout=120)
+    assert first.endswith(b": OK\n")
+    assert process.returncode == 2
+    assert stderr == ""
