@@ -73,10 +73,11 @@ from bench_scan import (  # noqa: E402
     Tool,
     WrongAnswerError,
     check_output,
+    clamd_version,
     tool_environment,
 )
 
-from clamwatch.privateclamd import CLAMD_BINARY, PrivateClamd  # noqa: E402
+from clamwatch.privateclamd import PrivateClamd  # noqa: E402
 from clamwatch.testsig import EICAR_SIGNATURE, eicar_bytes  # noqa: E402
 from daemonproc import VERDICT_EVENTS, DaemonProcess, write_config  # noqa: E402
 
@@ -571,13 +572,20 @@ def profiled(pid: int, directory: Path | None, name: str) -> Iterator[None]:
     try:
         yield
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        end_process(process, signal.SIGINT, 60.0)  # py-spy writes its profile at SIGINT
         _say(f"py-spy profile of {name}: {output}")
+
+
+def end_process(process: subprocess.Popen[bytes], signum: int, timeout: float) -> None:
+    """Send ``signum``, wait up to ``timeout`` s, then kill; returns once it has ended."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signum)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 # -- results ---------------------------------------------------------------------------------
@@ -1086,13 +1094,8 @@ def run_clamonacc(args: argparse.Namespace, workdir: Path) -> ClamonaccResult:
         if process.poll() is not None:
             result.error = f"clamonacc exited with status {process.returncode} during the burst"
     finally:
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        if process is not None:
+            end_process(process, signal.SIGTERM, 15.0)
         tail.stop()
         clamd_tail.stop()
         clamd.stop()
@@ -1428,16 +1431,6 @@ def wait_for_other_benchmarks(limit: float) -> float:
     return waited
 
 
-def _clamd_version() -> str:
-    try:
-        done = subprocess.run(
-            [str(CLAMD_BINARY), "--version"], capture_output=True, text=True, check=False
-        )
-    except OSError:
-        return "unknown"
-    return done.stdout.strip()
-
-
 def _duration_ms(text: str) -> float:
     return float(text.removesuffix("ms"))
 
@@ -1609,7 +1602,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         files=args.files,
         cpus=len(os.sched_getaffinity(0)),
         clamd_max_threads=args.threads,
-        clamd_version=_clamd_version(),
+        clamd_version=clamd_version(),
         clamd_settings={},
         waited_for_other_benchmarks_seconds=waited,
         load_before=load_before,

@@ -391,7 +391,7 @@ def build_report(
         rounds=args.rounds,
         clamd_max_threads=args.threads,
         cpus=len(os.sched_getaffinity(0)),
-        clamd_version=_clamd_version(),
+        clamd_version=clamd_version(),
         clamd_settings=dict(clamd.settings),
         load_before=load_before,
         load_after=os.getloadavg(),
@@ -401,7 +401,8 @@ def build_report(
     )
 
 
-def _clamd_version() -> str:
+def clamd_version() -> str:
+    """`clamd --version`: ClamAV's and the signatures' versions."""
     try:
         done = subprocess.run(
             [str(CLAMD_BINARY), "--version"], capture_output=True, text=True, check=False
