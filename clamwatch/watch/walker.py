@@ -7,6 +7,7 @@ a million files holds one directory listing in memory, not a million paths.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -17,6 +18,11 @@ from clamwatch.dispatch import Dispatcher, Mode, Rescan, Work
 from clamwatch.watch.filters import WatchFilter
 
 log = logging.getLogger(__name__)
+
+# Errors that pass by themselves (descriptors or memory run short for a
+# moment): the directory is walked again after a pause, not passed over.
+_FOR_NOW = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
+_RETRY_FOR_NOW = 1.0  # seconds
 
 
 class Walker:
@@ -67,7 +73,22 @@ class Walker:
                 with os.scandir(directory) as entries:
                     listed = list(entries)
             except OSError as exc:
-                log.debug("cannot walk %s: %s", directory, exc.strerror)
+                if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                    continue  # gone meanwhile: nothing in it to scan
+                if exc.errno in _FOR_NOW:
+                    log.warning(
+                        "cannot walk %s for now: %s; trying again in %.0f s",
+                        directory, exc.strerror, _RETRY_FOR_NOW,
+                    )  # fmt: skip
+                    if self._stop.wait(_RETRY_FOR_NOW):
+                        return False
+                    stack.append(directory)
+                    continue
+                log.warning(
+                    "cannot walk %s: %s; the files in it are not scanned until it can be"
+                    " (the next walk of its tree, a restart)",
+                    directory, exc.strerror,
+                )  # fmt: skip
                 continue
             for entry in listed:
                 if self._stop.is_set():

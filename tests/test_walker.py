@@ -1,0 +1,79 @@
+"""The walker on real directories: what it does when a directory cannot be listed."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from clamwatch.config import WatchConfig
+from clamwatch.dispatch import Dispatcher, Mode, Rescan
+from clamwatch.watch.filters import WatchFilter
+from clamwatch.watch.walker import Walker
+
+DEADLINE_SECONDS = 10.0
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    root = tmp_path / "uploads"
+    (root / "busy").mkdir(parents=True)
+    (root / "locked").mkdir()
+    for name in ("top", "busy/inner", "locked/inner"):
+        (root / name).write_text(name)
+    return root
+
+
+@pytest.fixture
+def failing(monkeypatch: pytest.MonkeyPatch, tree: Path) -> Iterator[dict[str, int]]:
+    """os.scandir fails with EMFILE once for busy/, and with EACCES always for locked/
+    (root reads every directory, so the errors are made here)."""
+    calls: dict[str, int] = {}
+    real = os.scandir
+
+    def scandir(path: Any) -> Any:
+        name = os.path.basename(os.fspath(path))
+        calls[name] = calls.get(name, 0) + 1
+        if name == "busy" and calls[name] == 1:
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE), path)
+        if name == "locked":
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    yield calls
+
+
+def test_a_directory_that_cannot_be_listed_is_said_and_walked_again_when_it_passes(
+    tree: Path, failing: dict[str, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    dispatcher = Dispatcher(max_pending=100, settle_time=2.0)
+    filters = {str(tree): WatchFilter(WatchConfig(path=tree, name="uploads"))}
+    walked: list[Rescan] = []
+    walker = Walker(dispatcher, filters, walked.append)
+    with caplog.at_level(logging.WARNING, logger="clamwatch.watch.walker"):
+        walker.start()
+        try:
+            dispatcher.rescan(Rescan(str(tree), str(tree), "startup scan", Mode.DUE))
+            deadline = time.monotonic() + DEADLINE_SECONDS
+            while not walked:
+                assert time.monotonic() < deadline, "the walk did not end"
+                time.sleep(0.01)
+        finally:
+            walker.stop()
+    found = {work.path for work in dispatcher.take(100)}
+    # busy/ failed once (too many open files) and was listed a second later
+    assert found == {str(tree / "top"), str(tree / "busy" / "inner")}
+    assert failing["busy"] == 2
+    messages = [record.getMessage() for record in caplog.records]
+    assert any(f"cannot walk {tree / 'busy'} for now" in m for m in messages), messages
+    assert any(
+        f"cannot walk {tree / 'locked'}: Permission denied; the files in it are not scanned" in m
+        for m in messages
+    ), messages
