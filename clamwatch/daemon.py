@@ -36,6 +36,7 @@ from clamwatch.events import (
     emit_fields,
     shown,
 )
+from clamwatch.files import raise_nofile_limit
 from clamwatch.journal import JournalHandler, stderr_is_journal
 from clamwatch.notify import Notifier
 from clamwatch.pipeline import Pipeline, Result
@@ -248,6 +249,7 @@ class Daemon:
             config=str(self.config.source),
         )
         self.state = load_state(settings.state_directory)
+        raise_nofile_limit()  # a descriptor per file waiting for its verdict (the window)
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGHUP, self._on_reload)

@@ -10,9 +10,11 @@ what counts.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
+import resource
 import stat
 from dataclasses import dataclass
 
@@ -156,3 +158,16 @@ def unwritten(path: str, st: os.stat_result) -> bool:
         return True
     finally:
         os.close(fd)
+
+
+def raise_nofile_limit() -> None:
+    """Raise the soft limit on open descriptors to the hard one.
+
+    Every file waiting for its verdict holds a descriptor; systemd's default
+    soft limit (1024) is the old select(2)-era one, and a hard limit far above
+    it is there for programs that ask.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

@@ -6,7 +6,6 @@ import contextlib
 import errno
 import logging
 import os
-import resource
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from clamwatch.clamd.address import DEFAULT_CLAMD_CONF, AddressError
 from clamwatch.clamd.engine import ClamdUnavailableError, Engine
 from clamwatch.clamd.job import ScanJob, ScanOutcome, TransportChoice
 from clamwatch.clamd.settings import ClamdSettings, resolve_engine
-from clamwatch.files import OpenedFile, open_for_scan
+from clamwatch.files import OpenedFile, open_for_scan, raise_nofile_limit
 from clamwatch.report import Reporter
 from clamwatch.verdict import ScanError
 from clamwatch.walk import walk
@@ -47,13 +46,6 @@ class ScanOptions:
     request_timeout: float = 180.0
 
 
-def _raise_nofile_limit() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or soft < hard:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
 def run_scan(options: ScanOptions, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     """Scan every file below ``options.paths``; return clamdscan's exit code."""
     clamd = ClamdSettings(
@@ -72,7 +64,7 @@ def run_scan(options: ScanOptions, out: TextIO = sys.stdout, err: TextIO = sys.s
     except (AddressError, ValueError) as exc:
         err.write(f"clamwatch scan: {exc}\n")
         return 2
-    _raise_nofile_limit()
+    raise_nofile_limit()
     progress = options.progress if options.progress is not None else err.isatty()
     reporter = Reporter(out, err, options.json_lines, options.infected_only, progress)
     drain = 10.0  # seconds clamd gets to answer what is in flight at the end

@@ -438,3 +438,21 @@ def test_a_state_that_cannot_be_saved_is_an_error_not_a_crash(
     assert any(f"cannot save the state under {state}" in m for m in errors), errors
     (stopped,) = [e for e in daemon.events if e["event"] == "stopped"]
     assert "could NOT be saved" in stopped["message"]
+
+
+def test_the_daemon_raises_its_open_files_limit_to_the_hard_one(
+    clamd: PrivateClamd, watched: Path, tmp_path: Path
+) -> None:
+    """Each file waiting for its verdict holds a descriptor: started with systemd's
+    usual soft limit far below the hard one, the daemon takes the hard one."""
+    config = write_config(
+        tmp_path / "clamwatch.toml",
+        address=clamd.unix_address,
+        watches=[watched],
+        state_directory=tmp_path / "state",
+    )
+    with DaemonProcess(config, prefix=("prlimit", "--nofile=256:4096", "--")) as daemon:
+        daemon.wait_event("ready", timeout=30)
+        limits = Path(f"/proc/{daemon.process.pid}/limits").read_text()
+    (line,) = [line for line in limits.splitlines() if line.startswith("Max open files")]
+    assert line.split()[3:5] == ["4096", "4096"], line
