@@ -105,7 +105,8 @@ def _output_failed(exc: OSError, out: TextIO, err: TextIO) -> None:
     output goes nowhere, so that Python's own flush at exit does not fail too.
     """
     if exc.errno != errno.EPIPE:
-        err.write(f"clamwatch scan: cannot write the results: {exc.strerror or exc}\n")
+        with contextlib.suppress(OSError):  # the summary goes to stderr with --json
+            err.write(f"clamwatch scan: cannot write the results: {exc.strerror or exc}\n")
     with contextlib.suppress(OSError, ValueError):
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, out.fileno())
