@@ -382,19 +382,13 @@ class Daemon:
         self.walker.stop()
         self.pipeline.stop(deadline)  # what it did not finish is in the snapshot
         self.actions.close()
+        stopped = (
+            f"clamwatch stopped: {self.pipeline.scanned} scanned, {self.pipeline.infected} infected"
+        )
         if not self._checkpoint():
-            emit(
-                EventKind.STOPPED,
-                f"clamwatch stopped: {self.pipeline.scanned} scanned, {self.pipeline.infected}"
-                f" infected; what was still to do could NOT be saved (see above)",
-                logging.ERROR,
-            )
+            message = f"{stopped}; what was still to do could NOT be saved (see above)"
+            emit(EventKind.STOPPED, message, logging.ERROR)
             return 1
         saved = len(self.state.pending) + len(self.state.rescans)
-        emit(
-            EventKind.STOPPED,
-            f"clamwatch stopped: {self.pipeline.scanned} scanned, {self.pipeline.infected}"
-            f" infected, {saved} saved for the next start",
-            pending=saved,
-        )
+        emit(EventKind.STOPPED, f"{stopped}, {saved} saved for the next start", pending=saved)
         return 0

@@ -269,8 +269,10 @@ class _TreeWatch:
         """Directories with no watch: how many, how many since the last call, the latest why."""
         with self._lock:
             new, self._unwatched_new = self._unwatched_new, 0
-            reasons = list(self._unwatched.values())
-            return len(reasons), new, reasons[-1] if reasons else None
+            if not self._unwatched:
+                return 0, new, None
+            # the latest why, without copying what may be thousands of entries
+            return len(self._unwatched), new, next(reversed(self._unwatched.values()))
 
     def retry_unwatched(self) -> list[str]:
         """Watch the directories that could not be watched; those that now are.
