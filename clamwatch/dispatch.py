@@ -33,7 +33,7 @@ import itertools
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
 # How long after a file was found closed (files.unwritten) a close event for
@@ -205,6 +205,12 @@ class Dispatcher:
         """Walk ``request.directory`` again (later, in the walker's thread)."""
         with self.cond:
             self._rescan(request)
+
+    def rescan_many(self, requests: Iterable[Rescan]) -> None:
+        """:meth:`rescan` for each: the walker, if it waits, is woken once for all."""
+        with self.cond:
+            for request in requests:
+                self._rescan(request)
 
     def _rescan(self, request: Rescan) -> None:
         if any(parent in self._rescans for parent in _parents(request.directory)):
