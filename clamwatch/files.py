@@ -139,7 +139,8 @@ def unwritten(path: str, st: os.stat_result) -> bool:
     without waiting for the file to hold still. Needs CAP_LEASE for files of
     other users; without it (EACCES) the answer is "unknown", i.e. False.
     The lease holder would get SIGIO if a writer opened the file in the
-    microseconds it is held: the daemon ignores SIGIO.
+    microseconds it is held: the daemon ignores SIGIO. The close drops the
+    lease (fcntl(2)): no F_UNLCK call of its own.
     """
     if not stat.S_ISREG(st.st_mode):
         return False
@@ -154,7 +155,6 @@ def unwritten(path: str, st: os.stat_result) -> bool:
     except OSError:
         return False
     else:
-        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
         return True
     finally:
         os.close(fd)

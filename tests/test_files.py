@@ -1,0 +1,50 @@
+"""files.unwritten: the write-lease probe that tells a walked file's writer is done."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+from clamwatch.files import unwritten
+
+
+def test_a_file_open_for_writing_is_not_unwritten_until_its_writer_closes(tmp_path: Path) -> None:
+    path = tmp_path / "upload.bin"
+    writer = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.write(writer, b"half of it")
+        assert not unwritten(str(path), os.lstat(path))
+    finally:
+        os.close(writer)
+    assert unwritten(str(path), os.lstat(path))
+
+
+def test_the_probe_leaves_no_lease_behind(tmp_path: Path) -> None:
+    """A lease left on the file would make the next writer's open wait (45 s by default).
+
+    With O_NONBLOCK, an open that would have to break a lease fails with
+    EWOULDBLOCK at once instead: this one must simply succeed.
+    """
+    path = tmp_path / "upload.bin"
+    path.write_bytes(b"done")
+    assert unwritten(str(path), os.lstat(path))
+    # a lease holder gets SIGIO when a writer comes: as the daemon does, ignore it
+    previous = signal.signal(signal.SIGIO, signal.SIG_IGN)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)  # BlockingIOError if a lease is left
+    finally:
+        signal.signal(signal.SIGIO, previous)
+    os.close(fd)
+
+
+def test_a_directory_or_a_replaced_file_is_not_unwritten(tmp_path: Path) -> None:
+    assert not unwritten(str(tmp_path), os.lstat(tmp_path))
+    path = tmp_path / "upload.bin"
+    path.write_bytes(b"first")
+    old = os.lstat(path)
+    os.link(path, tmp_path / "keep")  # the first inode lives on: its number is not reused
+    os.unlink(path)
+    path.write_bytes(b"second, another inode")
+    assert not unwritten(str(path), old)
+    assert unwritten(str(path), os.lstat(path))
