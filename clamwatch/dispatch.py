@@ -104,6 +104,9 @@ class Dispatcher:
         self._room_waiters = 0  # threads inside wait_for_room
         self._pending: dict[str, Work] = {}
         self._settling: dict[str, _Settling] = {}
+        # found by a walk since the last check: looked at in the next round
+        # (most are finished), not a whole settle period later
+        self._fresh: list[str] = []
         self._in_flight: dict[str, Work] = {}
         # in flight and to be looked at again after: path -> if_changed (False
         # when an event said the content changed, True when only a walk saw it)
@@ -181,11 +184,17 @@ class Dispatcher:
         self._dirty[path] = self._dirty.get(path, True) and if_changed
 
     def settle(self, work: Work) -> None:
-        """``work.path`` was created: scan it once it stops changing, or at its close."""
-        with self.cond:
-            self._settle(work)
+        """A walk found ``work.path``: scan it once it stops changing, or at its close.
 
-    def _settle(self, work: Work) -> None:
+        It gets an early look in the pipeline's next round: most files a
+        walk finds are finished. (A file's IN_CREATE, which :meth:`arrived`
+        settles, waits for the next full check: its writer is usually still
+        at it, and its close event is on the way.)
+        """
+        with self.cond:
+            self._settle(work, fresh=True)
+
+    def _settle(self, work: Work, fresh: bool = False) -> None:
         path = work.path
         if path in self._in_flight:
             # A create (often a walk's replay for a directory just watched)
@@ -200,6 +209,9 @@ class Dispatcher:
                 )
             else:
                 self._settling[path] = _Settling(work, stable_since=self.clock())
+                if fresh:
+                    self._fresh.append(path)
+                    self._wake_taker()
 
     def rescan(self, request: Rescan) -> None:
         """Walk ``request.directory`` again (later, in the walker's thread)."""
@@ -301,18 +313,33 @@ class Dispatcher:
             key = next(iter(self._rescans))
             return self._rescans.pop(key)
 
+    @property
+    def fresh(self) -> bool:
+        """A walk found files to settle since the last :meth:`settle_check`."""
+        return bool(self._fresh)
+
     def settle_check(
         self,
         stat: Callable[[str], os.stat_result | None],
         unwritten: Callable[[str, os.stat_result], bool] = lambda path, st: False,
+        *,
+        fresh_only: bool = False,
     ) -> None:
         """Promote created files whose size and mtime held still for settle_time.
 
         ``unwritten(path, st)`` may say sooner that no process has the file
         open for writing (so it is finished); it is then promoted at once.
+        With ``fresh_only``, only the files walks found since the last
+        check are looked at: each gets one early look, and those still being
+        written wait for the full checks.
         """
         with self.cond:
-            entries = list(self._settling.values())
+            if fresh_only:
+                settling = self._settling
+                entries = [settling[p] for p in self._fresh if p in settling]
+            else:
+                entries = list(self._settling.values())
+            self._fresh = []
         now = self.clock()
         promote: list[Work] = []  # held still for settle_time
         closed: list[Work] = []  # no writer has them open any more

@@ -158,6 +158,8 @@ class Pipeline:
             if now >= next_settle:
                 self.dispatcher.settle_check(_lstat, unwritten)
                 next_settle = now + _SETTLE_EVERY
+            elif self.dispatcher.fresh:
+                self.dispatcher.settle_check(_lstat, unwritten, fresh_only=True)
             free = self.window - len(self._outstanding)
             if free > 0:
                 for work in self.dispatcher.take(free):

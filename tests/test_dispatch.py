@@ -820,6 +820,35 @@ def test_a_late_close_after_a_lease_promotion_counts_only_if_changed() -> None:
     assert not later.if_changed
 
 
+def test_a_walked_file_gets_an_early_look_and_a_created_one_waits_for_the_full_check(
+    clock: FakeClock, disk: FakeDisk
+) -> None:
+    """Most files a walk finds are finished; a file's IN_CREATE usually has a writer at work."""
+    d = make(clock, settle_time=2.0)
+    d.taker_wants_work = True
+    created = work("/srv/up/created", clock.now, "created")
+    d.arrived([(Mode.SETTLE, created)])
+    assert not d.fresh
+    d.ready.clear()
+    d.settle(work("/srv/up/new-dir/walked", clock.now, "new directory"))
+    d.settle(work("/srv/up/new-dir/open", clock.now, "new directory"))
+    assert d.fresh
+    assert d.ready.is_set()  # the pipeline is woken for the early look
+    for path in ("/srv/up/created", "/srv/up/new-dir/walked", "/srv/up/new-dir/open"):
+        disk.files[path] = stat_result(10, 1_000_000_000)
+    d.settle_check(disk, lambda path, st: not path.endswith("open"), fresh_only=True)
+    assert disk.calls == ["/srv/up/new-dir/walked", "/srv/up/new-dir/open"]
+    assert not d.fresh
+    (taken,) = d.take(10)
+    assert taken.reason == "new directory, not open for writing"
+    assert d.settling == 2  # the created file, and the walked one still being written
+    disk.calls.clear()
+    d.settle_check(disk, lambda path, st: False, fresh_only=True)
+    assert disk.calls == []  # each walked file gets one early look, no more
+    d.settle_check(disk, lambda path, st: False)
+    assert sorted(disk.calls) == ["/srv/up/created", "/srv/up/new-dir/open"]
+
+
 def test_lease_promotions_expire_in_the_order_they_came() -> None:
     """After _LATE_CLOSE a close is a new write again; one promoted later still counts as late."""
     now = [0.0]
