@@ -105,8 +105,8 @@ class Dispatcher:
         self._pending: dict[str, Work] = {}
         self._settling: dict[str, _Settling] = {}
         # found by a walk since the last check: looked at in the next round
-        # (most are finished), not a whole settle period later
-        self._fresh: list[str] = []
+        # (most are finished), not a whole settle period later (an ordered set)
+        self._fresh: dict[str, None] = {}
         self._in_flight: dict[str, Work] = {}
         # in flight and to be looked at again after: path -> if_changed (False
         # when an event said the content changed, True when only a walk saw it)
@@ -210,7 +210,7 @@ class Dispatcher:
             else:
                 self._settling[path] = _Settling(work, stable_since=self.clock())
                 if fresh:
-                    self._fresh.append(path)
+                    self._fresh[path] = None
                     self._wake_taker()
 
     def rescan(self, request: Rescan) -> None:
@@ -339,7 +339,7 @@ class Dispatcher:
                 entries = [settling[p] for p in self._fresh if p in settling]
             else:
                 entries = list(self._settling.values())
-            self._fresh = []
+            self._fresh = {}
         now = self.clock()
         promote: list[Work] = []  # held still for settle_time
         closed: list[Work] = []  # no writer has them open any more
