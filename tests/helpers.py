@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import queue
 import socket
 import subprocess
@@ -18,6 +19,17 @@ from clamwatch.files import OpenedFile, open_for_scan
 from clamwatch.privateclamd import PrivateClamd
 
 CLAMDSCAN_BINARY = Path("/usr/bin/clamdscan")
+
+
+class RecordingHandler(logging.Handler):
+    """Keeps every record it is handed, for a test to look at."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
 
 
 class ClamdFactory(Protocol):

@@ -15,16 +15,10 @@ from clamwatch.files import OpenedFile, open_for_scan
 from clamwatch.policy import Policy, Rule, decide, parse_rule
 from clamwatch.quarantine import QuarantineStore
 from clamwatch.verdict import Clean, Infected, NotScanned, NotScannedReason, ScanError
+from helpers import RecordingHandler
 
 
-class Events(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
+class Events(RecordingHandler):
     def of(self, kind: str) -> list[dict[str, object]]:
         found = []
         for record in self.records:

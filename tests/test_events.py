@@ -21,6 +21,7 @@ from clamwatch.events import (
     emit_fields,
     held_back,
 )
+from helpers import RecordingHandler
 
 
 class CountingStream(io.StringIO):
@@ -127,15 +128,6 @@ def test_held_back_lines_are_written_when_the_block_fails(stream: CountingStream
     assert [line["path"] for line in stream.lines()] == ["/srv/up/a"]
 
 
-class Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 @contextlib.contextmanager
 def sole() -> Iterator[EventStreamHandler]:
     """The stream's handler alone on the events logger, as the daemon sets it up.
@@ -161,7 +153,7 @@ def test_an_event_prints_the_same_with_or_without_a_log_record(
     the way they go through logging's records. Both print the same line."""
     logger = logging.getLogger("clamwatch.events")
     fields: dict[str, object] = {"path": "/srv/up/caf\u00e9", "watch": Path("/srv"), "n": 2}
-    other = Records()
+    other = RecordingHandler()
     with sole() as handler:
         handler.setFormatter(formatter())
         assert _sole_event_handler(logging.WARNING) is handler
