@@ -27,6 +27,7 @@ from clamwatch.files import OpenedFile
 from clamwatch.policy import FileAction, Rule
 from clamwatch.quarantine import QuarantineError, QuarantineStore
 from clamwatch.safefs import move_if_same, remove_if_same
+from clamwatch.threadnames import name_this_thread
 from clamwatch.verdict import Infected, Verdict
 
 log = logging.getLogger(__name__)
@@ -61,8 +62,12 @@ class ActionRunner:
     ) -> None:
         self.store = store
         self.retry = retry  # (path, watch root, delay): scan again later, then act again
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="clamwatch-action")
-        self._hooks = ThreadPoolExecutor(hook_workers, thread_name_prefix="clamwatch-hook")
+        self._pool = ThreadPoolExecutor(
+            workers, thread_name_prefix="clamwatch-action", initializer=name_this_thread
+        )
+        self._hooks = ThreadPoolExecutor(
+            hook_workers, thread_name_prefix="clamwatch-hook", initializer=name_this_thread
+        )
         self._no_xattrs: set[int] = set()  # devices already reported without user xattrs
         self._lock = threading.Lock()
         self._running: set[subprocess.Popen[bytes]] = set()  # hooks running now

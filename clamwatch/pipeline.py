@@ -31,6 +31,7 @@ from clamwatch.dispatch import Dispatcher, Work
 from clamwatch.events import held_back
 from clamwatch.files import FileIdentity, OpenedFile, open_for_scan, unwritten
 from clamwatch.policy import Rule, decide
+from clamwatch.threadnames import name_this_thread
 from clamwatch.verdict import NotScanned, NotScannedReason, ScanError, Verdict
 from clamwatch.watch.filters import WatchFilter
 
@@ -146,6 +147,7 @@ class Pipeline:
     # -- pipeline thread ----------------------------------------------------------------
 
     def _run(self) -> None:
+        name_this_thread()
         next_settle = 0.0
         ready = self.dispatcher.ready
         while not self._stop.is_set():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -80,6 +81,27 @@ def test_eicar_written_into_a_watched_tree_is_reported(
     assert found[str(bad)]["transport"] == "fildes"
     assert 0 <= found[str(bad)]["latency_ms"] < 5000
     assert found[str(good)]["event"] == "clean"
+
+
+def test_each_daemon_thread_has_its_name_in_the_kernel(
+    start_daemon: StartDaemon, watched: Path, eicar: bytes
+) -> None:
+    """What `top -H` shows: cw-dispatch, cw-clamd, ... rather than "python3" for all."""
+    daemon = start_daemon()
+    bad = watched / "bad.com"
+    bad.write_bytes(eicar)  # its move to the quarantine starts an action thread
+    daemon.wait_event("action-done", timeout=30)
+    expected = {"cw-dispatch", "cw-clamd", "cw-inotify", "cw-walk", "cw-watch-roots", "cw-action_0"}
+    tasks = Path(f"/proc/{daemon.process.pid}/task")
+    names: set[str] = set()
+    deadline = time.monotonic() + 10
+    while not expected <= names and time.monotonic() < deadline:
+        names = set()
+        for task in tasks.iterdir():
+            with contextlib.suppress(FileNotFoundError):  # a thread that just ended
+                names.add((task / "comm").read_text().rstrip("\n"))
+        time.sleep(0.05)
+    assert expected <= names, f"missing {sorted(expected - names)} in {sorted(names)}"
 
 
 def test_cp_r_of_a_tree(

@@ -402,6 +402,14 @@ def test_start_returns_once_ready(machine: Machine) -> None:
     assert int(status["CapEff"], 16) == int(status["CapBnd"], 16) == 0b1110 | 1 << 28
     assert status["NoNewPrivs"].strip() == "1"
     assert status["Seccomp"].strip() == "2"  # a filter is installed
+    # each thread's name reaches the kernel from inside the sandbox (top -H)
+    expected = {"cw-dispatch", "cw-clamd", "cw-inotify", "cw-walk", "cw-watch-roots"}
+    names: set[str] = set()
+    deadline = time.monotonic() + 10
+    while not expected <= names and time.monotonic() < deadline:
+        comms = box.run("sh", "-c", f"cat /proc/{pid}/task/*/comm", check=False).stdout
+        names = set(comms.split())
+    assert expected <= names, f"missing {sorted(expected - names)} in {sorted(names)}"
 
 
 def test_eicar_is_logged_and_quarantined(machine: Machine, started: Container) -> None:

@@ -42,6 +42,7 @@ from clamwatch.clamd.session import Capabilities, InFlight, Session, SessionStat
 from clamwatch.clamd.settings import EngineSettings
 from clamwatch.clamd.transport import ClamdConnectionError
 from clamwatch.events import EventKind, emit
+from clamwatch.threadnames import name_this_thread
 from clamwatch.verdict import NotScanned, NotScannedReason, ScanError, Verdict
 
 log = logging.getLogger(__name__)
@@ -227,6 +228,7 @@ class Engine:
     # -- the loop -------------------------------------------------------------------
 
     def _run(self) -> None:
+        name_this_thread()
         try:
             self._loop()
         except Exception:

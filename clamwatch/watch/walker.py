@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 
 from clamwatch.dispatch import Dispatcher, Mode, Rescan, Work
+from clamwatch.threadnames import name_this_thread
 from clamwatch.watch.filters import WatchFilter
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class Walker:
         self._thread.join()
 
     def _run(self) -> None:
+        name_this_thread()
         while not self._stop.is_set():
             request = self.dispatcher.next_rescan()
             if request is None:

@@ -47,6 +47,7 @@ from watchdog.observers.inotify_c import (
 
 from clamwatch.dispatch import Dispatcher, Mode, Rescan, Work
 from clamwatch.events import EventKind, emit
+from clamwatch.threadnames import name_this_thread
 from clamwatch.watch.filters import WatchFilter
 
 log = logging.getLogger(__name__)
@@ -385,6 +386,7 @@ class _InotifyReader(InotifyFD):
         self._on_read = on_read
 
     def run(self) -> None:
+        name_this_thread()
         last_read = 0.0
         while self.should_keep_running():
             now = time.monotonic()
@@ -479,6 +481,7 @@ class TreeWatcher:
     # -- the supervisor thread ------------------------------------------------------
 
     def _supervise(self) -> None:
+        name_this_thread()
         while not self._stop.wait(_SUPERVISE_EVERY):
             now = time.monotonic()
             with self._lock:
