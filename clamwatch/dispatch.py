@@ -28,6 +28,7 @@ wake-up per file.
 
 from __future__ import annotations
 
+import collections
 import enum
 import itertools
 import os
@@ -107,6 +108,8 @@ class Dispatcher:
         # found by a walk since the last check: looked at in the next round
         # (most are finished), not a whole settle period later (an ordered set)
         self._fresh: dict[str, None] = {}
+        # the settling files the current full check has yet to look at
+        self._pass: collections.deque[str] = collections.deque()
         self._in_flight: dict[str, Work] = {}
         # in flight and to be looked at again after: path -> if_changed (False
         # when an event said the content changed, True when only a walk saw it)
@@ -318,28 +321,68 @@ class Dispatcher:
         """A walk found files to settle since the last :meth:`settle_check`."""
         return bool(self._fresh)
 
+    @property
+    def passing(self) -> bool:
+        """A full check started by :meth:`start_settle_pass` has files left to look at."""
+        return bool(self._pass)
+
+    @property
+    def looks_waiting(self) -> bool:
+        """:meth:`settle_check` has files to look at: fresh ones, or a full check's."""
+        return bool(self._fresh or self._pass)
+
+    def start_settle_pass(self) -> None:
+        """Start a full check: every settling file is looked at by the next settle_checks.
+
+        The files a walk just found are left out: they get their early look
+        (as fresh ones) first anyway.
+        """
+        with self.cond:
+            fresh = self._fresh
+            self._pass = collections.deque(p for p in self._settling if p not in fresh)
+
     def settle_check(
         self,
         stat: Callable[[str], os.stat_result | None],
         unwritten: Callable[[str, os.stat_result], bool] = lambda path, st: False,
         *,
         fresh_only: bool = False,
+        limit: int | None = None,
     ) -> None:
         """Promote created files whose size and mtime held still for settle_time.
 
         ``unwritten(path, st)`` may say sooner that no process has the file
         open for writing (so it is finished); it is then promoted at once.
-        With ``fresh_only``, only the files walks found since the last
-        check are looked at: each gets one early look, and those still being
-        written wait for the full checks.
+
+        With no ``limit``, every settling file is looked at (a full check),
+        or with ``fresh_only`` every one that walks found since the last
+        look (each gets one early look; those still being written wait for
+        the full checks). With ``limit``, at most that many: the fresh ones
+        first, then (unless ``fresh_only``) the rest of the full check that
+        :meth:`start_settle_pass` began. A look costs a stat and a lease, so
+        thousands of files a burst's walks found are looked at a slice per
+        round of the pipeline, which feeds clamd in between.
         """
         with self.cond:
-            if fresh_only:
-                settling = self._settling
-                entries = [settling[p] for p in self._fresh if p in settling]
+            settling = self._settling
+            if limit is None:
+                if fresh_only:
+                    paths: Iterable[str] = self._fresh
+                else:
+                    paths = settling
+                    self._pass.clear()
+                entries = [settling[p] for p in paths if p in settling]
+                self._fresh = {}
             else:
-                entries = list(self._settling.values())
-            self._fresh = {}
+                fresh = self._fresh
+                taken = list(itertools.islice(fresh, limit))
+                for path in taken:
+                    del fresh[path]
+                if not fresh_only:
+                    left = self._pass
+                    while left and len(taken) < limit:
+                        taken.append(left.popleft())
+                entries = [settling[p] for p in taken if p in settling]
         now = self.clock()
         promote: list[Work] = []  # held still for settle_time
         closed: list[Work] = []  # no writer has them open any more

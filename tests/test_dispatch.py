@@ -849,6 +849,40 @@ def test_a_walked_file_gets_an_early_look_and_a_created_one_waits_for_the_full_c
     assert sorted(disk.calls) == ["/srv/up/created", "/srv/up/new-dir/open"]
 
 
+def test_settling_files_are_looked_at_a_slice_at_a_time_fresh_ones_first(
+    clock: FakeClock, disk: FakeDisk
+) -> None:
+    """A burst's walks leave thousands; the pipeline feeds clamd between slices of looks."""
+    d = make(clock, settle_time=2.0)
+    old = [f"/srv/up/old-{n}" for n in range(5)]  # settling, still being written
+    for path in old:
+        d.arrived([(Mode.SETTLE, work(path, clock.now, "created"))])
+    walked = [f"/srv/up/new-dir/f-{n}" for n in range(7)]
+    for path in walked:
+        d.settle(work(path, clock.now, "new directory"))
+    for path in old + walked:
+        disk.files[path] = stat_result(10, 1_000_000_000)
+    still_open = lambda path, st: False  # noqa: E731
+
+    d.start_settle_pass()  # the full check: every settling file but the fresh ones
+    assert d.passing and d.looks_waiting
+    d.settle_check(disk, still_open, limit=4)
+    assert disk.calls == walked[:4]  # the early looks come first
+    d.settle_check(disk, still_open, limit=4)
+    assert disk.calls[4:] == walked[4:] + old[:1]  # then the full check's files
+    d.settle_check(disk, still_open, limit=4, fresh_only=True)
+    assert len(disk.calls) == 8  # no fresh file left: the full check waits
+    d.settle_check(disk, still_open, limit=4)
+    assert disk.calls[8:] == old[1:]
+    assert not d.passing and not d.looks_waiting
+    assert d.settling == 12  # nothing was finished: all still settle
+
+    disk.calls.clear()
+    d.settle_check(disk, lambda path, st: path in walked[:2])  # no limit: all at once
+    assert sorted(disk.calls) == sorted(old + walked)
+    assert sorted(w.path for w in d.take(10)) == walked[:2]
+
+
 def test_lease_promotions_expire_in_the_order_they_came() -> None:
     """After _LATE_CLOSE a close is a new write again; one promoted later still counts as late."""
     now = [0.0]
