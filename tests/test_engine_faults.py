@@ -413,14 +413,14 @@ def test_read_timeout_shorter_than_keepalive_is_learnt(
     assert any("keepalive now every 0.6 s" in r.getMessage() for r in caplog.records)
 
 
-@pytest.mark.parametrize(("max_in_flight", "cap"), [(3, 3), (None, 32)], ids=["set", "from-stats"])
+@pytest.mark.parametrize(("max_in_flight", "cap"), [(3, 3), (None, 64)], ids=["set", "from-stats"])
 def test_in_flight_cap_is_what_clamd_sees(
     tmp_path: Path, eicar: bytes, max_in_flight: int | None, cap: int
 ) -> None:
     """clamd has no error for a full queue: the engine must bound what it sends.
 
     Measured by the fake: scan requests read and not yet answered, over
-    both sessions at once. None: eight times the "max 4" threads STATS reports.
+    both sessions at once. None: sixteen times the "max 4" threads STATS reports.
     """
     paths, infected = tree(tmp_path, 96, eicar)
     with (

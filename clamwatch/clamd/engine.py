@@ -424,11 +424,14 @@ class Engine:
             return self.settings.max_in_flight
         threads = self._capabilities.max_threads if self._capabilities else None
         # Enough that every clamd thread finds its next request waiting even
-        # with replies and new requests in transit, and while replies gather
-        # (measured: 8 in flight for 4 threads left clamd idle between
-        # requests; 32 let replies gather longest, for the least CPU), and
-        # below clamd's default MaxQueue of 100, past which clamd stops reading.
-        return min(max(8 * threads, 16), 64) if threads else 16
+        # with replies and new requests in transit, while replies gather, and
+        # while another of the daemon's threads holds the GIL (up to its 5 ms
+        # switch interval): measured with 4 threads on 2 CPUs, 8 in flight left
+        # clamd idle between requests; in the daemon's burst 32 still did
+        # (1.17 s, clamd 1.12 CPU-s for 10,000 files), 48 or 64 did not (1.04 s,
+        # 1.03 CPU-s). And below clamd's default MaxQueue of 100, past which
+        # clamd stops reading.
+        return min(max(16 * threads, 16), 64) if threads else 16
 
     def _session_lost(self, session: Session, reason: str, now: float) -> None:
         was_ready = session.capabilities is not None
