@@ -413,19 +413,30 @@ def test_read_timeout_shorter_than_keepalive_is_learnt(
     assert any("keepalive now every 0.6 s" in r.getMessage() for r in caplog.records)
 
 
-@pytest.mark.parametrize(("max_in_flight", "cap"), [(3, 3), (None, 64)], ids=["set", "from-stats"])
+@pytest.mark.parametrize(
+    ("max_in_flight", "transport", "cap"),
+    [
+        (3, TransportChoice.AUTO, 3),
+        (None, TransportChoice.AUTO, 64),
+        (None, TransportChoice.INSTREAM, 96),
+    ],
+    ids=["set", "from-stats", "from-stats-instream"],
+)
 def test_in_flight_cap_is_what_clamd_sees(
-    tmp_path: Path, eicar: bytes, max_in_flight: int | None, cap: int
+    tmp_path: Path, eicar: bytes, max_in_flight: int | None, transport: TransportChoice, cap: int
 ) -> None:
     """clamd has no error for a full queue: the engine must bound what it sends.
 
     Measured by the fake: scan requests read and not yet answered, over
-    both sessions at once. None: sixteen times the "max 4" threads STATS reports.
+    both sessions at once. None: sixteen times the "max 4" threads STATS
+    reports (FILDES here), or 24 times over INSTREAM.
     """
-    paths, infected = tree(tmp_path, 96, eicar)
+    paths, infected = tree(tmp_path, 160, eicar)
     with (
         FakeClamd(Faults(scan_delay=0.05)) as fake,
-        running(fake.unix_address, sessions=2, max_in_flight=max_in_flight) as engine,
+        running(
+            fake.unix_address, sessions=2, max_in_flight=max_in_flight, transport=transport
+        ) as engine,
     ):
         outcomes = scan_files(engine, paths, timeout=DEADLINE)
         wait_for(lambda: fake.scans_pending == 0, DEADLINE, "the fake to answer everything")

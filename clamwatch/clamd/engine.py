@@ -422,16 +422,25 @@ class Engine:
     def _cap_total(self) -> int:
         if self.settings.max_in_flight is not None:
             return self.settings.max_in_flight
-        threads = self._capabilities.max_threads if self._capabilities else None
+        caps = self._capabilities
+        threads = caps.max_threads if caps else None
+        if not threads:
+            return 16
         # Enough that every clamd thread finds its next request waiting even
         # with replies and new requests in transit, while replies gather, and
         # while another of the daemon's threads holds the GIL (up to its 5 ms
-        # switch interval): measured with 4 threads on 2 CPUs, 8 in flight left
-        # clamd idle between requests; in the daemon's burst 32 still did
-        # (1.17 s, clamd 1.12 CPU-s for 10,000 files), 48 or 64 did not (1.04 s,
-        # 1.03 CPU-s). And below clamd's default MaxQueue of 100, past which
-        # clamd stops reading.
-        return min(max(16 * threads, 16), 64) if threads else 16
+        # switch interval). Measured with 4 threads on 2 CPUs, 10,000 small
+        # files: over FILDES, 8 in flight left clamd idle between requests; in
+        # the daemon's burst 32 still did (1.17 s, clamd 1.12 CPU-s), 48 or 64
+        # did not (1.04 s, 1.03 CPU-s), 96 scanned no faster. An INSTREAM
+        # request is in flight longer (clamd's main thread takes in the whole
+        # stream before a worker scans it): `clamwatch scan --stream` took
+        # 1.73x clamdscan's time with 32, 1.12-1.15x with 64, 1.05x with 96,
+        # 1.06x with 128. And at most 96, below clamd's default MaxQueue of
+        # 100, past which clamd stops reading.
+        if caps is not None and self._transport_for(caps) is Transport.INSTREAM:
+            return min(max(24 * threads, 24), 96)
+        return min(max(16 * threads, 16), 64)
 
     def _session_lost(self, session: Session, reason: str, now: float) -> None:
         was_ready = session.capabilities is not None

@@ -31,7 +31,7 @@ class ClamdSettings:
     clamd_conf: Path = DEFAULT_CLAMD_CONF
     transport: TransportChoice = TransportChoice.AUTO
     sessions: int = 2
-    max_in_flight: int | None = None  # None: 16 x clamd's MaxThreads, 16 to 64
+    max_in_flight: int | None = None  # None: from clamd's MaxThreads (EngineSettings)
     request_timeout: float = 180.0
     keepalive: float | None = None  # None: a third of clamd's ReadTimeout, at most 30 s
     max_stream_size: int | None = None  # None: clamd.conf's StreamMaxLength
@@ -41,8 +41,9 @@ class ClamdSettings:
 class EngineSettings:
     transport: TransportChoice = TransportChoice.AUTO
     sessions: int = 2
-    # None: sixteen times clamd's MaxThreads as STATS reports it (16 to 64), so
-    # every clamd thread has its next request waiting when it finishes one.
+    # None: sixteen times clamd's MaxThreads as STATS reports it (16 to 64),
+    # over INSTREAM 24 times (24 to 96), so every clamd thread has its next
+    # request waiting when it finishes one.
     max_in_flight: int | None = None
     request_timeout: float = 180.0  # above clamd's own MaxScanTime (120 s by default)
     # A PING when a session sent nothing for this long: clamd's ReadTimeout
