@@ -317,11 +317,6 @@ class Dispatcher:
             return self._rescans.pop(key)
 
     @property
-    def fresh(self) -> bool:
-        """A walk found files to settle since the last :meth:`settle_check`."""
-        return bool(self._fresh)
-
-    @property
     def passing(self) -> bool:
         """A full check started by :meth:`start_settle_pass` has files left to look at."""
         return bool(self._pass)
@@ -346,7 +341,6 @@ class Dispatcher:
         stat: Callable[[str], os.stat_result | None],
         unwritten: Callable[[str, os.stat_result], bool] = lambda path, st: False,
         *,
-        fresh_only: bool = False,
         limit: int | None = None,
     ) -> None:
         """Promote created files whose size and mtime held still for settle_time.
@@ -354,34 +348,29 @@ class Dispatcher:
         ``unwritten(path, st)`` may say sooner that no process has the file
         open for writing (so it is finished); it is then promoted at once.
 
-        With no ``limit``, every settling file is looked at (a full check),
-        or with ``fresh_only`` every one that walks found since the last
-        look (each gets one early look; those still being written wait for
-        the full checks). With ``limit``, at most that many: the fresh ones
-        first, then (unless ``fresh_only``) the rest of the full check that
-        :meth:`start_settle_pass` began. A look costs a stat and a lease, so
-        thousands of files a burst's walks found are looked at a slice per
-        round of the pipeline, which feeds clamd in between.
+        With no ``limit``, every settling file is looked at, at once. With
+        ``limit``, at most that many: first the ones walks found since they
+        were last looked at (each gets one early look, most are finished;
+        those still being written wait for the full checks), then the rest
+        of the full check that :meth:`start_settle_pass` began. A look costs
+        a stat and a lease, so the thousands of files a burst's walks find
+        are looked at a slice per round of the pipeline, which feeds clamd
+        in between.
         """
         with self.cond:
             settling = self._settling
             if limit is None:
-                if fresh_only:
-                    paths: Iterable[str] = self._fresh
-                else:
-                    paths = settling
-                    self._pass.clear()
-                entries = [settling[p] for p in paths if p in settling]
+                entries = list(settling.values())
                 self._fresh = {}
+                self._pass.clear()
             else:
                 fresh = self._fresh
                 taken = list(itertools.islice(fresh, limit))
                 for path in taken:
                     del fresh[path]
-                if not fresh_only:
-                    left = self._pass
-                    while left and len(taken) < limit:
-                        taken.append(left.popleft())
+                left = self._pass
+                while left and len(taken) < limit:
+                    taken.append(left.popleft())
                 entries = [settling[p] for p in taken if p in settling]
         now = self.clock()
         promote: list[Work] = []  # held still for settle_time

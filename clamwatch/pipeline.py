@@ -169,7 +169,7 @@ class Pipeline:
                 dispatcher.settle_check(_lstat, unwritten, limit=_LOOKS_PER_ROUND)
             free = self.window - len(self._outstanding)
             if free > 0:
-                for work in self.dispatcher.take(free):
+                for work in dispatcher.take(free):
                     self._start(work)
                 if self._starting:
                     jobs, self._starting = self._starting, []

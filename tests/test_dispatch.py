@@ -828,22 +828,22 @@ def test_a_walked_file_gets_an_early_look_and_a_created_one_waits_for_the_full_c
     d.taker_wants_work = True
     created = work("/srv/up/created", clock.now, "created")
     d.arrived([(Mode.SETTLE, created)])
-    assert not d.fresh
+    assert not d.looks_waiting
     d.ready.clear()
     d.settle(work("/srv/up/new-dir/walked", clock.now, "new directory"))
     d.settle(work("/srv/up/new-dir/open", clock.now, "new directory"))
-    assert d.fresh
+    assert d.looks_waiting
     assert d.ready.is_set()  # the pipeline is woken for the early look
     for path in ("/srv/up/created", "/srv/up/new-dir/walked", "/srv/up/new-dir/open"):
         disk.files[path] = stat_result(10, 1_000_000_000)
-    d.settle_check(disk, lambda path, st: not path.endswith("open"), fresh_only=True)
+    d.settle_check(disk, lambda path, st: not path.endswith("open"), limit=10)
     assert disk.calls == ["/srv/up/new-dir/walked", "/srv/up/new-dir/open"]
-    assert not d.fresh
+    assert not d.looks_waiting
     (taken,) = d.take(10)
     assert taken.reason == "new directory, not open for writing"
     assert d.settling == 2  # the created file, and the walked one still being written
     disk.calls.clear()
-    d.settle_check(disk, lambda path, st: False, fresh_only=True)
+    d.settle_check(disk, lambda path, st: False, limit=10)
     assert disk.calls == []  # each walked file gets one early look, no more
     d.settle_check(disk, lambda path, st: False)
     assert sorted(disk.calls) == ["/srv/up/created", "/srv/up/new-dir/open"]
@@ -870,8 +870,6 @@ def test_settling_files_are_looked_at_a_slice_at_a_time_fresh_ones_first(
     assert disk.calls == walked[:4]  # the early looks come first
     d.settle_check(disk, still_open, limit=4)
     assert disk.calls[4:] == walked[4:] + old[:1]  # then the full check's files
-    d.settle_check(disk, still_open, limit=4, fresh_only=True)
-    assert len(disk.calls) == 8  # no fresh file left: the full check waits
     d.settle_check(disk, still_open, limit=4)
     assert disk.calls[8:] == old[1:]
     assert not d.passing and not d.looks_waiting

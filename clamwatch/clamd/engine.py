@@ -423,9 +423,9 @@ class Engine:
         if self.settings.max_in_flight is not None:
             return self.settings.max_in_flight
         caps = self._capabilities
-        threads = caps.max_threads if caps else None
-        if not threads:
+        if caps is None or not caps.max_threads:
             return 16
+        threads = caps.max_threads
         # Enough that every clamd thread finds its next request waiting even
         # with replies and new requests in transit, while replies gather, and
         # while another of the daemon's threads holds the GIL (up to its 5 ms
@@ -438,7 +438,7 @@ class Engine:
         # 1.73x clamdscan's time with 32, 1.12-1.15x with 64, 1.05x with 96,
         # 1.06x with 128. And at most 96, below clamd's default MaxQueue of
         # 100, past which clamd stops reading.
-        if caps is not None and self._transport_for(caps) is Transport.INSTREAM:
+        if self._transport_for(caps) is Transport.INSTREAM:
             return min(max(24 * threads, 24), 96)
         return min(max(16 * threads, 16), 64)
 
