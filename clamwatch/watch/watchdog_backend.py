@@ -352,6 +352,13 @@ class _TreeWatch:
     def on_queue_overflow(self) -> None:
         self.batch.overflowed = True
 
+    def on_events_lost(self) -> None:
+        """watchdog 7.1.1 and later call this right after on_queue_overflow (earlier ones never).
+
+        Nothing to add: the overflow's recovery (watch afresh, then walk)
+        runs once the whole read is handed over, in TreeWatcher._hand_over.
+        """
+
 
 def worth_handling(events: list[InotifyEvent]) -> list[InotifyEvent]:
     """One read of the kernel queue, less the files' IN_CREATE made moot by a later IN_CLOSE_WRITE.
