@@ -37,9 +37,15 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
-# How long after a file was found closed (files.unwritten) a close event for
-# it is taken as the late report of that same close, not as a new write.
-_LATE_CLOSE = 2.0
+# A file found closed (files.unwritten) may still have the event of that
+# close in the kernel's inotify queue; when it comes it is the same version.
+# The watcher says when every event queued before a time has been handed over
+# (Dispatcher.events_read); a promotion older than that has no late close to
+# wait for. Without word from the watcher (none running, or a queue that never
+# empties) it is let go after _LATE_CLOSE_CAP: a close after that is a new
+# write, as any close is. A fixed two seconds was once used instead, and a
+# loaded daemon read a close later than that and scanned the file twice.
+_LATE_CLOSE_CAP = 60.0
 
 # Directories waiting to be walked again before they collapse into a rescan
 # of their whole watch: each costs a path string, the walk costs more.
@@ -119,6 +125,9 @@ class Dispatcher:
         # event may still be queued in the kernel; when it comes it is the
         # same version, so it only counts if the content changed.
         self._closed_early: dict[str, float] = {}
+        # every inotify event queued before this (self.clock() time) has been
+        # handed over: see events_read
+        self._events_read_until = float("-inf")
         self._delayed: list[tuple[float, Work]] = []
         self.degraded = 0  # paths turned into directory rescans because we were full
         self.stopping = False
@@ -162,8 +171,7 @@ class Dispatcher:
 
     def _due(self, work: Work) -> None:
         path = work.path
-        promoted = self._closed_early.pop(path, None)
-        if promoted is not None and not work.if_changed and self.clock() - promoted < _LATE_CLOSE:
+        if self._closed_early.pop(path, None) is not None and not work.if_changed:
             work = replace(work, if_changed=True)
         self._settling.pop(path, None)
         if path in self._in_flight:
@@ -386,6 +394,7 @@ class Dispatcher:
                 entry.size, entry.mtime_ns, entry.stable_since = st.st_size, st.st_mtime_ns, now
             elif now - entry.stable_since >= self.settle_time:
                 promote.append(entry.work)
+        probed = self.clock()  # every close the leases saw happened before this
         with self.cond:
             for path in gone:
                 self._settling.pop(path, None)
@@ -400,12 +409,26 @@ class Dispatcher:
                 if self._settling.get(work.path) is not None:
                     work.reason = f"{work.reason}, not open for writing"
                     self._due(work)  # takes the path out of _closed_early first
-                    self._closed_early[work.path] = now
-            # _closed_early is in the order of its times: the expired ones lead
-            early = self._closed_early
-            expired = itertools.takewhile(lambda item: now - item[1] >= _LATE_CLOSE, early.items())
-            for path in [path for path, _ in expired]:
-                del early[path]
+                    self._closed_early[work.path] = probed
+            self._forget_closed_early(now)
+
+    def events_read(self, until: float) -> None:
+        """The watcher has handed over every event queued before ``until`` (self.clock() time).
+
+        A close seen by a lease before then will not come late any more.
+        """
+        with self.cond:
+            self._events_read_until = max(self._events_read_until, until)
+            self._forget_closed_early(self.clock())
+
+    def _forget_closed_early(self, now: float) -> None:
+        # _closed_early is in the order of its times: the ones to forget lead
+        # (a time before read_until: its late close, if any, came already)
+        forget = max(self._events_read_until, now - _LATE_CLOSE_CAP)
+        early = self._closed_early
+        done = itertools.takewhile(lambda item: item[1] < forget, early.items())
+        for path in [path for path, _ in done]:
+            del early[path]
 
     # -- status -----------------------------------------------------------------------
 

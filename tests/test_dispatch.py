@@ -881,21 +881,50 @@ def test_settling_files_are_looked_at_a_slice_at_a_time_fresh_ones_first(
     assert sorted(w.path for w in d.take(10)) == walked[:2]
 
 
-def test_lease_promotions_expire_in_the_order_they_came() -> None:
-    """After _LATE_CLOSE a close is a new write again; one promoted later still counts as late."""
+def _promote(dispatcher: Dispatcher, path: str) -> None:
+    """Settle ``path``, find it unwritten by a lease, scan it, done: its close may come late."""
+    st = os.stat_result((0o100644, 1, 1, 1, 0, 0, 5, 0, 0, 0), {"st_mtime_ns": 7})
+    dispatcher.settle(Work(path, "/w", dispatcher.clock(), "created"))
+    dispatcher.settle_check(lambda path: st, lambda path, s: True)
+    (taken,) = dispatcher.take(10)
+    assert taken.path == path and taken.reason == "created, not open for writing"
+    dispatcher.done(path)
+
+
+def test_a_late_close_counts_only_if_changed_however_late_until_the_watcher_caught_up() -> None:
+    """A loaded daemon once read such a close 2 s late and scanned the file a second time."""
     now = [0.0]
     dispatcher = Dispatcher(100, 2.0, clock=lambda: now[0])
-    st = os.stat_result((0o100644, 1, 1, 1, 0, 0, 5, 0, 0, 0), {"st_mtime_ns": 7})
+    _promote(dispatcher, "/w/a")
+    now[0] = 30.0  # the watcher has not said it read everything queued before the lease
+    dispatcher.settle_check(lambda path: None)
+    dispatcher.due(Work("/w/a", "/w", 30.0, "closed after write"))
+    (late,) = dispatcher.take(10)
+    assert late.if_changed
+
+
+def test_lease_promotions_are_let_go_once_the_watcher_read_past_them() -> None:
+    """Every event queued before the watcher's time is in: a close after it is a new write."""
+    now = [0.0]
+    dispatcher = Dispatcher(100, 2.0, clock=lambda: now[0])
     for path, at in (("/w/a", 0.0), ("/w/b", 1.5)):
         now[0] = at
-        dispatcher.settle(Work(path, "/w", at, "created"))
-        dispatcher.settle_check(lambda path: st, lambda path, s: True)
-        (taken,) = dispatcher.take(10)
-        dispatcher.done(taken.path)
-    now[0] = 2.5  # a's promotion is 2.5 s old, b's 1 s
-    dispatcher.settle_check(lambda path: st, lambda path, s: True)
-    assert list(dispatcher._closed_early) == ["/w/b"]  # a's memory of it is let go
+        _promote(dispatcher, path)
+    now[0] = 2.5
+    dispatcher.events_read(1.0)  # drained at 1.0: a's close would be in, b's may still come
+    assert list(dispatcher._closed_early) == ["/w/b"]
     for path in ("/w/a", "/w/b"):
         dispatcher.due(Work(path, "/w", 2.5, "closed after write"))
     if_changed = {work.path: work.if_changed for work in dispatcher.take(10)}
     assert if_changed == {"/w/a": False, "/w/b": True}
+
+
+def test_lease_promotions_are_let_go_after_a_minute_without_word_from_the_watcher() -> None:
+    now = [0.0]
+    dispatcher = Dispatcher(100, 2.0, clock=lambda: now[0])
+    _promote(dispatcher, "/w/a")
+    now[0] = 59.0
+    _promote(dispatcher, "/w/b")
+    now[0] = 60.5
+    dispatcher.settle_check(lambda path: None)
+    assert list(dispatcher._closed_early) == ["/w/b"]

@@ -304,3 +304,16 @@ def test_a_files_creation_is_left_out_when_its_close_is_in_the_same_read() -> No
     ]  # fmt: skip
     no_closes = [created_and_closed, created_only, directory]
     assert worth_handling(no_closes) == no_closes
+
+
+def test_the_reader_says_when_it_has_read_every_queued_event(
+    start: Callable[..., tuple[TreeWatcher, Seen]], watched: Path
+) -> None:
+    """What lets the dispatcher forget a lease promotion: no close for it can come any more."""
+    _, seen = start()
+    before = time.monotonic()
+    (watched / "a").write_bytes(b"x")
+    seen.work(watched / "a", "closed after write")
+    # the read that brought the close emptied the queue, after `before`
+    seen.wait("word that the queue was read", lambda: seen.dispatcher._events_read_until > before)
+    assert seen.dispatcher._events_read_until <= time.monotonic()

@@ -28,8 +28,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import logging
 import os
+import struct
+import termios
 import threading
 import time
 import warnings
@@ -385,9 +388,14 @@ def worth_handling(events: list[InotifyEvent]) -> list[InotifyEvent]:
 
 
 class _InotifyReader(InotifyFD):
-    """watchdog's inotify descriptor, read by its thread a queue's worth at a time."""
+    """watchdog's inotify descriptor, read by its thread a queue's worth at a time.
 
-    def __init__(self, on_read: Callable[[], None]) -> None:
+    After each read it hands the events over with ``on_read(drained)``:
+    ``drained`` is a time.monotonic() time before which every event the kernel
+    queued has now been read, or None when more were waiting (a burst).
+    """
+
+    def __init__(self, on_read: Callable[[float | None], None]) -> None:
         super().__init__()
         self.name = "clamwatch-inotify"
         self._on_read = on_read
@@ -400,15 +408,27 @@ class _InotifyReader(InotifyFD):
             if now - last_read < _BUSY:
                 time.sleep(_GATHER)
             last_read = now
-            for event in worth_handling(self.read_events(event_buffer_size=_READ_SIZE)):
+            events = self.read_events(event_buffer_size=_READ_SIZE)
+            drained = self._drained()
+            for event in worth_handling(events):
                 try:
                     self.handle_event(event)
                 except Exception:
                     log.exception("inotify event %r could not be handled", event)
             try:
-                self._on_read()
+                self._on_read(drained)
             except Exception:
                 log.exception("inotify events could not be handed over")
+
+    def _drained(self) -> float | None:
+        """Now, if the kernel's queue is empty (inotify(7): FIONREAD), else None."""
+        now = time.monotonic()
+        try:
+            waiting = fcntl.ioctl(self._inotify_fd, termios.FIONREAD, b"\0\0\0\0")
+        except OSError:  # closed: stopping
+            return None
+        # Empty now: every event queued before `now` has been read, by this read or earlier.
+        return now if struct.unpack("i", waiting)[0] == 0 else None
 
 
 @dataclass(slots=True)
@@ -460,7 +480,7 @@ class TreeWatcher:
 
     # -- the reader thread ----------------------------------------------------------
 
-    def _hand_over(self) -> None:
+    def _hand_over(self, drained: float | None = None) -> None:
         batch = self._batch
         if batch.arrived:
             arrived, batch.arrived = batch.arrived, []
@@ -471,6 +491,9 @@ class TreeWatcher:
         if batch.overflowed:
             batch.overflowed = False
             self._overflowed()
+        if drained is not None:
+            # the dispatcher's clock is time.monotonic (the daemon's), as ours
+            self.dispatcher.events_read(drained)
 
     def _overflowed(self) -> None:
         emit(
