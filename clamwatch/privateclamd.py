@@ -39,6 +39,10 @@ _POLL_INTERVAL_SECONDS = 0.02
 # Lines of clamd's log and output quoted in start() errors.
 _TAIL_LINES = 30
 
+# What clamd logs once a reloaded database replaces the old one (clamd 1.4,
+# server-th.c), with LogTime's stamp before it.
+_ACTIVATED = "Activating the newly loaded database"
+
 # clamd.conf(5) keys are words; values end at the line break.
 _KEY = re.compile(r"[A-Za-z][A-Za-z0-9]*")
 
@@ -237,6 +241,43 @@ class PrivateClamd:
         """Stop (if still running) and start again on the same socket and port."""
         self.stop()
         self.start(timeout)
+
+    def reload(self, timeout: float = 60.0) -> None:
+        """Reload the database (zRELOAD) and return once clamd uses the new one.
+
+        clamd keeps a cache of the hashes of files it found clean, and the
+        cache belongs to the loaded engine: after a reload it starts empty,
+        so the next scan of a file is a full scan again, not a cache hit.
+        clamd answers RELOADING at once and loads in the background
+        (ConcurrentDatabaseReload, the default); it logs "Activating the
+        newly loaded database" when its main loop swaps engines.
+        """
+
+        def activations() -> int:
+            try:
+                return self.log_path.read_text(encoding="utf-8", errors="replace").count(_ACTIVATED)
+            except FileNotFoundError:
+                return 0
+
+        before = activations()
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+                conn.settimeout(timeout)
+                conn.connect(os.fspath(self.socket_path))
+                conn.sendall(b"zRELOAD\0")
+                reply = conn.recv(64)
+        except OSError as exc:
+            raise RuntimeError(f"clamd on {self.socket_path}: RELOAD failed: {exc}") from exc
+        if reply != b"RELOADING\0":
+            raise RuntimeError(f"clamd on {self.socket_path} answered RELOAD with {reply!r}")
+        deadline = time.monotonic() + timeout
+        while activations() <= before or not _answers_ping(self.socket_path, timeout=1.0):
+            if time.monotonic() >= deadline:
+                raise RuntimeError(
+                    f"clamd did not activate its reloaded database within {timeout} s\n"
+                    + self.diagnostics()
+                )
+            time.sleep(_POLL_INTERVAL_SECONDS)
 
     def write_clamdscan_config(self, *, tcp: bool = False) -> Path:
         """A config for ``clamdscan --config-file=...`` that reaches this clamd.

@@ -136,3 +136,21 @@ def test_too_long_socket_path_is_refused(tmp_path: Path) -> None:
 def test_config_values_cannot_inject_lines(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"invalid clamd\.conf setting"):
         PrivateClamd(tmp_path, extra={"MaxThreads": "2\nUser nobody"})
+
+
+def test_reload_returns_once_the_new_database_is_in_use(
+    clamd_factory: ClamdFactory, tmp_path: Path
+) -> None:
+    server = clamd_factory()
+    sample = tmp_path / "sample.bin"
+    sample.write_bytes(b"clamwatch reload probe " * 8)
+    assert run_clamdscan(server, "--no-summary", "--fdpass", str(sample)).returncode == 0
+    # A signature for exactly that content: the old engine (and its cache
+    # of clean hashes) would still say OK, the reloaded one must find it.
+    with (server.db_dir / "probe.ndb").open("w", encoding="ascii") as db:
+        db.write(f"Reload-Probe:0:0:{sample.read_bytes().hex()}\n")
+    server.reload()
+    result = run_clamdscan(server, "--no-summary", "--fdpass", str(sample))
+    assert result.stdout.splitlines() == [f"{sample}: Reload-Probe.UNOFFICIAL FOUND"]
+    server.reload()  # a second reload waits for its own activation, not the first's
+    assert clamd_command(server.unix_address, b"zPING\0") == b"PONG\0"
