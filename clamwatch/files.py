@@ -141,6 +141,13 @@ def unwritten(path: str, st: os.stat_result) -> bool:
     The lease holder would get SIGIO if a writer opened the file in the
     microseconds it is held: the daemon ignores SIGIO. The close drops the
     lease (fcntl(2)): no F_UNLCK call of its own.
+
+    An empty file is never taken as finished: open(2) with O_CREAT makes the
+    name before the new file's descriptor holds write access, and a walk
+    that lists the name in between would get the lease on a file whose
+    writer has not begun (a slowed writer made this happen in a benchmark:
+    the empty file was scanned, then again at its close). An empty file
+    that stays empty is scanned once it has held still for settle_time.
     """
     if not stat.S_ISREG(st.st_mode):
         return False
@@ -149,7 +156,8 @@ def unwritten(path: str, st: os.stat_result) -> bool:
     except OSError:
         return False
     try:
-        if os.fstat(fd).st_ino != st.st_ino:
+        now = os.fstat(fd)
+        if now.st_ino != st.st_ino or now.st_size == 0:
             return False
         fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
     except OSError:

@@ -48,3 +48,12 @@ def test_a_directory_or_a_replaced_file_is_not_unwritten(tmp_path: Path) -> None
     path.write_bytes(b"second, another inode")
     assert not unwritten(str(path), old)
     assert unwritten(str(path), os.lstat(path))
+
+
+def test_an_empty_file_is_not_taken_as_finished(tmp_path: Path) -> None:
+    """open(O_CREAT) makes the name before its descriptor holds write access: no lease then."""
+    path = tmp_path / "upload.bin"
+    path.write_bytes(b"")
+    assert not unwritten(str(path), os.lstat(path))
+    path.write_bytes(b"now it has content")
+    assert unwritten(str(path), os.lstat(path))
