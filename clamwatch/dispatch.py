@@ -38,13 +38,18 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
 # A file found closed (files.unwritten) may still have the event of that
-# close in the kernel's inotify queue; when it comes it is the same version.
-# The watcher says when every event queued before a time has been handed over
-# (Dispatcher.events_read); a promotion older than that has no late close to
-# wait for. Without word from the watcher (none running, or a queue that never
-# empties) it is let go after _LATE_CLOSE_CAP: a close after that is a new
-# write, as any close is. A fixed two seconds was once used instead, and a
-# loaded daemon read a close later than that and scanned the file twice.
+# close to come; when it comes it is the same version. The event can be
+# queued after the lease is granted: the closing writer drops its write
+# access and queues IN_CLOSE_WRITE as two steps, and a probe fell in between
+# once in about a thousand closes (Linux 6.18, measured). So a promotion is
+# remembered until the watcher has handed over every event queued up to
+# _LATE_CLOSE after it (Dispatcher.events_read), which also waits for a
+# reader that lags behind a burst. A fixed two seconds was used before, and
+# a loaded daemon read such a close later than that and scanned the file
+# twice. Without word from the watcher (none running, or a queue that never
+# empties) a promotion is let go after _LATE_CLOSE_CAP: a close after that
+# is a new write, as any close is.
+_LATE_CLOSE = 2.0
 _LATE_CLOSE_CAP = 60.0
 
 # Directories waiting to be walked again before they collapse into a rescan
@@ -415,7 +420,7 @@ class Dispatcher:
     def events_read(self, until: float) -> None:
         """The watcher has handed over every event queued before ``until`` (self.clock() time).
 
-        A close seen by a lease before then will not come late any more.
+        A close seen by a lease _LATE_CLOSE before then will not come late any more.
         """
         with self.cond:
             self._events_read_until = max(self._events_read_until, until)
@@ -423,8 +428,7 @@ class Dispatcher:
 
     def _forget_closed_early(self, now: float) -> None:
         # _closed_early is in the order of its times: the ones to forget lead
-        # (a time before read_until: its late close, if any, came already)
-        forget = max(self._events_read_until, now - _LATE_CLOSE_CAP)
+        forget = max(self._events_read_until - _LATE_CLOSE, now - _LATE_CLOSE_CAP)
         early = self._closed_early
         done = itertools.takewhile(lambda item: item[1] < forget, early.items())
         for path in [path for path, _ in done]:

@@ -910,8 +910,10 @@ def test_lease_promotions_are_let_go_once_the_watcher_read_past_them() -> None:
     for path, at in (("/w/a", 0.0), ("/w/b", 1.5)):
         now[0] = at
         _promote(dispatcher, path)
-    now[0] = 2.5
-    dispatcher.events_read(1.0)  # drained at 1.0: a's close would be in, b's may still come
+    now[0] = 3.0
+    dispatcher.events_read(1.5)  # too soon after either: a close may still be on its way
+    assert list(dispatcher._closed_early) == ["/w/a", "/w/b"]
+    dispatcher.events_read(3.0)  # a's close would be in (2 s after it), b's may still come
     assert list(dispatcher._closed_early) == ["/w/b"]
     for path in ("/w/a", "/w/b"):
         dispatcher.due(Work(path, "/w", 2.5, "closed after write"))
