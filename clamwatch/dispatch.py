@@ -52,6 +52,9 @@ from dataclasses import dataclass, field, replace
 _LATE_CLOSE = 2.0
 _LATE_CLOSE_CAP = 60.0
 
+#: The reason the watcher gives a file's IN_CLOSE_WRITE.
+CLOSED_AFTER_WRITE = "closed after write"
+
 # Directories waiting to be walked again before they collapse into a rescan
 # of their whole watch: each costs a path string, the walk costs more.
 MAX_RESCANS = 4096
@@ -176,8 +179,15 @@ class Dispatcher:
 
     def _due(self, work: Work) -> None:
         path = work.path
-        if self._closed_early.pop(path, None) is not None and not work.if_changed:
-            work = replace(work, if_changed=True)
+        if path in self._closed_early:
+            # Scanned since its last writer closed it: anything but a new
+            # version is skipped. Only the close event itself ends that (a
+            # settled or walked look at the file meanwhile once took it away,
+            # and the late close then made a second verdict, measured).
+            if not work.if_changed:
+                work = replace(work, if_changed=True)
+            if work.reason == CLOSED_AFTER_WRITE:
+                del self._closed_early[path]
         self._settling.pop(path, None)
         if path in self._in_flight:
             self._mark_dirty(path, work.if_changed)
@@ -413,7 +423,9 @@ class Dispatcher:
             for work in closed:
                 if self._settling.get(work.path) is not None:
                     work.reason = f"{work.reason}, not open for writing"
-                    self._due(work)  # takes the path out of _closed_early first
+                    self._due(work)
+                    # last in the order of times, which _forget_closed_early relies on
+                    self._closed_early.pop(work.path, None)
                     self._closed_early[work.path] = probed
             self._forget_closed_early(now)
 

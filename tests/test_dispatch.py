@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from clamwatch import dispatch
-from clamwatch.dispatch import Dispatcher, Mode, Rescan, Work
+from clamwatch.dispatch import CLOSED_AFTER_WRITE, Dispatcher, Mode, Rescan, Work
 from clamwatch.files import FileIdentity
 from clamwatch.pipeline import SeenVersions
 
@@ -930,3 +930,26 @@ def test_lease_promotions_are_let_go_after_a_minute_without_word_from_the_watche
     now[0] = 60.5
     dispatcher.settle_check(lambda path: None)
     assert list(dispatcher._closed_early) == ["/w/b"]
+
+
+def test_only_the_close_itself_ends_the_wait_for_a_late_close() -> None:
+    """A walk promoted the file; its IN_CREATE settled it again; the close came after that."""
+    now = [0.0]
+    dispatcher = Dispatcher(100, 2.0, clock=lambda: now[0])
+    st = os.stat_result((0o100644, 1, 1, 1, 0, 0, 5, 0, 0, 0), {"st_mtime_ns": 7})
+    _promote(dispatcher, "/w/a")  # the walk's look: no writer, scanned
+    dispatcher.arrived([(Mode.SETTLE, Work("/w/a", "/w", 0.0, "created"))])  # late IN_CREATE
+    now[0] = 0.1
+    dispatcher.settle_check(lambda path: st)  # its size and mtime, noted
+    now[0] = 2.5
+    dispatcher.settle_check(lambda path: st)  # held still for settle_time
+    (settled,) = dispatcher.take(10)
+    assert settled.reason == "created, settled" and settled.if_changed
+    dispatcher.done("/w/a")
+    dispatcher.due(Work("/w/a", "/w", 2.6, CLOSED_AFTER_WRITE))  # the close, late
+    (late,) = dispatcher.take(10)
+    assert late.if_changed
+    dispatcher.done("/w/a")
+    dispatcher.due(Work("/w/a", "/w", 2.7, CLOSED_AFTER_WRITE))  # another close: a new write
+    (again,) = dispatcher.take(10)
+    assert not again.if_changed

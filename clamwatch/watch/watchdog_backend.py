@@ -48,7 +48,7 @@ from watchdog.observers.inotify_c import (
     WatchDescriptor,
 )
 
-from clamwatch.dispatch import Dispatcher, Mode, Rescan, Work
+from clamwatch.dispatch import CLOSED_AFTER_WRITE, Dispatcher, Mode, Rescan, Work
 from clamwatch.events import EventKind, emit
 from clamwatch.threadnames import name_this_thread
 from clamwatch.watch.filters import WatchFilter
@@ -235,7 +235,7 @@ class _TreeWatch:
         watch = self.rules.root
         if mask & _IN.IN_CLOSE_WRITE:
             self.batch.arrived.append(
-                (Mode.DUE, Work(path, watch, time.monotonic(), "closed after write"))
+                (Mode.DUE, Work(path, watch, time.monotonic(), CLOSED_AFTER_WRITE))
             )
         elif mask & _IN.IN_MOVED_TO:
             self.batch.arrived.append((Mode.DUE, Work(path, watch, time.monotonic(), "moved in")))
