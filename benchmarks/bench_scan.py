@@ -343,6 +343,7 @@ class Report:
     cpus: int
     clamd_version: str
     clamd_settings: dict[str, str]
+    files_dir: str  # where the scanned files are (its file system matters: see README)
     # os.getloadavg() before the first and after the last run: other work on
     # the machine shows here, and in the min-max spread.
     load_before: tuple[float, float, float]
@@ -363,6 +364,7 @@ def build_report(
     clamd: PrivateClamd,
     tools: list[Tool],
     infected: int,
+    files_dir: Path,
     results: dict[str, Measurements],
     removed_env: list[str],
     load_before: tuple[float, float, float],
@@ -393,6 +395,7 @@ def build_report(
         cpus=len(os.sched_getaffinity(0)),
         clamd_version=clamd_version(),
         clamd_settings=dict(clamd.settings),
+        files_dir=str(files_dir),
         load_before=load_before,
         load_after=os.getloadavg(),
         python_env_removed=removed_env,
@@ -420,7 +423,8 @@ def format_table(report: Report) -> str:
     lines = [
         f"{report.files} files ({report.infected} infected), {report.rounds} rounds,"
         f" clamd MaxThreads {report.clamd_max_threads} on {report.cpus} CPUs"
-        f" ({report.clamd_version})",
+        f" ({report.clamd_version}); files in {report.files_dir},"
+        f" clamd's TemporaryDirectory {report.clamd_settings.get('TemporaryDirectory', '?')}",
         f"load average (1/5/15 min) before {_format_load(report.load_before)},"
         f" after {_format_load(report.load_after)}",
         f"tools ran without {', '.join(report.python_env_removed)}"
@@ -477,6 +481,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=Path,
         help="where the files and clamd live (default: a new folder under /tmp, removed after)",
     )
+    parser.add_argument(
+        "--clamd-tmpdir",
+        type=Path,
+        metavar="DIR",
+        help="clamd's TemporaryDirectory, where it makes and removes a folder per scanned file"
+        " (default: inside the work folder); /dev/shm/NAME puts it on a tmpfs, as README advises",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work folder afterwards")
     parser.add_argument(
         "--keep-python-env",
@@ -509,7 +520,11 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> Report:
     if load_before[0] > _BUSY_LOAD:
         _say(f"warning: load average {load_before[0]:.1f} before the run; other work on this"
              " machine will show in the spread")  # fmt: skip
-    with PrivateClamd(workdir / "clamd", max_threads=args.threads, tcp=True) as clamd:
+    extra = {}
+    if args.clamd_tmpdir is not None:
+        args.clamd_tmpdir.mkdir(parents=True, exist_ok=True)
+        extra["TemporaryDirectory"] = str(args.clamd_tmpdir.absolute())
+    with PrivateClamd(workdir / "clamd", max_threads=args.threads, tcp=True, extra=extra) as clamd:
         clamd_pid = clamd.pid
         assert clamd_pid is not None
         tools = build_tools(clamd, files, workdir)
@@ -540,6 +555,7 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> Report:
             clamd=clamd,
             tools=tools,
             infected=len(infected),
+            files_dir=files,
             results=results,
             removed_env=dropped,
             load_before=load_before,
