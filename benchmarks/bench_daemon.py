@@ -78,6 +78,7 @@ from bench_scan import (  # noqa: E402
     Tool,
     WrongAnswerError,
     check_output,
+    clamd_tmp_setting,
     clamd_version,
     tool_environment,
 )
@@ -1540,14 +1541,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.profile is not None:
         args.profile = args.profile.absolute()
     return args
-
-
-def clamd_tmp_setting(args: argparse.Namespace) -> dict[str, str]:
-    """clamd.conf's TemporaryDirectory as --clamd-tmpdir asks (made here), else nothing."""
-    if args.clamd_tmpdir is None:
-        return {}
-    args.clamd_tmpdir.mkdir(parents=True, exist_ok=True)
-    return {"TemporaryDirectory": str(args.clamd_tmpdir.absolute())}
 
 
 def benchmark(args: argparse.Namespace, workdir: Path, report: Report) -> None:

@@ -508,6 +508,14 @@ def _say(message: str) -> None:
     print(f"bench_scan: {message}", file=sys.stderr, flush=True)
 
 
+def clamd_tmp_setting(args: argparse.Namespace) -> dict[str, str]:
+    """clamd.conf's TemporaryDirectory as --clamd-tmpdir asks (made here), else nothing."""
+    if args.clamd_tmpdir is None:
+        return {}
+    args.clamd_tmpdir.mkdir(parents=True, exist_ok=True)
+    return {"TemporaryDirectory": str(args.clamd_tmpdir.absolute())}
+
+
 def benchmark(args: argparse.Namespace, workdir: Path) -> Report:
     files = workdir / "files"
     started = time.perf_counter()
@@ -520,10 +528,7 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> Report:
     if load_before[0] > _BUSY_LOAD:
         _say(f"warning: load average {load_before[0]:.1f} before the run; other work on this"
              " machine will show in the spread")  # fmt: skip
-    extra = {}
-    if args.clamd_tmpdir is not None:
-        args.clamd_tmpdir.mkdir(parents=True, exist_ok=True)
-        extra["TemporaryDirectory"] = str(args.clamd_tmpdir.absolute())
+    extra = clamd_tmp_setting(args)
     with PrivateClamd(workdir / "clamd", max_threads=args.threads, tcp=True, extra=extra) as clamd:
         clamd_pid = clamd.pid
         assert clamd_pid is not None
