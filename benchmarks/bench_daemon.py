@@ -82,6 +82,7 @@ from bench_scan import (  # noqa: E402
     clamd_version,
     tool_environment,
 )
+from scratchfs import add_ext4_image_option, scratch_folder  # noqa: E402
 
 from clamwatch.privateclamd import PrivateClamd  # noqa: E402
 from clamwatch.testsig import EICAR_SIGNATURE, eicar_bytes  # noqa: E402
@@ -728,6 +729,7 @@ class Report:
     load_after: tuple[float, float, float]
     python_env_removed: list[str]
     latency_measure: str
+    filesystem: str = ""  # the work folder's file system, and why (scratchfs)
     burst: BurstResult | None = None  # the round with the median ratio
     burst_rounds: list[BurstResult] = field(default_factory=list)
     burst_ratio: float = float("nan")  # median of the rounds' ratios: held to the target
@@ -1312,6 +1314,7 @@ def format_table(report: Report) -> str:
         f"clamd MaxThreads {report.clamd_max_threads} on {report.cpus} CPUs"
         f" ({report.clamd_version}); clamd's TemporaryDirectory"
         f" {report.clamd_settings.get('TemporaryDirectory', '?')}",
+        f"work folder: {report.filesystem}",
         f"load average (1/5/15 min) before {_load(report.load_before)},"
         f" after {_load(report.load_after)}; waited"
         f" {report.waited_for_other_benchmarks_seconds:.0f} s for other benchmarks",
@@ -1517,6 +1520,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="every clamd's TemporaryDirectory, where clamd makes and removes"
                         " a folder per scanned file (default: inside the work folder);"
                         " /dev/shm/NAME puts it on a tmpfs, as README advises")  # fmt: skip
+    add_ext4_image_option(parser)
     parser.add_argument("--keep", action="store_true", help="keep the work folder afterwards")
     parser.add_argument("--keep-python-env", action="store_true",
                         help="run the daemon and tools with PYTHONUNBUFFERED and the like if"
@@ -1648,7 +1652,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     started = time.monotonic()
     try:
-        benchmark(args, workdir, report)
+        with scratch_folder(workdir, args.ext4_image, _say) as scratch:
+            report.filesystem = scratch.description
+            benchmark(args, scratch.folder, report)
     except WrongAnswerError as exc:
         report.wrong_answers.append(f"clamdscan: {exc}")
     except (RuntimeError, AssertionError, OSError, queue.Empty) as exc:

@@ -35,6 +35,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from scratchfs import add_ext4_image_option, scratch_folder  # benchmarks/ is on sys.path
+
 from clamwatch.privateclamd import CLAMD_BINARY, PrivateClamd
 from clamwatch.testsig import EICAR_SIGNATURE, eicar_bytes
 
@@ -344,6 +346,7 @@ class Report:
     clamd_version: str
     clamd_settings: dict[str, str]
     files_dir: str  # where the scanned files are (its file system matters: see README)
+    filesystem: str  # the work folder's file system, and why (scratchfs)
     # os.getloadavg() before the first and after the last run: other work on
     # the machine shows here, and in the min-max spread.
     load_before: tuple[float, float, float]
@@ -365,6 +368,7 @@ def build_report(
     tools: list[Tool],
     infected: int,
     files_dir: Path,
+    filesystem: str,
     results: dict[str, Measurements],
     removed_env: list[str],
     load_before: tuple[float, float, float],
@@ -396,6 +400,7 @@ def build_report(
         clamd_version=clamd_version(),
         clamd_settings=dict(clamd.settings),
         files_dir=str(files_dir),
+        filesystem=filesystem,
         load_before=load_before,
         load_after=os.getloadavg(),
         python_env_removed=removed_env,
@@ -425,6 +430,7 @@ def format_table(report: Report) -> str:
         f" clamd MaxThreads {report.clamd_max_threads} on {report.cpus} CPUs"
         f" ({report.clamd_version}); files in {report.files_dir},"
         f" clamd's TemporaryDirectory {report.clamd_settings.get('TemporaryDirectory', '?')}",
+        f"work folder: {report.filesystem}",
         f"load average (1/5/15 min) before {_format_load(report.load_before)},"
         f" after {_format_load(report.load_after)}",
         f"tools ran without {', '.join(report.python_env_removed)}"
@@ -488,6 +494,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="clamd's TemporaryDirectory, where it makes and removes a folder per scanned file"
         " (default: inside the work folder); /dev/shm/NAME puts it on a tmpfs, as README advises",
     )
+    add_ext4_image_option(parser)
     parser.add_argument("--keep", action="store_true", help="keep the work folder afterwards")
     parser.add_argument(
         "--keep-python-env",
@@ -516,7 +523,7 @@ def clamd_tmp_setting(args: argparse.Namespace) -> dict[str, str]:
     return {"TemporaryDirectory": str(args.clamd_tmpdir.absolute())}
 
 
-def benchmark(args: argparse.Namespace, workdir: Path) -> Report:
+def benchmark(args: argparse.Namespace, workdir: Path, filesystem: str) -> Report:
     files = workdir / "files"
     started = time.perf_counter()
     infected = make_files(files, args.files, args.seed)
@@ -561,6 +568,7 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> Report:
             tools=tools,
             infected=len(infected),
             files_dir=files,
+            filesystem=filesystem,
             results=results,
             removed_env=dropped,
             load_before=load_before,
@@ -576,7 +584,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Short: clamd's socket path must fit in sun_path (107 bytes).
         workdir = Path(tempfile.mkdtemp(prefix="cwbench-", dir="/tmp"))
     try:
-        report = benchmark(args, workdir)
+        with scratch_folder(workdir, args.ext4_image, _say) as scratch:
+            report = benchmark(args, scratch.folder, scratch.description)
     except WrongAnswerError as exc:
         _say(f"WRONG ANSWER, no timing reported:\n{exc}")
         return _EXIT_WRONG
