@@ -1,3 +1,5 @@
-from clamwatch.cli import main
+"""`python -m clamwatch`: the clamwatch command."""
 
-raise SystemExit(main())
+from clamwatch.cli import entry
+
+entry()

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from clamwatch import __version__
 from clamwatch.clamd.address import DEFAULT_CLAMD_CONF, AddressError
@@ -433,7 +435,16 @@ _SUBCOMMANDS = {
 }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def entry() -> NoReturn:
+    """The ``clamwatch`` command (and ``python -m clamwatch``)."""
+    sys.exit(main(exit_when_scanned=True))
+
+
+def main(argv: Sequence[str] | None = None, *, exit_when_scanned: bool = False) -> int:
+    """Run the command line ``argv``; return its exit status.
+
+    ``exit_when_scanned``: ``scan`` ends the process itself (see _exit_now).
+    """
     if argv is None:
         argv = sys.argv[1:]
     args = build_parser(_subcommand(argv)).parse_args(argv)
@@ -442,7 +453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "scan":
         from clamwatch.scan_command import ScanOptions, run_scan
 
-        return run_scan(
+        status = run_scan(
             ScanOptions(
                 paths=args.paths,
                 address=args.address,
@@ -457,6 +468,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 request_timeout=args.request_timeout,
             )
         )
+        if exit_when_scanned:
+            _exit_now(status)
+        return status
     if args.command == "run":
         return run_daemon(args.config, args.log_format, args.log_target)
     if args.command == "check-config":
@@ -470,6 +484,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     from clamwatch.demo import run_demo
 
     return run_demo(args.workdir, args.duration)
+
+
+def _exit_now(status: int) -> NoReturn:
+    """End the process without Python's teardown of every module and object.
+
+    That teardown took 7-10 ms of the 58 ms an empty `clamwatch scan` takes
+    here (measured), paid on every run by a hook that scans each upload as it
+    lands. Only ``scan`` ends this way: it starts no thread, and what it
+    opened is closed when run_scan returns. What Python's exit would still do
+    is done here: logging's handlers and both streams are flushed, and a
+    flush that fails makes a clean run's status 2, as run_scan makes it when
+    the results cannot be written.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            status = status or 2
+    os._exit(status)
 
 
 def run_daemon(config_path: Path, log_format: str | None, log_target: str) -> int:
