@@ -284,3 +284,22 @@ def test_a_reader_that_goes_away_ends_the_scan_quietly(clamd: PrivateClamd, tmp_
     assert first.endswith(b": OK\n")
     assert process.returncode == 2
     assert stderr == ""
+
+
+def test_every_line_reaches_a_pipe_though_the_process_skips_its_teardown(
+    clamd: PrivateClamd, tmp_path: Path
+) -> None:
+    """scan ends with os._exit (cli._exit_now), past Python's own flush at exit.
+
+    Output to a pipe is block-buffered: every line and the summary must
+    still arrive, whichever of run_scan and _exit_now flushes them.
+    """
+    root = tmp_path / "many"
+    root.mkdir()
+    for number in range(300):
+        (root / f"f{number:03}.txt").write_text(f"clean file {number}\n")
+    result = clamwatch("scan", "--address", clamd.unix_address, str(root))
+    assert result.returncode == 0, result.stderr
+    assert lines(result.stdout) == {f"{root}/f{n:03}.txt": "OK" for n in range(300)}
+    assert "Scanned files: 300" in result.stdout
+    assert result.stdout.endswith("\n")
