@@ -249,7 +249,9 @@ class Daemon:
             config=str(self.config.source),
         )
         self.state = load_state(settings.state_directory)
-        raise_nofile_limit()  # a descriptor per file waiting for its verdict (the window)
+        # a descriptor per file waiting for its verdict (the window), and the
+        # rest for clamd's sockets, inotify, the journal and the actions
+        self.pipeline.window = min(self.pipeline.window, max(16, raise_nofile_limit() // 4))
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGHUP, self._on_reload)

@@ -168,8 +168,8 @@ def unwritten(path: str, st: os.stat_result) -> bool:
         os.close(fd)
 
 
-def raise_nofile_limit() -> None:
-    """Raise the soft limit on open descriptors to the hard one.
+def raise_nofile_limit() -> int:
+    """Raise the soft limit on open descriptors to the hard one; return the soft limit then.
 
     Every file waiting for its verdict holds a descriptor; systemd's default
     soft limit (1024) is the old select(2)-era one, and a hard limit far above
@@ -179,3 +179,5 @@ def raise_nofile_limit() -> None:
     if hard == resource.RLIM_INFINITY or soft < hard:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20

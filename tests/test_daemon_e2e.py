@@ -478,3 +478,32 @@ def test_the_daemon_raises_its_open_files_limit_to_the_hard_one(
         limits = Path(f"/proc/{daemon.process.pid}/limits").read_text()
     (line,) = [line for line in limits.splitlines() if line.startswith("Max open files")]
     assert line.split()[3:5] == ["4096", "4096"], line
+
+
+def test_a_low_open_files_limit_shrinks_the_window_not_the_verdicts(
+    clamd: PrivateClamd, watched: Path, tmp_path: Path
+) -> None:
+    """Hard limit 256: the window of files opened ahead (1,024) shrinks to 64.
+
+    Without that, a burst would open files until open(2) failed with EMFILE,
+    and those files would get "Too many open files" errors instead of verdicts.
+    """
+    config = write_config(
+        tmp_path / "clamwatch.toml",
+        address=clamd.unix_address,
+        watches=[watched],
+        state_directory=tmp_path / "state",
+    )
+    with DaemonProcess(config, prefix=("prlimit", "--nofile=256:256", "--")) as daemon:
+        daemon.wait_event("ready", timeout=30)
+        paths = []
+        for number in range(1500):
+            path = watched / f"f{number:04}.txt"
+            path.write_text(f"clean file {number}\n")
+            paths.append(path)
+        daemon.wait_verdicts(paths, timeout=120)
+        verdicts = daemon.verdicts()
+    kinds = {event["verdict"] for path in paths for event in verdicts[str(path)]}
+    assert kinds == {"clean"}, [e for v in verdicts.values() for e in v if e["verdict"] != "clean"][
+        :3
+    ]
