@@ -7,7 +7,7 @@ import errno
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -19,7 +19,7 @@ from clamwatch.clamd.settings import ClamdSettings, resolve_engine
 from clamwatch.files import OpenedFile, open_for_scan, raise_nofile_limit
 from clamwatch.report import Reporter
 from clamwatch.verdict import ScanError
-from clamwatch.walk import walk
+from clamwatch.walk import WalkItem, walk
 
 log = logging.getLogger(__name__)
 
@@ -129,28 +129,39 @@ def _scan_all(engine: Engine, paths: list[str], reporter: Reporter) -> None:
         job.file.close()
         reporter.report(job.file.path, outcome.verdict, outcome)
 
+    items = walk(paths)
     try:
-        _feed(engine, paths, reporter, outstanding, done)
+        _feed(engine, items, reporter, outstanding, done)
     except Exception as exc:
-        # Never a verdict: whatever was waiting is an error, with its line.
-        # The engine is closed first, without a drain, so that no late reply
-        # reports a file a second time.
+        # Never a verdict: whatever was waiting is an error, with its line,
+        # and so is every file the walk had yet to reach. The engine is
+        # closed first, without a drain, so that no late reply reports a
+        # file a second time.
         with contextlib.suppress(Exception):
             engine.close(0.0)
+        failed = ScanError(f"the clamd engine failed: {exc!r}")
         for job in list(outstanding):
-            done(job, ScanOutcome(ScanError(f"the clamd engine failed: {exc!r}"), None, None, 0))
+            done(job, ScanOutcome(failed, None, None, 0))
+        with contextlib.suppress(Exception):  # a walk that failed itself has ended
+            for item in items:
+                if reporter.output_error is not None:
+                    break
+                if isinstance(item, tuple):
+                    reporter.report(*item)
+                else:
+                    reporter.report(item if isinstance(item, str) else item.path, failed)
         raise
 
 
 def _feed(
     engine: Engine,
-    paths: list[str],
+    items: Iterator[WalkItem],
     reporter: Reporter,
     outstanding: set[ScanJob],
     done: Callable[[ScanJob, ScanOutcome], None],
 ) -> None:
     opened_since_step = 0
-    for item in walk(paths):
+    for item in items:
         if reporter.output_error is not None:
             break  # nobody gets to read what comes next
         if isinstance(item, tuple):

@@ -8,8 +8,11 @@ from collections.abc import Iterable, Iterator
 from clamwatch.files import os_error_verdict
 from clamwatch.verdict import Verdict
 
+# A path to open, a listed file (its DirEntry), or a path with why it is skipped.
+WalkItem = str | os.DirEntry[str] | tuple[str, Verdict]
 
-def walk(paths: Iterable[str]) -> Iterator[str | os.DirEntry[str] | tuple[str, Verdict]]:
+
+def walk(paths: Iterable[str]) -> Iterator[WalkItem]:
     """Every file below ``paths``: a path to open, or a path with the reason it is skipped.
 
     A file found in a directory comes as its DirEntry, whose
