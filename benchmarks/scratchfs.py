@@ -38,6 +38,11 @@ CHOICES = ("auto", "yes", "no")
 _IMAGE_BYTES = 16 * 1024**3
 _IMAGE_NAME = "ext4.img"
 _MOUNT_NAME = "fs"
+# what a warning adds when the benchmark goes on without the image
+_SKEWED = (
+    "the writers' and clamd's times will depend on what was deleted there in the last"
+    " minutes (benchmarks/README.md)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,9 +113,7 @@ def scratch_folder(parent: Path, choice: str, say: Callable[[str], None]) -> Ite
     if os.geteuid() != 0:
         if choice == "yes":
             raise RuntimeError("--ext4-image yes needs root (mkfs.ext4 and mount)")
-        say(f"warning: {where}, and only root can mount a journaled image instead;"
-            " the writers' and clamd's times will depend on what was deleted there"
-            " in the last minutes (benchmarks/README.md)")  # fmt: skip
+        say(f"warning: {where}, and only root can mount a journaled image instead; {_SKEWED}")
         yield Scratch(parent, where)
         return
     image, mountpoint = parent / _IMAGE_NAME, parent / _MOUNT_NAME
@@ -125,9 +128,7 @@ def scratch_folder(parent: Path, choice: str, say: Callable[[str], None]) -> Ite
     except (OSError, RuntimeError) as exc:
         if choice == "yes":
             raise RuntimeError(f"cannot make the ext4 image: {exc}") from exc
-        say(f"warning: {where}, and no journaled image could be mounted instead ({exc});"
-            " the writers' and clamd's times will depend on what was deleted there"
-            " in the last minutes (benchmarks/README.md)")  # fmt: skip
+        say(f"warning: {where}, and no journaled image could be mounted instead ({exc}); {_SKEWED}")
         with contextlib.suppress(OSError):
             image.unlink()
         with contextlib.suppress(OSError):
