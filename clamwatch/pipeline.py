@@ -50,10 +50,12 @@ _NOTHING = Rule()  # the rule whose words are ["none"]
 # time (16 per thread of its 4, engine._cap_total); the rest wait opened in the
 # engine's queue, which sends the next one for each reply by itself. While a
 # burst's writers run, some ten threads share two CPUs and this thread's rounds
-# came 40-60 ms apart (traced): with 256 the engine's queue ran dry between them
-# and clamd sat idle, 1-3 times in a burst's first half second; with 768 or
-# 1024, never, and the burst's median time went from 1.94 to 1.83 s (six runs
-# each). A descriptor each: Daemon.run lowers it to a quarter of RLIMIT_NOFILE.
+# came 40-60 ms apart (traced every 5 ms): with 256 the engine's queue ran dry
+# between them and clamd sat idle 1-4 times in a burst's first half second
+# (in each of ten bursts); with 768, in two bursts of six; with 1,024, in
+# none of three. Single bursts alternated on one clamd: 1.83 s with 768 against
+# 1.94 s with 256 (medians of six), and 1.83 s with 1,024 in six later runs.
+# A descriptor each: Daemon.run lowers it to a quarter of RLIMIT_NOFILE.
 WINDOW = 1024
 # Outcomes come in batches (see _sleep) once more than this many files are in
 # the engine: clamd's 64 in flight and some queued behind them.
