@@ -127,10 +127,11 @@ class Pipeline:
         self.filters = filters
         self.report = report
         self.actions = actions
+        # Daemon.run may lower it (open-files limit) before start(): what
+        # depends on it is derived from it in _sleep, not kept
         self.window = window
-        # outcomes per round while the engine has plenty to do; no more than a
-        # quarter of the window, so that a busy round's batch always comes in
-        self._batch = max(1, min(batch, window // 4))
+        # outcomes per round while the engine has plenty to do (see _sleep)
+        self._batch = batch
         self._wake_after = 1  # outcomes that wake the pipeline (read by the engine thread)
         self.seen = SeenVersions()
         self._outstanding: dict[ScanJob, Work] = {}
@@ -201,12 +202,14 @@ class Pipeline:
         _SETTLE_EVERY later).
         """
         ready = self.dispatcher.ready
-        if len(self._outstanding) <= min(self.window // 4, _BATCH_ABOVE):
+        busy_above = min(self.window // 4, _BATCH_ABOVE)
+        if len(self._outstanding) <= busy_above:
             self._wake_after = 1
             if not self.dispatcher.looks_waiting:  # else the next slice, at once
                 ready.wait(_SETTLE_EVERY)
             return
-        self._wake_after = self._batch
+        # no more than are surely in the engine, so that the batch always comes in
+        self._wake_after = max(1, min(self._batch, busy_above))
         self.dispatcher.taker_wants_work = False
         ready.clear()  # new paths that came during this round wait for the batch
         if len(self._completed) < self._wake_after and not self._stop.is_set():
