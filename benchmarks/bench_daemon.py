@@ -77,6 +77,7 @@ for _extra_path in (_HERE, _HERE.parent / "tests"):
 from bench_scan import (  # noqa: E402
     Tool,
     WrongAnswerError,
+    add_clamd_tmpdir_option,
     check_output,
     clamd_tmp_setting,
     clamd_version,
@@ -1516,10 +1517,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--workdir", type=Path,
                         help="where files, clamds and daemons live (default: a new folder"
                         " under /tmp, removed after)")  # fmt: skip
-    parser.add_argument("--clamd-tmpdir", type=Path, metavar="DIR",
-                        help="every clamd's TemporaryDirectory, where clamd makes and removes"
-                        " a folder per scanned file (default: inside the work folder);"
-                        " /dev/shm/NAME puts it on a tmpfs, as README advises")  # fmt: skip
+    add_clamd_tmpdir_option(parser)
     add_ext4_image_option(parser)
     parser.add_argument("--keep", action="store_true", help="keep the work folder afterwards")
     parser.add_argument("--keep-python-env", action="store_true",

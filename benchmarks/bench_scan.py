@@ -487,13 +487,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=Path,
         help="where the files and clamd live (default: a new folder under /tmp, removed after)",
     )
-    parser.add_argument(
-        "--clamd-tmpdir",
-        type=Path,
-        metavar="DIR",
-        help="clamd's TemporaryDirectory, where it makes and removes a folder per scanned file"
-        " (default: inside the work folder); /dev/shm/NAME puts it on a tmpfs, as README advises",
-    )
+    add_clamd_tmpdir_option(parser)
     add_ext4_image_option(parser)
     parser.add_argument("--keep", action="store_true", help="keep the work folder afterwards")
     parser.add_argument(
@@ -513,6 +507,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def _say(message: str) -> None:
     print(f"bench_scan: {message}", file=sys.stderr, flush=True)
+
+
+def add_clamd_tmpdir_option(parser: argparse.ArgumentParser) -> None:
+    """--clamd-tmpdir, read by clamd_tmp_setting (both benchmarks take it)."""
+    parser.add_argument(
+        "--clamd-tmpdir",
+        type=Path,
+        metavar="DIR",
+        help="clamd's TemporaryDirectory (every clamd's, in bench_daemon), where clamd makes"
+        " and removes a folder per scanned file (default: inside the work folder);"
+        " /dev/shm/NAME puts it on a tmpfs, as README advises",
+    )
 
 
 def clamd_tmp_setting(args: argparse.Namespace) -> dict[str, str]:
