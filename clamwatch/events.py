@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import json
 import logging
 import os
 import threading
@@ -183,10 +182,6 @@ def _as_text(value: object) -> object:
     return str(value)
 
 
-# Made once: json.dumps(..., ensure_ascii=False) builds a new encoder for every call.
-_ENCODER = json.JSONEncoder(ensure_ascii=False, default=_as_text)
-
-
 class _Seconds:
     """``2026-11-25T09:59:00``, formatted once per second of the clock."""
 
@@ -233,6 +228,12 @@ class JsonFormatter(EventFormatter):
     def __init__(self) -> None:
         super().__init__()
         self._seconds = _Seconds()
+        # Imported here, not with the module: `clamwatch scan` imports this
+        # module and never formats JSON. Made once: json.dumps(...,
+        # ensure_ascii=False) builds a new encoder for every call.
+        import json
+
+        self._encoder = json.JSONEncoder(ensure_ascii=False, default=_as_text)
 
     def line(self, event: LoggedEvent) -> str:
         created, kind = event.created, event.kind
@@ -244,10 +245,10 @@ class JsonFormatter(EventFormatter):
             "message": event.message,
             "logger": event.logger,
         }
-        data.update(event.fields)  # a value JSON has no type for: _ENCODER's default
+        data.update(event.fields)  # a value JSON has no type for: the encoder's default
         if event.exception:
             data["exception"] = event.exception
-        return _ENCODER.encode(data)
+        return self._encoder.encode(data)
 
 
 _holding = threading.local()  # .depth: held_back() blocks this thread is inside

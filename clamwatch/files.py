@@ -16,41 +16,50 @@ import fcntl
 import os
 import resource
 import stat
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from clamwatch.value import Value
 from clamwatch.verdict import NotScanned, NotScannedReason, ScanError, Verdict
+
+if TYPE_CHECKING:
+    from typing import Final
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
 
 
-@dataclass(frozen=True, slots=True)
-class FileIdentity:
+class FileIdentity(Value):
     """Which content was scanned: the inode, and its size and times at open."""
 
-    dev: int
-    ino: int
-    size: int
-    mtime_ns: int
-    ctime_ns: int
-    mode: int
-    uid: int
-    gid: int
+    __slots__ = ("dev", "ino", "size", "mtime_ns", "ctime_ns", "mode", "uid", "gid")
+    dev: Final[int]
+    ino: Final[int]
+    size: Final[int]
+    mtime_ns: Final[int]
+    ctime_ns: Final[int]
+    mode: Final[int]
+    uid: Final[int]
+    gid: Final[int]
 
-    @classmethod
-    def of(cls, st: os.stat_result) -> FileIdentity:
-        return cls(
-            st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
-            st.st_mode, st.st_uid, st.st_gid,
-        )  # fmt: skip
+    def __init__(self, st: os.stat_result) -> None:
+        self.dev = st.st_dev
+        self.ino = st.st_ino
+        self.size = st.st_size
+        self.mtime_ns = st.st_mtime_ns
+        self.ctime_ns = st.st_ctime_ns
+        self.mode = st.st_mode
+        self.uid = st.st_uid
+        self.gid = st.st_gid
 
 
-@dataclass(slots=True)
 class OpenedFile:
     """An open regular file and the identity it had when it was opened."""
 
-    path: str
-    fd: int
-    identity: FileIdentity
+    __slots__ = ("path", "fd", "identity")
+
+    def __init__(self, path: str, fd: int, identity: FileIdentity) -> None:
+        self.path = path
+        self.fd = fd
+        self.identity = identity
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -128,7 +137,7 @@ def open_for_scan(
         # swapped for a fifo or device between listing or lstat and open
         os.close(fd)
         return refused
-    return OpenedFile(path, fd, FileIdentity.of(st))
+    return OpenedFile(path, fd, FileIdentity(st))
 
 
 def unwritten(path: str, st: os.stat_result) -> bool:

@@ -2,26 +2,26 @@
 
 from __future__ import annotations
 
-import base64
-import json
 import os
 import time
-from dataclasses import dataclass, field
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from clamwatch.clamd.job import ScanOutcome
+if TYPE_CHECKING:
+    from clamwatch.clamd.job import ScanOutcome
 from clamwatch.names import display_path, is_utf8
 from clamwatch.verdict import Clean, Infected, NotScanned, ScanError, Verdict, describe
 
 _PROGRESS_EVERY = 0.25  # seconds between progress redraws
 
 
-@dataclass(slots=True)
 class Counts:
-    scanned: int = 0  # clean or infected: clamd looked at the content
-    infected: int = 0
-    not_scanned: int = 0
-    errors: int = 0
+    __slots__ = ("scanned", "infected", "not_scanned", "errors")
+
+    def __init__(self) -> None:
+        self.scanned = 0  # clean or infected: clamd looked at the content
+        self.infected = 0
+        self.not_scanned = 0
+        self.errors = 0
 
     @property
     def total(self) -> int:
@@ -52,6 +52,8 @@ def json_record(path: str, verdict: Verdict, outcome: ScanOutcome | None) -> dic
         "verdict": verdict.kind,
     }
     if not is_utf8(path):
+        import base64  # only here: every import is start-up time for `clamwatch scan`
+
         # the exact bytes, for names that are not UTF-8
         record["path_b64"] = base64.b64encode(os.fsencode(path)).decode("ascii")
     match verdict:
@@ -72,21 +74,43 @@ def json_record(path: str, verdict: Verdict, outcome: ScanOutcome | None) -> dic
     return record
 
 
-@dataclass(slots=True)
 class Reporter:
-    out: TextIO
-    err: TextIO
-    json_lines: bool = False
-    infected_only: bool = False
-    progress: bool = False
-    counts: Counts = field(default_factory=Counts)
-    started: float = field(default_factory=time.monotonic)
-    started_wall: float = field(default_factory=time.time)
-    _drawn: bool = False
-    _last_draw: float = 0.0
-    # The first error writing the results (a closed pipe, a full disk): from
-    # then on nothing more is written, and the scan stops (see scan_command).
-    output_error: OSError | None = None
+    __slots__ = (
+        "out",
+        "err",
+        "json_lines",
+        "infected_only",
+        "progress",
+        "counts",
+        "started",
+        "started_wall",
+        "_drawn",
+        "_last_draw",
+        "output_error",
+    )
+
+    def __init__(
+        self,
+        out: TextIO,
+        err: TextIO,
+        json_lines: bool = False,
+        infected_only: bool = False,
+        progress: bool = False,
+    ) -> None:
+        self.out = out
+        self.err = err
+        self.json_lines = json_lines
+        self.infected_only = infected_only
+        self.progress = progress
+        self.counts = Counts()
+        self.started = time.monotonic()
+        self.started_wall = time.time()
+        self._drawn = False
+        self._last_draw = 0.0
+        # The first error writing the results (a closed pipe, a full disk):
+        # from then on nothing more is written, and the scan stops (see
+        # scan_command).
+        self.output_error: OSError | None = None
 
     def report(self, path: str, verdict: Verdict, outcome: ScanOutcome | None = None) -> None:
         if type(verdict) is Clean and not (self.json_lines or self.infected_only or self.progress):
@@ -100,6 +124,8 @@ class Reporter:
             return
         self._clear()
         if self.json_lines:
+            import json  # only with --json: see json_record
+
             self._write(json.dumps(json_record(path, verdict, outcome)) + "\n")
         else:
             self._write(f"{display_path(path)}: {describe(verdict)}\n")

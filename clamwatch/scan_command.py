@@ -8,7 +8,6 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
@@ -31,19 +30,49 @@ _FEED_EVERY = 32  # files opened between two turns of the engine's loop while wa
 _STEP_WAIT = 1.0  # longest wait for clamd in one turn (the engine keeps its own deadlines)
 
 
-@dataclass(frozen=True, slots=True)
 class ScanOptions:
-    paths: list[str]
-    address: str | None = None
-    clamd_conf: Path = DEFAULT_CLAMD_CONF
-    transport: TransportChoice = TransportChoice.AUTO
-    json_lines: bool = False
-    infected_only: bool = False
-    summary: bool = True
-    progress: bool | None = None  # None: when stderr is a terminal
-    max_stream_size: int | None = None
-    connect_timeout: float = 30.0
-    request_timeout: float = 180.0
+    """What `clamwatch scan` was asked to do (see cli.py for each option)."""
+
+    __slots__ = (
+        "paths",
+        "address",
+        "clamd_conf",
+        "transport",
+        "json_lines",
+        "infected_only",
+        "summary",
+        "progress",
+        "max_stream_size",
+        "connect_timeout",
+        "request_timeout",
+    )
+
+    def __init__(
+        self,
+        paths: list[str],
+        *,
+        address: str | None = None,
+        clamd_conf: Path = DEFAULT_CLAMD_CONF,
+        transport: TransportChoice = TransportChoice.AUTO,
+        json_lines: bool = False,
+        infected_only: bool = False,
+        summary: bool = True,
+        progress: bool | None = None,  # None: when stderr is a terminal
+        max_stream_size: int | None = None,
+        connect_timeout: float = 30.0,
+        request_timeout: float = 180.0,
+    ) -> None:
+        self.paths = paths
+        self.address = address
+        self.clamd_conf = clamd_conf
+        self.transport = transport
+        self.json_lines = json_lines
+        self.infected_only = infected_only
+        self.summary = summary
+        self.progress = progress
+        self.max_stream_size = max_stream_size
+        self.connect_timeout = connect_timeout
+        self.request_timeout = request_timeout
 
 
 def run_scan(options: ScanOptions, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:

@@ -8,7 +8,12 @@ infected. A detection is data, never an exception.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from clamwatch.value import Value
+
+if TYPE_CHECKING:
+    from typing import Final
 
 
 class NotScannedReason(enum.Enum):
@@ -22,36 +27,46 @@ class NotScannedReason(enum.Enum):
     EXCLUDED = "excluded"  # clamd's own ExcludePath matched
 
 
-@dataclass(frozen=True, slots=True)
-class Clean:
+class Clean(Value):
     """clamd scanned the content and found nothing."""
 
+    __slots__ = ()
     kind = "clean"
 
 
-@dataclass(frozen=True, slots=True)
-class Infected:
+class Infected(Value):
     """clamd scanned the content and reported a signature."""
 
-    signature: str
+    __slots__ = ("signature",)
+    signature: Final[str]
     kind = "infected"
 
+    def __init__(self, signature: str) -> None:
+        self.signature = signature
 
-@dataclass(frozen=True, slots=True)
-class NotScanned:
+
+class NotScanned(Value):
     """The content was not scanned, for a reason that is not a failure."""
 
-    reason: NotScannedReason
-    detail: str
+    __slots__ = ("reason", "detail")
+    reason: Final[NotScannedReason]
+    detail: Final[str]
     kind = "not-scanned"
 
+    def __init__(self, reason: NotScannedReason, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
 
-@dataclass(frozen=True, slots=True)
-class ScanError:
+
+class ScanError(Value):
     """Scanning failed: clamd's error reply, an I/O error, or clamd unreachable."""
 
-    message: str
+    __slots__ = ("message",)
+    message: Final[str]
     kind = "error"
+
+    def __init__(self, message: str) -> None:
+        self.message = message
 
 
 Verdict = Clean | Infected | NotScanned | ScanError

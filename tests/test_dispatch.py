@@ -759,7 +759,7 @@ def test_the_version_key_ignores_access_and_change_times() -> None:
 
 
 def test_the_key_of_a_scanned_descriptor_matches_the_key_of_its_stat() -> None:
-    identity = FileIdentity.of(BASE)
+    identity = FileIdentity(BASE)
     assert SeenVersions.key_of("/srv/up/a", identity) == SeenVersions.key("/srv/up/a", BASE)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import pytest
 
@@ -216,9 +216,9 @@ def normalised(events: Sequence[Event]) -> list[Event]:
     out: list[Event] = []
     for event in events:
         if isinstance(event, ScanReply) and isinstance(event.verdict, NotScanned):
-            out.append(replace(event, verdict=replace(event.verdict, detail="")))
+            out.append(ScanReply(event.request_id, NotScanned(event.verdict.reason, "")))
         elif isinstance(event, CommandFailed):
-            out.append(replace(event, message=event.message.rstrip(".")))
+            out.append(CommandFailed(event.request_id, event.message.rstrip(".")))
         else:
             out.append(event)
     return out

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from clamwatch.units import parse_size
+from clamwatch.value import Value
+
+if TYPE_CHECKING:
+    from typing import Final
 
 DEFAULT_CLAMD_CONF = Path("/etc/clamav/clamd.conf")
 
@@ -17,13 +21,20 @@ class AddressError(ValueError):
     """An address that cannot name a clamd socket, or no address to be found."""
 
 
-@dataclass(frozen=True, slots=True)
-class ClamdAddress:
+class ClamdAddress(Value):
     """A clamd socket: ``path`` for a Unix socket, ``host``/``port`` for TCP."""
 
-    path: str | None = None
-    host: str | None = None
-    port: int | None = None
+    __slots__ = ("path", "host", "port")
+    path: Final[str | None]
+    host: Final[str | None]
+    port: Final[int | None]
+
+    def __init__(
+        self, *, path: str | None = None, host: str | None = None, port: int | None = None
+    ) -> None:
+        self.path = path
+        self.host = host
+        self.port = port
 
     @property
     def is_unix(self) -> bool:
@@ -59,16 +70,40 @@ def parse_address(text: str) -> ClamdAddress:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class ClamdConf:
+class ClamdConf(Value):
     """What clamwatch needs from a clamd.conf: where to connect and clamd's limits."""
 
-    path: Path
-    local_socket: str | None = None
-    tcp_socket: int | None = None
-    tcp_addr: str | None = None
-    stream_max_length: int | None = None
-    read_timeout: float | None = None
+    __slots__ = (
+        "path",
+        "local_socket",
+        "tcp_socket",
+        "tcp_addr",
+        "stream_max_length",
+        "read_timeout",
+    )
+    path: Final[Path]
+    local_socket: Final[str | None]
+    tcp_socket: Final[int | None]
+    tcp_addr: Final[str | None]
+    stream_max_length: Final[int | None]
+    read_timeout: Final[float | None]
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        local_socket: str | None = None,
+        tcp_socket: int | None = None,
+        tcp_addr: str | None = None,
+        stream_max_length: int | None = None,
+        read_timeout: float | None = None,
+    ) -> None:
+        self.path = path
+        self.local_socket = local_socket
+        self.tcp_socket = tcp_socket
+        self.tcp_addr = tcp_addr
+        self.stream_max_length = stream_max_length
+        self.read_timeout = read_timeout
 
     def address(self) -> ClamdAddress:
         """LocalSocket first (it allows FILDES), else TCPSocket on TCPAddr."""

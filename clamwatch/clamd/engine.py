@@ -24,7 +24,6 @@ import socket
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from clamwatch.clamd.address import ClamdAddress
 from clamwatch.clamd.job import ScanJob, ScanOutcome, Transport, TransportChoice
@@ -55,16 +54,25 @@ _TIMER_TICK = 0.05
 _GATHER_MAX = 0.002
 
 
-@dataclass(slots=True)
 class EngineStats:
     """Counters kept by the loop thread; read them for status lines and tests."""
 
-    sessions_opened: int = 0  # connections that completed the handshake
-    sessions_lost: int = 0  # ended by clamd or by a fault with requests in flight
-    requests_sent: int = 0  # scan requests written, retries included
-    requests_resent: int = 0  # requests handed back by a lost session
-    verdicts: int = 0  # outcomes delivered
-    gathers: int = 0  # turns that let replies gather first (every slot was taken)
+    __slots__ = (
+        "sessions_opened",
+        "sessions_lost",
+        "requests_sent",
+        "requests_resent",
+        "verdicts",
+        "gathers",
+    )
+
+    def __init__(self) -> None:
+        self.sessions_opened = 0  # connections that completed the handshake
+        self.sessions_lost = 0  # ended by clamd or by a fault with requests in flight
+        self.requests_sent = 0  # scan requests written, retries included
+        self.requests_resent = 0  # requests handed back by a lost session
+        self.verdicts = 0  # outcomes delivered
+        self.gathers = 0  # turns that let replies gather first (every slot was taken)
 
 
 class ClamdUnavailableError(Exception):

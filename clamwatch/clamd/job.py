@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from clamwatch.files import OpenedFile
-from clamwatch.verdict import Verdict
+from clamwatch.value import Value
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Final
+
+    from clamwatch.files import OpenedFile
+    from clamwatch.verdict import Verdict
 
 
 class Transport(enum.Enum):
@@ -23,15 +28,26 @@ class TransportChoice(enum.Enum):
     INSTREAM = "instream"
 
 
-@dataclass(frozen=True, slots=True)
-class ScanOutcome:
-    verdict: Verdict
-    transport: Transport | None  # None: the engine decided without asking clamd
-    clamd_version: str | None  # "ClamAV 1.4.6/27431/..." of the session that answered
-    attempts: int  # how many times the request was sent
+class ScanOutcome(Value):
+    __slots__ = ("verdict", "transport", "clamd_version", "attempts")
+    verdict: Final[Verdict]
+    transport: Final[Transport | None]  # None: the engine decided without asking clamd
+    clamd_version: Final[str | None]  # "ClamAV 1.4.6/27431/..." of the session that answered
+    attempts: Final[int]  # how many times the request was sent
+
+    def __init__(
+        self,
+        verdict: Verdict,
+        transport: Transport | None,
+        clamd_version: str | None,
+        attempts: int,
+    ) -> None:
+        self.verdict = verdict
+        self.transport = transport
+        self.clamd_version = clamd_version
+        self.attempts = attempts
 
 
-@dataclass(eq=False, slots=True)
 class ScanJob:
     """One open file to scan. The engine never closes ``file``: its owner does.
 
@@ -39,8 +55,16 @@ class ScanJob:
     (put the outcome on a queue).
     """
 
-    file: OpenedFile
-    on_done: Callable[[ScanJob, ScanOutcome], None]
-    context: object = None
-    attempts: int = 0
-    last_failure: str = ""
+    __slots__ = ("file", "on_done", "context", "attempts", "last_failure")
+
+    def __init__(
+        self,
+        file: OpenedFile,
+        on_done: Callable[[ScanJob, ScanOutcome], None],
+        context: object = None,
+    ) -> None:
+        self.file = file
+        self.on_done = on_done
+        self.context = context
+        self.attempts = 0  # how many times it was sent to clamd
+        self.last_failure = ""  # why the last attempt got no verdict

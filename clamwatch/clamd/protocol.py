@@ -15,8 +15,9 @@ from __future__ import annotations
 import enum
 import re
 import struct
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from clamwatch.value import Value
 from clamwatch.verdict import (
     Clean,
     Infected,
@@ -25,6 +26,9 @@ from clamwatch.verdict import (
     ScanError,
     Verdict,
 )
+
+if TYPE_CHECKING:
+    from typing import Final
 
 # The longest legitimate record is a STATS reply: a few fixed lines plus one
 # line (< 300 bytes) per queued job and per thread. 256 KiB leaves room for a
@@ -62,135 +66,158 @@ class State(enum.Enum):
 # -- commands ---------------------------------------------------------------
 
 
-class _Bare:
-    """A command without fields: equal to any other of its class, hashable, immutable.
-
-    Not a dataclass, as it needs nothing more: each @dataclass costs
-    `clamwatch scan` ~0.4 ms of start-up (it compiles six methods), and the
-    command is timed against clamdscan. Subclasses set ``__slots__ = ()`` too.
-    """
-
-    __slots__ = ()
-
-    def __eq__(self, other: object) -> bool:
-        if type(other) is not type(self):
-            return NotImplemented
-        return True
-
-    def __hash__(self) -> int:
-        return hash(type(self))
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
-
-
-class Ping(_Bare):
+class Ping(Value):
     __slots__ = ()
 
 
-class Version(_Bare):
+class Version(Value):
     __slots__ = ()
 
 
-class VersionCommands(_Bare):
+class VersionCommands(Value):
     __slots__ = ()
 
 
-class Stats(_Bare):
+class Stats(Value):
     __slots__ = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Scan:
+class Scan(Value):
     """SCAN of a path as clamd itself sees it."""
 
-    path: bytes
+    __slots__ = ("path",)
+    path: Final[bytes]
+
+    def __init__(self, path: bytes) -> None:
+        self.path = path
 
 
-@dataclass(frozen=True, slots=True)
-class Fildes:
+class Fildes(Value):
     """FILDES: clamd scans the descriptor we pass with SCM_RIGHTS."""
 
-    fd: int
+    __slots__ = ("fd",)
+    fd: Final[int]
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
 
 
-class Instream(_Bare):
+class Instream(Value):
     """INSTREAM: the body follows as chunks (:meth:`ClamdProtocol.stream_chunk`)."""
 
     __slots__ = ()
 
 
-class End(_Bare):
+class End(Value):
     __slots__ = ()
 
 
 Command = Ping | Version | VersionCommands | Stats | Scan | Fildes | Instream | End
 
 
-@dataclass(frozen=True, slots=True)
-class Outgoing:
+class Outgoing(Value):
     """Bytes to write; ``fds`` must travel with the first of them (SCM_RIGHTS)."""
 
-    data: bytes
-    fds: tuple[int, ...] = ()
-    request_id: int | None = None
+    __slots__ = ("data", "fds", "request_id")
+    data: Final[bytes]
+    fds: Final[tuple[int, ...]]
+    request_id: Final[int | None]
+
+    def __init__(self, data: bytes, fds: tuple[int, ...], request_id: int | None) -> None:
+        self.data = data
+        self.fds = fds
+        self.request_id = request_id
 
 
 # -- events -----------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Pong:
-    request_id: int
+class Pong(Value):
+    __slots__ = ("request_id",)
+    request_id: Final[int]
+
+    def __init__(self, request_id: int) -> None:
+        self.request_id = request_id
 
 
-@dataclass(frozen=True, slots=True)
-class VersionReply:
-    request_id: int
-    version: str  # "ClamAV 1.4.6/27431/Mon Nov 24 08:00:00 2026", or just "ClamAV 1.4.6"
+class VersionReply(Value):
+    __slots__ = ("request_id", "version")
+    request_id: Final[int]
+    version: Final[str]  # "ClamAV 1.4.6/27431/Mon Nov 24 08:00:00 2026", or just "ClamAV 1.4.6"
+
+    def __init__(self, request_id: int, version: str) -> None:
+        self.request_id = request_id
+        self.version = version
 
 
-@dataclass(frozen=True, slots=True)
-class CommandsReply:
-    request_id: int
-    version: str
-    commands: frozenset[str]
+class CommandsReply(Value):
+    __slots__ = ("request_id", "version", "commands")
+    request_id: Final[int]
+    version: Final[str]
+    commands: Final[frozenset[str]]
+
+    def __init__(self, request_id: int, version: str, commands: frozenset[str]) -> None:
+        self.request_id = request_id
+        self.version = version
+        self.commands = commands
 
 
-@dataclass(frozen=True, slots=True)
-class StatsReply:
-    request_id: int
-    text: str
-    max_threads: int | None  # from "THREADS: live 1  idle 0 max 12 idle-timeout 30"
-    queue_items: int | None  # from "QUEUE: 0 items"
+class StatsReply(Value):
+    __slots__ = ("request_id", "text", "max_threads", "queue_items")
+    request_id: Final[int]
+    text: Final[str]
+    max_threads: Final[int | None]  # from "THREADS: live 1  idle 0 max 12 idle-timeout 30"
+    queue_items: Final[int | None]  # from "QUEUE: 0 items"
+
+    def __init__(
+        self, request_id: int, text: str, max_threads: int | None, queue_items: int | None
+    ) -> None:
+        self.request_id = request_id
+        self.text = text
+        self.max_threads = max_threads
+        self.queue_items = queue_items
 
 
-@dataclass(frozen=True, slots=True)
-class ScanReply:
-    request_id: int
-    verdict: Verdict
+class ScanReply(Value):
+    __slots__ = ("request_id", "verdict")
+    request_id: Final[int]
+    verdict: Final[Verdict]
+
+    def __init__(self, request_id: int, verdict: Verdict) -> None:
+        self.request_id = request_id
+        self.verdict = verdict
 
 
-@dataclass(frozen=True, slots=True)
-class CommandFailed:
+class CommandFailed(Value):
     """clamd refused a non-scan command (COMMAND UNAVAILABLE, ... ERROR)."""
 
-    request_id: int
-    message: str
+    __slots__ = ("request_id", "message")
+    request_id: Final[int]
+    message: Final[str]
+
+    def __init__(self, request_id: int, message: str) -> None:
+        self.request_id = request_id
+        self.message = message
 
 
-@dataclass(frozen=True, slots=True)
-class SessionEnded:
+class SessionEnded(Value):
     """clamd said, without an id, that it is ending the connection."""
 
-    reason: str
+    __slots__ = ("reason",)
+    reason: Final[str]
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
 
 
-@dataclass(frozen=True, slots=True)
-class ConnectionClosed:
+class ConnectionClosed(Value):
     """EOF from clamd. ``unanswered`` are the ids that got no reply: never scanned."""
 
-    unanswered: tuple[int, ...]
+    __slots__ = ("unanswered",)
+    unanswered: Final[tuple[int, ...]]
+
+    def __init__(self, unanswered: tuple[int, ...]) -> None:
+        self.unanswered = unanswered
 
 
 class NeedData(enum.Enum):
@@ -246,10 +273,12 @@ _THREADS = re.compile(r"^THREADS:.*\bmax (\d+)", re.MULTILINE)
 _QUEUE = re.compile(r"^QUEUE: (\d+) items", re.MULTILINE)
 
 
-@dataclass(frozen=True, slots=True)
 class _Pending:
-    kind: _Kind
-    path: bytes = b""  # for SCAN: the name clamd echoes back
+    __slots__ = ("kind", "path")
+
+    def __init__(self, kind: _Kind, path: bytes = b"") -> None:
+        self.kind = kind
+        self.path = path  # for SCAN: the name clamd echoes back
 
 
 _PENDING_FILDES = _Pending(_Kind.FILDES)

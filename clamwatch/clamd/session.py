@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import os
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from clamwatch.clamd.address import ClamdAddress
 from clamwatch.clamd.job import ScanJob, Transport
@@ -44,7 +44,11 @@ from clamwatch.clamd.transport import (
     open_socket,
     send_with_fd,
 )
+from clamwatch.value import Value
 from clamwatch.verdict import NotScanned, NotScannedReason, ScanError, Verdict
+
+if TYPE_CHECKING:
+    from typing import Final
 
 # Outgoing bytes we hold before we stop reading more of a streamed file; one
 # chunk plus its header and a few commands.
@@ -62,37 +66,48 @@ class SessionState(enum.Enum):
     CLOSED = "closed"  # socket closed; whatever was in flight has been handed back
 
 
-@dataclass(slots=True)
 class InFlight:
-    job: ScanJob
-    sent_at: float
-    transport: Transport
-    # Decided on our side while streaming (read error, file grew past the
-    # limit): clamd's reply for this request is then ignored.
-    local_verdict: Verdict | None = None
+    __slots__ = ("job", "sent_at", "transport", "local_verdict")
+
+    def __init__(self, job: ScanJob, sent_at: float, transport: Transport) -> None:
+        self.job = job
+        self.sent_at = sent_at
+        self.transport = transport
+        # Decided on our side while streaming (read error, file grew past the
+        # limit): clamd's reply for this request is then ignored.
+        self.local_verdict: Verdict | None = None
 
 
-@dataclass(slots=True)
 class _Stream:
-    request_id: int
-    fd: int
-    offset: int = 0
+    __slots__ = ("request_id", "fd", "offset")
+
+    def __init__(self, request_id: int, fd: int) -> None:
+        self.request_id = request_id
+        self.fd = fd
+        self.offset = 0
 
 
-@dataclass(slots=True)
 class _OutItem:
-    data: bytearray
-    fd: int | None = None  # sent with the first byte of ``data``
-    started: bool = False
+    __slots__ = ("data", "fd", "started")
+
+    def __init__(self, data: bytearray, fd: int | None, *, started: bool = False) -> None:
+        self.data = data
+        self.fd = fd  # sent with the first byte of ``data``
+        self.started = started
 
 
-@dataclass(frozen=True, slots=True)
-class Capabilities:
+class Capabilities(Value):
     """What the handshake learned about the clamd behind this session."""
 
-    version: str
-    commands: frozenset[str]
-    max_threads: int | None
+    __slots__ = ("version", "commands", "max_threads")
+    version: Final[str]
+    commands: Final[frozenset[str]]
+    max_threads: Final[int | None]
+
+    def __init__(self, version: str, commands: frozenset[str], max_threads: int | None) -> None:
+        self.version = version
+        self.commands = commands
+        self.max_threads = max_threads
 
 
 class Session:

@@ -10,8 +10,7 @@ configuration, and the configuration does not import the engine.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from clamwatch.clamd.address import (
     DEFAULT_CLAMD_CONF,
@@ -20,42 +19,120 @@ from clamwatch.clamd.address import (
     read_clamd_conf,
 )
 from clamwatch.clamd.job import TransportChoice
+from clamwatch.value import Value
+
+if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import Final
 
 # clamd's ReadTimeout is 120 s by default; a PING every 30 s is well inside it.
 _DEFAULT_KEEPALIVE = 30.0
 
 
-@dataclass(frozen=True, slots=True)
-class ClamdSettings:
-    address: str | None = None  # None: from clamd_conf
-    clamd_conf: Path = DEFAULT_CLAMD_CONF
-    transport: TransportChoice = TransportChoice.AUTO
-    sessions: int = 2
-    max_in_flight: int | None = None  # None: from clamd's MaxThreads (EngineSettings)
-    request_timeout: float = 180.0
-    keepalive: float | None = None  # None: a third of clamd's ReadTimeout, at most 30 s
-    max_stream_size: int | None = None  # None: clamd.conf's StreamMaxLength
+class ClamdSettings(Value):
+    __slots__ = (
+        "address",
+        "clamd_conf",
+        "transport",
+        "sessions",
+        "max_in_flight",
+        "request_timeout",
+        "keepalive",
+        "max_stream_size",
+    )
+    address: Final[str | None]
+    clamd_conf: Final[Path]
+    transport: Final[TransportChoice]
+    sessions: Final[int]
+    max_in_flight: Final[int | None]
+    request_timeout: Final[float]
+    keepalive: Final[float | None]
+    max_stream_size: Final[int | None]
+
+    def __init__(
+        self,
+        *,
+        address: str | None = None,  # None: from clamd_conf
+        clamd_conf: Path = DEFAULT_CLAMD_CONF,
+        transport: TransportChoice = TransportChoice.AUTO,
+        sessions: int = 2,
+        max_in_flight: int | None = None,  # None: from clamd's MaxThreads (EngineSettings)
+        request_timeout: float = 180.0,
+        keepalive: float | None = None,  # None: a third of clamd's ReadTimeout, at most 30 s
+        max_stream_size: int | None = None,  # None: clamd.conf's StreamMaxLength
+    ) -> None:
+        self.address = address
+        self.clamd_conf = clamd_conf
+        self.transport = transport
+        self.sessions = sessions
+        self.max_in_flight = max_in_flight
+        self.request_timeout = request_timeout
+        self.keepalive = keepalive
+        self.max_stream_size = max_stream_size
 
 
-@dataclass(frozen=True, slots=True)
-class EngineSettings:
-    transport: TransportChoice = TransportChoice.AUTO
-    sessions: int = 2
-    # None: sixteen times clamd's MaxThreads as STATS reports it (16 to 64),
-    # over INSTREAM 24 times (24 to 96), so every clamd thread has its next
-    # request waiting when it finishes one.
-    max_in_flight: int | None = None
-    request_timeout: float = 180.0  # above clamd's own MaxScanTime (120 s by default)
-    # A PING when a session sent nothing for this long: clamd's ReadTimeout
-    # (120 s by default, 180 s in Debian's clamd.conf) kills idle input.
-    keepalive: float = 30.0
-    connect_timeout: float = 10.0
-    give_up_after: float | None = None  # None: wait for clamd forever (the daemon)
-    max_attempts: int = 5
-    max_stream_size: int | None = None  # clamd's StreamMaxLength, when known
-    max_requests_per_session: int = 100_000
-    backoff_initial: float = 0.1
-    backoff_max: float = 10.0
+class EngineSettings(Value):
+    __slots__ = (
+        "transport",
+        "sessions",
+        "max_in_flight",
+        "request_timeout",
+        "keepalive",
+        "connect_timeout",
+        "give_up_after",
+        "max_attempts",
+        "max_stream_size",
+        "max_requests_per_session",
+        "backoff_initial",
+        "backoff_max",
+    )
+    transport: Final[TransportChoice]
+    sessions: Final[int]
+    max_in_flight: Final[int | None]
+    request_timeout: Final[float]
+    keepalive: Final[float]
+    connect_timeout: Final[float]
+    give_up_after: Final[float | None]
+    max_attempts: Final[int]
+    max_stream_size: Final[int | None]
+    max_requests_per_session: Final[int]
+    backoff_initial: Final[float]
+    backoff_max: Final[float]
+
+    def __init__(
+        self,
+        *,
+        transport: TransportChoice = TransportChoice.AUTO,
+        sessions: int = 2,
+        # None: sixteen times clamd's MaxThreads as STATS reports it (16 to
+        # 64), over INSTREAM 24 times (24 to 96), so every clamd thread has
+        # its next request waiting when it finishes one.
+        max_in_flight: int | None = None,
+        request_timeout: float = 180.0,  # above clamd's own MaxScanTime (120 s by default)
+        # A PING when a session sent nothing for this long: clamd's
+        # ReadTimeout (120 s by default, 180 s in Debian's clamd.conf) kills
+        # idle input.
+        keepalive: float = 30.0,
+        connect_timeout: float = 10.0,
+        give_up_after: float | None = None,  # None: wait for clamd forever (the daemon)
+        max_attempts: int = 5,
+        max_stream_size: int | None = None,  # clamd's StreamMaxLength, when known
+        max_requests_per_session: int = 100_000,
+        backoff_initial: float = 0.1,
+        backoff_max: float = 10.0,
+    ) -> None:
+        self.transport = transport
+        self.sessions = sessions
+        self.max_in_flight = max_in_flight
+        self.request_timeout = request_timeout
+        self.keepalive = keepalive
+        self.connect_timeout = connect_timeout
+        self.give_up_after = give_up_after
+        self.max_attempts = max_attempts
+        self.max_stream_size = max_stream_size
+        self.max_requests_per_session = max_requests_per_session
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
 
 
 def resolve_engine(
