@@ -1559,9 +1559,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--burst-rounds",
         type=int,
-        default=3,
+        default=5,
         help="bursts, each followed by its clamdscan runs; the target is the"
-        " median of the rounds' ratios (default 3)",
+        " median of the rounds' ratios (default 5)",
     )
     parser.add_argument("--clamdscan-runs", type=int, default=3,
                         help="clamdscan runs after each burst; their median is the"

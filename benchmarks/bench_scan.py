@@ -474,7 +474,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description="Time clamwatch scan against clamdscan on one private clamd.",
     )
     parser.add_argument("--files", type=int, default=10_000, help="files to scan (default 10000)")
-    parser.add_argument("--rounds", type=int, default=5, help="timed rounds (default 5)")
+    parser.add_argument("--rounds", type=int, default=9, help="timed rounds (default 9)")
     parser.add_argument(
         "--threads",
         type=int,
