@@ -7,13 +7,17 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any, NoReturn
 
 from clamwatch import __version__
 from clamwatch.clamd.address import DEFAULT_CLAMD_CONF, AddressError
 from clamwatch.clamd.job import TransportChoice
 from clamwatch.units import parse_duration, parse_size
+
+TYPE_CHECKING = False  # typing's own, without importing typing (see value.py)
+
+if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import Any, NoReturn
 
 # Each subcommand imports its own modules when it runs: `clamwatch scan` is
 # timed against clamdscan, and importing the daemon (watchdog, the actions,
@@ -168,9 +172,7 @@ def _subcommand(argv: Sequence[str]) -> str | None:
     return next((arg for arg in argv if not arg.startswith("-")), None)
 
 
-def _add_scan(
-    commands: argparse._SubParsersAction[_Parser], *, with_options: bool
-) -> None:
+def _add_scan(commands: argparse._SubParsersAction[_Parser], *, with_options: bool) -> None:
     scan = commands.add_parser(
         "scan",
         help="scan files and directories once",
@@ -204,7 +206,6 @@ def _add_scan(
     )
     scan.add_argument(
         "--clamd-conf",
-        type=Path,
         default=DEFAULT_CLAMD_CONF,
         metavar="FILE",
         help="clamd.conf to read the socket and StreamMaxLength from"
@@ -244,9 +245,7 @@ def _add_scan(
     progress.add_argument("--no-progress", dest="progress", action="store_false")
 
 
-def _add_run(
-    commands: argparse._SubParsersAction[_Parser], *, with_options: bool
-) -> None:
+def _add_run(commands: argparse._SubParsersAction[_Parser], *, with_options: bool) -> None:
     run = commands.add_parser(
         "run",
         help="run the watch daemon in the foreground",
@@ -255,6 +254,8 @@ def _add_run(
     )
     if not with_options:
         return
+    from pathlib import Path
+
     from clamwatch.config import DEFAULT_CONFIG
 
     run.add_argument(
@@ -279,9 +280,7 @@ def _add_run(
     )
 
 
-def _add_check_config(
-    commands: argparse._SubParsersAction[_Parser], *, with_options: bool
-) -> None:
+def _add_check_config(commands: argparse._SubParsersAction[_Parser], *, with_options: bool) -> None:
     check = commands.add_parser(
         "check-config",
         help="validate the configuration (and that clamd answers)",
@@ -294,6 +293,8 @@ def _add_check_config(
     )
     if not with_options:
         return
+    from pathlib import Path
+
     from clamwatch.config import DEFAULT_CONFIG
 
     check.add_argument(
@@ -306,9 +307,7 @@ def _add_check_config(
     check.add_argument("--clamd", action="store_true", help="also check that clamd answers")
 
 
-def _add_demo(
-    commands: argparse._SubParsersAction[_Parser], *, with_options: bool
-) -> None:
+def _add_demo(commands: argparse._SubParsersAction[_Parser], *, with_options: bool) -> None:
     demo = commands.add_parser(
         "demo",
         help="run the daemon with a private clamd on a demo upload folder",
@@ -319,6 +318,8 @@ def _add_demo(
     )
     if not with_options:
         return
+    from pathlib import Path
+
     demo.add_argument(
         "--workdir",
         type=Path,
@@ -373,6 +374,8 @@ def _add_where(parser: argparse.ArgumentParser) -> None:
     SUPPRESS leaves a value given before the action alone (argparse copies
     only what the action's parser set).
     """
+    from pathlib import Path
+
     from clamwatch.config import DEFAULT_CONFIG
 
     parser.add_argument(
@@ -392,9 +395,7 @@ def _add_where(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_quarantine(
-    commands: argparse._SubParsersAction[_Parser], *, with_options: bool
-) -> None:
+def _add_quarantine(commands: argparse._SubParsersAction[_Parser], *, with_options: bool) -> None:
     quarantine = commands.add_parser(
         "quarantine",
         help="list, show, restore, delete or purge quarantined files",

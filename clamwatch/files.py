@@ -16,10 +16,11 @@ import fcntl
 import os
 import resource
 import stat
-from typing import TYPE_CHECKING
 
 from clamwatch.value import Value
 from clamwatch.verdict import NotScanned, NotScannedReason, ScanError, Verdict
+
+TYPE_CHECKING = False  # typing's own, without importing typing (see value.py)
 
 if TYPE_CHECKING:
     from typing import Final

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import os
 import time
-from typing import TYPE_CHECKING, TextIO
 
-if TYPE_CHECKING:
-    from clamwatch.clamd.job import ScanOutcome
 from clamwatch.names import display_path, is_utf8
 from clamwatch.verdict import Clean, Infected, NotScanned, ScanError, Verdict, describe
+
+TYPE_CHECKING = False  # typing's own, without importing typing (see value.py)
+
+if TYPE_CHECKING:
+    from typing import TextIO
+
+    from clamwatch.clamd.job import ScanOutcome
 
 _PROGRESS_EVERY = 0.25  # seconds between progress redraws
 

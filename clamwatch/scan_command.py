@@ -8,8 +8,6 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import TextIO
 
 from clamwatch.clamd.address import DEFAULT_CLAMD_CONF, AddressError
 from clamwatch.clamd.engine import ClamdUnavailableError, Engine
@@ -19,6 +17,11 @@ from clamwatch.files import OpenedFile, open_for_scan, raise_nofile_limit
 from clamwatch.report import Reporter
 from clamwatch.verdict import ScanError
 from clamwatch.walk import WalkItem, walk
+
+TYPE_CHECKING = False  # typing's own, without importing typing (see value.py)
+
+if TYPE_CHECKING:
+    from typing import TextIO
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +55,7 @@ class ScanOptions:
         paths: list[str],
         *,
         address: str | None = None,
-        clamd_conf: Path = DEFAULT_CLAMD_CONF,
+        clamd_conf: str | os.PathLike[str] = DEFAULT_CLAMD_CONF,
         transport: TransportChoice = TransportChoice.AUTO,
         json_lines: bool = False,
         infected_only: bool = False,

@@ -19,7 +19,10 @@ configuration's) keep using dataclasses.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+# typing.TYPE_CHECKING without importing typing (2-3.5 ms of scan's start):
+# mypy takes any name TYPE_CHECKING as true, Python sees False. The modules
+# on scan's path define it the same way.
+TYPE_CHECKING = False
 
 if TYPE_CHECKING:
     from typing import ClassVar

@@ -104,7 +104,7 @@ def test_debian_clamd_conf(tmp_path: Path) -> None:
     path = write_conf(tmp_path, DEBIAN_CONF)
     conf = read_clamd_conf(path)
     assert conf == ClamdConf(
-        path=path,
+        path=str(path),
         local_socket="/var/run/clamav/clamd.ctl",
         stream_max_length=25 * 1024 * 1024,
         read_timeout=180.0,

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
-from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
 from clamwatch.units import parse_size
 from clamwatch.value import Value
 
+TYPE_CHECKING = False  # typing's own, without importing typing (see value.py)
+
 if TYPE_CHECKING:
     from typing import Final
 
-DEFAULT_CLAMD_CONF = Path("/etc/clamav/clamd.conf")
+DEFAULT_CLAMD_CONF = "/etc/clamav/clamd.conf"
 
 
 class AddressError(ValueError):
@@ -56,6 +55,10 @@ def parse_address(text: str) -> ClamdAddress:
         if not path.startswith("/"):
             raise AddressError(f"{text!r}: a unix address needs an absolute path: unix:///path")
         return ClamdAddress(path=path)
+    # here, not with the module: urllib.parse (and ipaddress) cost `clamwatch
+    # scan` 2 ms of its start, and the usual address is a Unix socket
+    from urllib.parse import urlsplit
+
     try:
         parts = urlsplit(text)
         port = parts.port if parts.scheme == "tcp" else None
@@ -81,7 +84,7 @@ class ClamdConf(Value):
         "stream_max_length",
         "read_timeout",
     )
-    path: Final[Path]
+    path: Final[str]
     local_socket: Final[str | None]
     tcp_socket: Final[int | None]
     tcp_addr: Final[str | None]
@@ -90,7 +93,7 @@ class ClamdConf(Value):
 
     def __init__(
         self,
-        path: Path,
+        path: str,
         *,
         local_socket: str | None = None,
         tcp_socket: int | None = None,
@@ -118,10 +121,12 @@ class ClamdConf(Value):
 _LINE = re.compile(r"^\s*(\w+)(?:\s+(.*?))?\s*$")
 
 
-def read_clamd_conf(path: Path = DEFAULT_CLAMD_CONF) -> ClamdConf:
+def read_clamd_conf(file: str | os.PathLike[str] = DEFAULT_CLAMD_CONF) -> ClamdConf:
     """Read the few settings clamwatch uses; clamd(8) itself validates the rest."""
+    path = os.fspath(file)
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        with open(path, encoding="utf-8", errors="replace") as conf:
+            text = conf.read()
     except OSError as exc:
         raise AddressError(f"{path}: {os.strerror(exc.errno or 0) or exc}") from exc
     values: dict[str, str] = {}

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING
 
 from clamwatch.value import Value
+
+TYPE_CHECKING = False  # typing's own, without importing typing (see value.py)
 
 if TYPE_CHECKING:
     from collections.abc import Callable

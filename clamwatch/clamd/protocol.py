@@ -15,7 +15,6 @@ from __future__ import annotations
 import enum
 import re
 import struct
-from typing import TYPE_CHECKING
 
 from clamwatch.value import Value
 from clamwatch.verdict import (
@@ -26,6 +25,8 @@ from clamwatch.verdict import (
     ScanError,
     Verdict,
 )
+
+TYPE_CHECKING = False  # typing's own, without importing typing (see value.py)
 
 if TYPE_CHECKING:
     from typing import Final

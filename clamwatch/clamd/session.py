@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import enum
 import os
-from typing import TYPE_CHECKING
 
 from clamwatch.clamd.address import ClamdAddress
 from clamwatch.clamd.job import ScanJob, Transport
@@ -46,6 +45,8 @@ from clamwatch.clamd.transport import (
 )
 from clamwatch.value import Value
 from clamwatch.verdict import NotScanned, NotScannedReason, ScanError, Verdict
+
+TYPE_CHECKING = False  # typing's own, without importing typing (see value.py)
 
 if TYPE_CHECKING:
     from typing import Final

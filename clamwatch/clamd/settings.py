@@ -10,7 +10,7 @@ configuration, and the configuration does not import the engine.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import os
 
 from clamwatch.clamd.address import (
     DEFAULT_CLAMD_CONF,
@@ -21,8 +21,9 @@ from clamwatch.clamd.address import (
 from clamwatch.clamd.job import TransportChoice
 from clamwatch.value import Value
 
+TYPE_CHECKING = False  # typing's own, without importing typing (see value.py)
+
 if TYPE_CHECKING:
-    from pathlib import Path
     from typing import Final
 
 # clamd's ReadTimeout is 120 s by default; a PING every 30 s is well inside it.
@@ -41,7 +42,7 @@ class ClamdSettings(Value):
         "max_stream_size",
     )
     address: Final[str | None]
-    clamd_conf: Final[Path]
+    clamd_conf: Final[str]
     transport: Final[TransportChoice]
     sessions: Final[int]
     max_in_flight: Final[int | None]
@@ -53,7 +54,7 @@ class ClamdSettings(Value):
         self,
         *,
         address: str | None = None,  # None: from clamd_conf
-        clamd_conf: Path = DEFAULT_CLAMD_CONF,
+        clamd_conf: str | os.PathLike[str] = DEFAULT_CLAMD_CONF,
         transport: TransportChoice = TransportChoice.AUTO,
         sessions: int = 2,
         max_in_flight: int | None = None,  # None: from clamd's MaxThreads (EngineSettings)
@@ -62,7 +63,7 @@ class ClamdSettings(Value):
         max_stream_size: int | None = None,  # None: clamd.conf's StreamMaxLength
     ) -> None:
         self.address = address
-        self.clamd_conf = clamd_conf
+        self.clamd_conf = os.fspath(clamd_conf)
         self.transport = transport
         self.sessions = sessions
         self.max_in_flight = max_in_flight
