@@ -22,7 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from clamwatch.config import WatchConfig
-from clamwatch.events import EventKind, emit, shown
+from clamwatch.eventkind import EventKind, emit
+from clamwatch.events import shown
 from clamwatch.files import OpenedFile
 from clamwatch.policy import FileAction, Rule
 from clamwatch.quarantine import QuarantineError, QuarantineStore

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
 
-from clamwatch import __version__
+from clamwatch import __version__, lazylog
 from clamwatch.clamd.address import DEFAULT_CLAMD_CONF, AddressError
 from clamwatch.clamd.job import TransportChoice
 from clamwatch.units import parse_duration, parse_size
@@ -484,6 +483,9 @@ def entry() -> NoReturn:
     sys.exit(main(exit_when_scanned=True))
 
 
+_LOG_FORMAT = "clamwatch: %(message)s"  # until `run` sets up the daemon's own logging
+
+
 def main(argv: Sequence[str] | None = None, *, exit_when_scanned: bool = False) -> int:
     """Run the command line ``argv``; return its exit status.
 
@@ -492,9 +494,10 @@ def main(argv: Sequence[str] | None = None, *, exit_when_scanned: bool = False) 
     if argv is None:
         argv = sys.argv[1:]
     args = build_parser(_subcommand(argv)).parse_args(argv)
-    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
-    logging.basicConfig(level=level, format="clamwatch: %(message)s")
+    level = [lazylog.WARNING, lazylog.INFO, lazylog.DEBUG][min(args.verbose, 2)]
     if args.command == "scan":
+        # set up at scan's first message, if any (see lazylog.py)
+        lazylog.configure(level, _LOG_FORMAT)
         from clamwatch.scan_command import ScanOptions, run_scan
 
         status = run_scan(
@@ -515,6 +518,9 @@ def main(argv: Sequence[str] | None = None, *, exit_when_scanned: bool = False) 
         if exit_when_scanned:
             _exit_now(status)
         return status
+    import logging
+
+    logging.basicConfig(level=level, format=_LOG_FORMAT)
     if args.command == "run":
         return run_daemon(args.config, args.log_format, args.log_target)
     if args.command == "check-config":
@@ -541,7 +547,7 @@ def _exit_now(status: int) -> NoReturn:
     flush that fails makes a clean run's status 2, as run_scan makes it when
     the results cannot be written.
     """
-    logging.shutdown()
+    lazylog.shutdown()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

@@ -27,12 +27,11 @@ from clamwatch.clamd.engine import ClamdUnavailableError, Engine
 from clamwatch.clamd.settings import resolve_engine
 from clamwatch.config import Config, ConfigError, load_config
 from clamwatch.dispatch import Dispatcher, Mode, Rescan, Work
+from clamwatch.eventkind import EventKind, emit
 from clamwatch.events import (
-    EventKind,
     EventStreamHandler,
     JsonFormatter,
     TextFormatter,
-    emit,
     emit_fields,
     shown,
 )

@@ -17,7 +17,6 @@ the stream together.
 from __future__ import annotations
 
 import contextlib
-import enum
 import logging
 import os
 import threading
@@ -25,6 +24,7 @@ import time
 import weakref
 from collections.abc import Iterator, Mapping
 
+from clamwatch.eventkind import EventKind
 from clamwatch.names import display_path
 from clamwatch.value import Value
 
@@ -34,27 +34,6 @@ if TYPE_CHECKING:
     from typing import Final, TextIO
 
 log = logging.getLogger("clamwatch.events")
-
-
-class EventKind(enum.Enum):
-    STARTED = "started"  # the daemon is starting
-    READY = "ready"  # config loaded, clamd answered, watches armed
-    CLEAN = "clean"  # a file was scanned and is clean
-    DETECTION = "detection"  # a file is infected
-    NOT_SCANNED = "not-scanned"  # a file was not scanned (too large, symlink, ...)
-    SCAN_ERROR = "scan-error"  # scanning failed after retries
-    ACTION_DONE = "action-done"  # a file was moved, copied, removed, released, tagged; a hook ran
-    ACTION_FAILED = "action-failed"  # an action could not be done (the file stays as it was)
-    CLAMD_LOST = "clamd-lost"  # clamd became unreachable
-    CLAMD_BACK = "clamd-back"  # clamd answers again
-    OVERFLOW_RESCAN = "overflow-rescan"  # events were lost; trees are walked again
-    WATCH_WAITING = "watch-waiting"  # a watch root does not exist (yet)
-    WATCH_ARMED = "watch-armed"  # a watch root is watched
-    WATCH_FAILED = "watch-failed"  # a watch could not be set up
-    CONFIG_RELOADED = "config-reloaded"  # SIGHUP: the new configuration is in force
-    CONFIG_REJECTED = "config-rejected"  # SIGHUP: the new configuration is invalid; the old runs on
-    STOPPING = "stopping"  # SIGTERM/SIGINT: draining
-    STOPPED = "stopped"  # drained and saved what was pending
 
 
 #: A fixed MESSAGE_ID per kind, so ``journalctl MESSAGE_ID=...`` finds every
@@ -81,19 +60,17 @@ MESSAGE_IDS: dict[EventKind, str] = {
 }
 
 
-def emit(kind: EventKind, message: str, level: int = logging.INFO, **fields: object) -> None:
-    """Log one event; ``fields`` hold its facts (None values are left out)."""
-    if log.isEnabledFor(level):
-        _log_event(kind, message, level, {k: v for k, v in fields.items() if v is not None})
-
-
 def emit_fields(kind: EventKind, message: str, level: int, fields: dict[str, object]) -> None:
-    """:func:`emit` for a dict of fields the caller gives away: none may be None."""
+    """:func:`clamwatch.eventkind.emit` for a dict of fields the caller gives away.
+
+    None of them may be None. The daemon's verdicts come this way.
+    """
     if log.isEnabledFor(level):
-        _log_event(kind, message, level, fields)
+        log_event(kind, message, level, fields)
 
 
-def _log_event(kind: EventKind, message: str, level: int, fields: dict[str, object]) -> None:
+def log_event(kind: EventKind, message: str, level: int, fields: dict[str, object]) -> None:
+    """Hand one event to the handlers (emit() and emit_fields() have checked its level)."""
     direct = _sole_event_handler(level)
     if direct is not None:
         direct.handle_event(LoggedEvent(time.time(), level, kind, message, fields))

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
 
+from clamwatch import lazylog
 from clamwatch.clamd.address import DEFAULT_CLAMD_CONF, AddressError
 from clamwatch.clamd.engine import ClamdUnavailableError, Engine
 from clamwatch.clamd.job import ScanJob, ScanOutcome, TransportChoice
@@ -23,7 +23,7 @@ TYPE_CHECKING = False  # typing's own, without importing typing (see value.py)
 if TYPE_CHECKING:
     from typing import TextIO
 
-log = logging.getLogger(__name__)
+log = lazylog.Logger(__name__)
 
 # Files opened and handed to the engine but not answered yet. Each holds a
 # descriptor; the engine keeps only a few dozen in flight, so a few hundred

@@ -11,13 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from clamwatch.eventkind import EventKind, emit
 from clamwatch.events import (
-    EventKind,
     EventStreamHandler,
     JsonFormatter,
     TextFormatter,
     _sole_event_handler,
-    emit,
     emit_fields,
     held_back,
 )

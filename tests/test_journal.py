@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from clamwatch.events import MESSAGE_IDS, EventKind
+from clamwatch.eventkind import EventKind
+from clamwatch.events import MESSAGE_IDS
 from clamwatch.privateclamd import PrivateClamd
 from clamwatch.testsig import EICAR_SIGNATURE
 from daemonproc import DaemonProcess, write_config

@@ -190,6 +190,8 @@ def test_unreachable_clamd_exits_2_naming_the_address(tmp_path: Path) -> None:
     result = clamwatch("scan", "--timeout", "1s", "--address", address, str(tmp_path))
     assert result.returncode == 2
     assert f"cannot reach clamd at {address}: No such file or directory" in result.stderr
+    # the engine's own event, through logging set up at its first message
+    assert f"clamwatch: clamd at {address} is unreachable: " in result.stderr
     assert ": OK" not in result.stdout
 
 

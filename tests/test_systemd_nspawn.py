@@ -45,7 +45,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from clamwatch.events import MESSAGE_IDS, EventKind
+from clamwatch.eventkind import EventKind
+from clamwatch.events import MESSAGE_IDS
 from clamwatch.privateclamd import PrivateClamd
 from clamwatch.testsig import EICAR_SIGNATURE, eicar_bytes
 from unitfiles import CATALOG, DROP_IN_EXAMPLE, REPO, SYSUSERS, TMPFILES, unit_text_for, venv_binary

@@ -20,7 +20,7 @@ from watchdog.observers.inotify_c import InotifyConstants, InotifyEvent, Mask, W
 
 from clamwatch.config import WatchConfig
 from clamwatch.dispatch import Dispatcher, Mode, Rescan, Work
-from clamwatch.events import EventKind
+from clamwatch.eventkind import EventKind
 from clamwatch.watch import watchdog_backend
 from clamwatch.watch.filters import WatchFilter
 from clamwatch.watch.watchdog_backend import TreeWatcher, worth_handling

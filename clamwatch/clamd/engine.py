@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import logging
 import math
 import random
 import selectors
@@ -25,6 +24,7 @@ import threading
 import time
 from collections.abc import Iterable
 
+from clamwatch import lazylog
 from clamwatch.clamd.address import ClamdAddress
 from clamwatch.clamd.job import ScanJob, ScanOutcome, Transport, TransportChoice
 from clamwatch.clamd.protocol import (
@@ -40,11 +40,11 @@ from clamwatch.clamd.protocol import (
 from clamwatch.clamd.session import Capabilities, InFlight, Session, SessionState
 from clamwatch.clamd.settings import EngineSettings
 from clamwatch.clamd.transport import ClamdConnectionError
-from clamwatch.events import EventKind, emit
+from clamwatch.eventkind import EventKind, emit
 from clamwatch.threadnames import name_this_thread
 from clamwatch.verdict import NotScanned, NotScannedReason, ScanError, Verdict
 
-log = logging.getLogger(__name__)
+log = lazylog.Logger(__name__)
 
 # How often a busy loop looks at its deadlines (keepalive, request and
 # connect timeouts); an idle loop wakes for the next of them exactly.
@@ -371,7 +371,7 @@ class Engine:
                 EventKind.CLAMD_LOST,
                 f"clamd at {self.address} is unreachable: {message}; files wait and are"
                 " retried with backoff",
-                logging.WARNING,
+                lazylog.WARNING,
                 clamd=str(self.address),
                 error=message,
             )
@@ -390,7 +390,7 @@ class Engine:
                 EventKind.CLAMD_BACK,
                 f"clamd at {self.address} answers again after {now - self._down_since:.1f} s;"
                 f" {waiting} scan(s) were waiting",
-                logging.WARNING,
+                lazylog.WARNING,
                 clamd=str(self.address),
                 waited=waiting,
             )

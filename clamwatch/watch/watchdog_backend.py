@@ -49,7 +49,7 @@ from watchdog.observers.inotify_c import (
 )
 
 from clamwatch.dispatch import CLOSED_AFTER_WRITE, Dispatcher, Mode, Rescan, Work
-from clamwatch.events import EventKind, emit
+from clamwatch.eventkind import EventKind, emit
 from clamwatch.threadnames import name_this_thread
 from clamwatch.watch.filters import WatchFilter
 
