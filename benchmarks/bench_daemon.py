@@ -301,6 +301,15 @@ def plan_memory(root: Path, count: int, dirs: int, writers: int, seed: int) -> F
 _VERDICT_MARKS = tuple(f'"event": "{kind}"'.encode() for kind in VERDICT_EVENTS)
 
 
+def _parse_line(raw: bytes) -> tuple[str, Any]:
+    """A line of the daemon's log, and the JSON object it holds (None: not JSON)."""
+    line = raw.decode("utf-8", "surrogateescape").rstrip("\n")
+    try:
+        return line, json.loads(line)
+    except ValueError:
+        return line, None
+
+
 @dataclass(frozen=True, slots=True)
 class Seen:
     """One verdict event as the reader thread saw it."""
@@ -365,11 +374,7 @@ class TimedDaemon(DaemonProcess):
             self._cond.notify_all()  # the daemon has ended: nobody waits for more
 
     def _take(self, arrived: float, raw: bytes) -> None:
-        line = raw.decode("utf-8", "surrogateescape").rstrip("\n")
-        try:
-            event = json.loads(line)
-        except ValueError:
-            event = None
+        line, event = _parse_line(raw)
         with self._cond:
             self._parsed(arrived, line, event)
 
@@ -396,12 +401,7 @@ class TimedDaemon(DaemonProcess):
         backlog, self._backlog, self._marked = self._backlog, [], 0
         started = time.thread_time()
         for arrived, raw in backlog:
-            line = raw.decode("utf-8", "surrogateescape").rstrip("\n")
-            try:
-                event = json.loads(line)
-            except ValueError:
-                event = None
-            self._parsed(arrived, line, event)
+            self._parsed(arrived, *_parse_line(raw))
         self.parse_cpu += time.thread_time() - started
 
     def _verdict(self, event: dict[str, Any], kind: str, arrived: float) -> None:
