@@ -73,7 +73,7 @@ def test_scan_starts_without_the_modules_it_does_not_need() -> None:
         "clamwatch.cli.build_parser('scan').parse_args(['scan', '/'])\n"
         "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in "
         "('dataclasses', 'inspect', 'json', 'base64', 'shutil', 'tomllib', 'watchdog',"
-        " 'typing', 'pathlib', 'urllib', 'logging'))))\n"
+        " 'typing', 'pathlib', 'urllib', 'logging', 'random'))))\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
