@@ -144,6 +144,27 @@ def test_file_removed_after_open_is_still_scanned(
     assert outcome.verdict == Infected(EICAR_SIGNATURE)
 
 
+def test_a_file_that_grew_after_its_open_is_streamed_whole(
+    clamd: PrivateClamd, tmp_path: Path, eicar: bytes
+) -> None:
+    """INSTREAM reads a small file in one piece, sized by its fstat at open: more
+    bytes than that (the file grew meanwhile) must send the file as it is now,
+    never the first ``size + 1`` bytes of it."""
+    path = tmp_path / "grows"
+    path.write_bytes(eicar[:1])
+    opened = open_for_scan(str(path))
+    assert isinstance(opened, OpenedFile) and opened.identity.size == 1
+    with path.open("ab") as more:
+        more.write(eicar[1:])  # the rest of EICAR (at offset 0), after the open
+    done: queue.SimpleQueue[ScanOutcome] = queue.SimpleQueue()
+    with running(clamd.tcp_address) as engine:
+        engine.submit(ScanJob(opened, lambda job, outcome: done.put(outcome)))
+        outcome = done.get(timeout=30)
+    opened.close()
+    assert outcome.transport is Transport.INSTREAM
+    assert outcome.verdict == Infected(EICAR_SIGNATURE)
+
+
 @pytest.mark.parametrize("known_limit", [True, False], ids=["limit-known", "limit-from-clamd"])
 def test_file_over_stream_max_length_is_not_scanned_over_tcp(
     clamd_factory: ClamdFactory, tmp_path: Path, eicar: bytes, known_limit: bool
