@@ -23,15 +23,10 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator, Mapping
+from typing import NamedTuple, TextIO
 
 from clamwatch.eventkind import EventKind
 from clamwatch.names import display_path
-from clamwatch.value import Value
-
-TYPE_CHECKING = False  # typing's own, without importing typing (see value.py)
-
-if TYPE_CHECKING:
-    from typing import Final, TextIO
 
 log = logging.getLogger("clamwatch.events")
 
@@ -83,36 +78,16 @@ def log_event(kind: EventKind, message: str, level: int, fields: dict[str, objec
     log.handle(record)
 
 
-class LoggedEvent(Value):
+class LoggedEvent(NamedTuple):
     """What the handlers of events read of one: an event's own parts, or a LogRecord's."""
 
-    __slots__ = ("created", "level", "kind", "message", "fields", "logger", "exception")
-    created: Final[float]  # time.time()
-    level: Final[int]
-    kind: Final[EventKind | None]  # None: a plain log message
-    message: Final[str]
-    fields: Final[Mapping[str, object]]
-    logger: Final[str]
-    exception: Final[str | None]  # a formatted traceback
-
-    def __init__(
-        self,
-        created: float,
-        level: int,
-        kind: EventKind | None,
-        message: str,
-        fields: Mapping[str, object],
-        *,
-        logger: str = log.name,
-        exception: str | None = None,
-    ) -> None:
-        self.created = created
-        self.level = level
-        self.kind = kind
-        self.message = message
-        self.fields = fields
-        self.logger = logger
-        self.exception = exception
+    created: float  # time.time()
+    level: int
+    kind: EventKind | None  # None: a plain log message
+    message: str
+    fields: Mapping[str, object]
+    logger: str = log.name
+    exception: str | None = None  # a formatted traceback
 
     @classmethod
     def of(cls, record: logging.LogRecord, exception: str | None) -> LoggedEvent:
@@ -124,8 +99,8 @@ class LoggedEvent(Value):
             kind if isinstance(kind, EventKind) else None,
             record.getMessage(),
             fields if isinstance(fields, dict) else {},
-            logger=record.name,
-            exception=exception,
+            record.name,
+            exception,
         )
 
 
@@ -275,7 +250,7 @@ def held_back() -> Iterator[None]:
                 handler.flush()
 
 
-class EventStreamHandler(logging.StreamHandler["TextIO"], EventHandler):
+class EventStreamHandler(logging.StreamHandler[TextIO], EventHandler):
     """A StreamHandler that holds lines back inside :func:`held_back`."""
 
     def __init__(self, stream: TextIO) -> None:
