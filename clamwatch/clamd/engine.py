@@ -534,7 +534,11 @@ class Engine:
             assert caps is not None
             transport = self._transport_for(caps)
             queue = self._queue
-            check = transport is Transport.INSTREAM or bool(caps.commands)
+            # what _refuse looks at is fixed for the session, but for a stream's size
+            if transport is Transport.FILDES:
+                check = bool(caps.commands) and "FILDES" not in caps.commands
+            else:
+                check = self.settings.max_stream_size is not None
             while queue and room > 0 and session.accepting:
                 job = queue.popleft()
                 refused = self._refuse(job, transport, caps) if check else None
