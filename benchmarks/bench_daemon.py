@@ -348,12 +348,10 @@ class TimedDaemon(DaemonProcess):
         self._hits = 0
         self.last_hit = 0.0
         # deferred parsing (see the class's docstring): lines as they came,
-        # how many of them look like verdicts, and how many such lines the
-        # waiter needs before it looks
+        # and how many of them look like verdicts
         self._deferred = False
         self._backlog: list[tuple[float, bytes]] = []
         self._marked = 0
-        self._need = 0
         self.parse_cpu = 0.0  # CPU-s spent parsing deferred lines, after they came
         super().__init__(config)
 
@@ -366,7 +364,7 @@ class TimedDaemon(DaemonProcess):
                     self._backlog.append((arrived, raw))
                     if any(mark in raw for mark in _VERDICT_MARKS):
                         self._marked += 1
-                        if self._marked >= self._need:
+                        if self._marked >= self._missing:
                             self._cond.notify_all()
                     continue
             self._take(arrived, raw)
@@ -437,7 +435,11 @@ class TimedDaemon(DaemonProcess):
             self._hits = sum(1 for p in self._expected if p in self.seen)
             self.last_hit = 0.0
             self._deferred = defer
-            self._need = len(self._expected) - self._hits
+
+    @property
+    def _missing(self) -> int:
+        """Expected files with no verdict among the lines parsed so far (hold self._cond)."""
+        return len(self._expected) - self._hits
 
     @property
     def hits(self) -> int:
@@ -456,11 +458,10 @@ class TimedDaemon(DaemonProcess):
             try:
                 stalled = False
                 while True:
-                    if not self._deferred or self._marked >= self._need or stalled:
+                    if not self._deferred or self._marked >= self._missing or stalled:
                         self._drain()
                         if self._hits >= len(self._expected):
                             return True
-                        self._need = len(self._expected) - self._hits
                     left = deadline - time.monotonic()
                     if left <= 0 or self.process.poll() is not None:
                         self._drain()
