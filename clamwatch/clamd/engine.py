@@ -67,6 +67,7 @@ class EngineStats:
         "requests_resent",
         "verdicts",
         "gathers",
+        "quick_acks",
     )
 
     def __init__(self) -> None:
@@ -76,6 +77,7 @@ class EngineStats:
         self.requests_resent = 0  # requests handed back by a lost session
         self.verdicts = 0  # outcomes delivered
         self.gathers = 0  # turns that let replies gather first (every slot was taken)
+        self.quick_acks = 0  # reads over TCP acknowledged at once (Session.acknowledge)
 
 
 class ClamdUnavailableError(Exception):
@@ -588,6 +590,11 @@ class Engine:
                 if self._queue and self._has_room(session):
                     # replies freed room: send the next requests in this same turn
                     mask |= selectors.EVENT_WRITE
+                elif session.in_flight and session.state is not SessionState.CLOSED:
+                    # no request of ours will carry the ACK for what was read
+                    # (the end of a scan, a light load): over TCP, clamd's
+                    # next reply waits for it
+                    self.stats.quick_acks += session.acknowledge()
             if mask & selectors.EVENT_WRITE and session.state is not SessionState.CLOSED:
                 self._write(session, now)
         except ClamdConnectionError as exc:

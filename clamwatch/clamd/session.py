@@ -38,6 +38,7 @@ from clamwatch.clamd.protocol import (
 )
 from clamwatch.clamd.transport import (
     ClamdConnectionError,
+    acknowledge_now,
     describe_os_error,
     finish_connect,
     open_socket,
@@ -120,6 +121,7 @@ class Session:
         self.address = address
         self.name = f"session {number}"
         self.sock, connected = open_socket(address)
+        self._tcp = address.path is None
         self.proto = ClamdProtocol()
         self.state = SessionState.CONNECTING
         self.in_flight: dict[int, InFlight] = {}
@@ -347,6 +349,16 @@ class Session:
             events.append(event)
             if isinstance(event, ConnectionClosed):
                 return events
+
+    def acknowledge(self) -> bool:
+        """Replies were read, more are due and nothing of ours will go out to carry the ACK.
+
+        Over TCP, have it sent now (see transport.acknowledge_now), and say
+        so: clamd holds back its next reply until then.
+        """
+        if self._tcp:
+            acknowledge_now(self.sock)
+        return self._tcp
 
     def handle_handshake(self, event: Event) -> bool:
         """Take a handshake reply; True when the event was one."""

@@ -7,6 +7,7 @@ and nowhere else (httpcore's ``map_exceptions``).
 from __future__ import annotations
 
 import array
+import contextlib
 import errno
 import os
 import socket
@@ -46,6 +47,24 @@ def open_socket(address: ClamdAddress) -> tuple[socket.socket, bool]:
     sock.close()
     # EAGAIN on a Unix socket: clamd's listen backlog is full; retried later
     raise ClamdConnectionError(os.strerror(code))
+
+
+def acknowledge_now(sock: socket.socket) -> None:
+    """Have the kernel acknowledge what was just read at once, not up to 40 ms later.
+
+    clamd writes its replies with Nagle's algorithm on, so a reply written
+    while an earlier one is unacknowledged waits in clamd's socket for our
+    ACK. Linux holds back an ACK that no data of ours can carry for its
+    delayed-ACK timeout (40 ms at least), so a client with nothing left to
+    send got the last replies of a scan 30-40 ms late (measured: the last
+    50 ms of a 10,000-file `scan --stream` brought a third of the replies
+    they should have). TCP_QUICKACK sends the pending ACK now; the kernel
+    may delay again later, so the engine sets it after each read that
+    nothing will follow. A socket that does not take it (a Unix socket,
+    which has no ACKs) is left as it is.
+    """
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
 
 
 def finish_connect(sock: socket.socket) -> None:
