@@ -104,28 +104,36 @@ def os_error_verdict(exc: OSError, what: str) -> Verdict:
 
 
 def open_for_scan(
-    path: str, before: os.stat_result | None = None, *, listed_regular: bool = False
+    path: str,
+    before: os.stat_result | None = None,
+    *,
+    listed_regular: bool = False,
+    within: tuple[int, str] | None = None,
 ) -> OpenedFile | Verdict:
     """Open ``path`` for scanning, or say why it will not be scanned.
 
     ``before`` is the path's lstat result when the caller has one already.
     ``listed_regular``: its directory's listing said it is a regular file
-    (d_type), so no lstat is asked for first. Either way the file is opened
+    (d_type), so no lstat is asked for first. ``within``: the descriptor of
+    the directory that listed it and its name there, to open it by instead
+    of by ``path`` (which then only names it), so that no directory on the
+    path can be swapped for a link meanwhile. Either way the file is opened
     without following a link and without blocking, and the fstat of what was
     opened decides: a link, fifo or device put in its place meanwhile is
     refused as it would have been.
     """
+    dir_fd, name = within if within is not None else (None, path)
     if not listed_regular:
         if before is None:
             try:
-                before = os.lstat(path)
+                before = os.lstat(name, dir_fd=dir_fd)
             except OSError as exc:
                 return os_error_verdict(exc, "lstat")
         refused = classify(before.st_mode)
         if refused is not None:
             return refused
     try:
-        fd = os.open(path, _OPEN_FLAGS)
+        fd = os.open(name, _OPEN_FLAGS, dir_fd=dir_fd)
     except OSError as exc:
         return os_error_verdict(exc, "open")
     try:

@@ -203,7 +203,9 @@ def _feed(
             path, opened = item, open_for_scan(item)
         else:
             path = item.path
-            opened = open_for_scan(path, listed_regular=_listed_regular(item))
+            opened = open_for_scan(
+                path, listed_regular=item.regular, within=(item.dir_fd, item.name)
+            )
         if not isinstance(opened, OpenedFile):
             reporter.report(path, opened)
             continue
@@ -222,10 +224,3 @@ def _feed(
             opened_since_step = 0
     while outstanding:
         engine.step(_STEP_WAIT)
-
-
-def _listed_regular(entry: os.DirEntry[str]) -> bool:
-    try:
-        return entry.is_file(follow_symlinks=False)
-    except OSError:
-        return False  # the opener's lstat says what the matter is

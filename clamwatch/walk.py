@@ -1,26 +1,54 @@
-"""Walking the trees named on the command line, without following links."""
+"""Walking the trees named on the command line, without following links.
+
+Each directory below a named one is opened relative to its parent's
+descriptor, with O_NOFOLLOW, and its files are opened relative to its own
+(:class:`ListedFile`). A directory swapped for a symbolic link while the walk
+runs is therefore reported as a link, not followed, and a directory renamed
+away meanwhile is still the one walked: the walk never leaves the trees it
+was given, whatever happens to their paths.
+"""
 
 from __future__ import annotations
 
+import errno
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 
 from clamwatch.files import os_error_verdict
 from clamwatch.verdict import Verdict
 
-# A path to open, a listed file (its DirEntry), or a path with why it is skipped.
-WalkItem = str | os.DirEntry[str] | tuple[str, Verdict]
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def walk(paths: Iterable[str]) -> Iterator[WalkItem]:
-    """Every file below ``paths``: a path to open, or a path with the reason it is skipped.
+class ListedFile:
+    """A name listed in a directory the walk holds open as ``dir_fd``.
 
-    A file found in a directory comes as its DirEntry, whose
-    ``is_file(follow_symlinks=False)`` tells from the listing (no stat)
-    whether it is a regular file. Each directory's files come in name order,
-    then its subdirectories; symbolic links, fifos and devices are yielded
-    like files, so that the opener reports them as not scanned instead of
-    their silently vanishing from the count.
+    ``dir_fd`` stays open until the caller asks for the next item after the
+    directory's last: open the file then, as ``name`` relative to it.
+    ``regular``: the listing (d_type) says a regular file, with no stat.
+    Symbolic links, fifos and devices come too, so that the opener reports
+    them as not scanned instead of their silently vanishing from the count.
+    """
+
+    __slots__ = ("path", "name", "dir_fd", "regular")
+
+    def __init__(self, path: str, name: str, dir_fd: int, regular: bool) -> None:
+        self.path = path
+        self.name = name
+        self.dir_fd = dir_fd
+        self.regular = regular
+
+
+# A path to open, a listed file, or a path with why it is skipped.
+WalkItem = str | ListedFile | tuple[str, Verdict]
+
+
+def walk(paths: Iterable[str]) -> Generator[WalkItem, None, None]:
+    """Every file below ``paths``: a path to open, a listed file, or a path with why it is skipped.
+
+    A named path that is not a directory (or is a link) comes as it is.
+    Each directory's files come in name order, then its subdirectories.
+    Closing the iterator early closes every directory it holds open.
     """
     for top in paths:
         try:
@@ -31,23 +59,84 @@ def walk(paths: Iterable[str]) -> Iterator[WalkItem]:
         if not is_dir:
             yield top
             continue
-        stack = [top]
-        while stack:
-            directory = stack.pop()
+        try:
+            fd = os.open(top, _DIR_FLAGS)
+        except OSError as exc:
+            yield top, os_error_verdict(exc, "reading the directory")
+            continue
+        yield from _tree(top, fd)
+
+
+def _tree(top: str, top_fd: int) -> Generator[WalkItem, None, None]:
+    """The walk below one named directory, open as ``top_fd`` (closed here)."""
+    # the directories on the way down: path, descriptor, subdirectories not visited yet
+    stack: list[tuple[str, int, Iterator[str]]] = []
+    directory, fd = top, top_fd
+    try:
+        while True:
             try:
-                with os.scandir(directory) as entries:
-                    listed = sorted(entries, key=lambda e: e.name)
-            except OSError as exc:
-                yield directory, os_error_verdict(exc, "reading the directory")
-                continue
-            subdirs: list[str] = []
-            for entry in listed:
-                try:
-                    descend = entry.is_dir(follow_symlinks=False)
-                except OSError:
-                    descend = False
-                if descend:
-                    subdirs.append(entry.path)
-                else:
-                    yield entry
-            stack.extend(reversed(subdirs))
+                subdirs = yield from _listing(directory, fd)
+            except BaseException:
+                os.close(fd)
+                raise
+            stack.append((directory, fd, iter(subdirs)))
+            below = yield from _next_directory(stack)
+            if below is None:
+                return
+            directory, fd = below
+    finally:
+        for _, held, _ in stack:
+            os.close(held)
+
+
+def _listing(directory: str, fd: int) -> Generator[WalkItem, None, list[str]]:
+    """Yield the files of the directory open as ``fd``; return its subdirectories' names."""
+    try:
+        with os.scandir(fd) as entries:  # a duplicate of fd, rewound: fd stays usable
+            listed = sorted(entries, key=lambda e: e.name)
+    except OSError as exc:
+        yield directory, os_error_verdict(exc, "reading the directory")
+        return []
+    prefix = directory if directory.endswith("/") else directory + "/"
+    subdirs: list[str] = []
+    for entry in listed:
+        try:
+            descend = entry.is_dir(follow_symlinks=False)
+        except OSError:
+            descend = False
+        if descend:
+            subdirs.append(entry.name)
+            continue
+        try:
+            regular = entry.is_file(follow_symlinks=False)
+        except OSError:
+            regular = False  # the opener's lstat says what the matter is
+        yield ListedFile(prefix + entry.name, entry.name, fd, regular)
+    return subdirs
+
+
+def _next_directory(
+    stack: list[tuple[str, int, Iterator[str]]],
+) -> Generator[WalkItem, None, tuple[str, int] | None]:
+    """Open the next subdirectory to walk, closing the directories that are done.
+
+    Opened relative to its parent, without following a link. What was put
+    in its place since the listing (a link, a file) comes as a listed file
+    for the opener to judge: a link is reported, never walked.
+    """
+    while stack:
+        parent, parent_fd, rest = stack[-1]
+        name = next(rest, None)
+        if name is None:
+            stack.pop()
+            os.close(parent_fd)
+            continue
+        path = (parent if parent.endswith("/") else parent + "/") + name
+        try:
+            return path, os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+        except OSError as exc:
+            if exc.errno in (errno.ENOTDIR, errno.ELOOP):  # no longer a directory
+                yield ListedFile(path, name, parent_fd, False)
+            else:
+                yield path, os_error_verdict(exc, "reading the directory")
+    return None

@@ -1,0 +1,126 @@
+"""clamwatch.walk, `clamwatch scan`'s walk: order, and paths changed under it while it runs.
+
+The walk is a generator: each test takes items one by one and changes the
+tree between two of them, exactly where a race would.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from clamwatch.files import OpenedFile, open_for_scan
+from clamwatch.verdict import NotScanned, NotScannedReason
+from clamwatch.walk import ListedFile, WalkItem, walk
+
+LINK_NOT_FOLLOWED = NotScanned(NotScannedReason.SYMLINK, "symbolic link not followed")
+
+
+def _open(item: WalkItem) -> OpenedFile:
+    """Open a listed file as `clamwatch scan` does."""
+    assert isinstance(item, ListedFile), item
+    opened = open_for_scan(item.path, listed_regular=item.regular, within=(item.dir_fd, item.name))
+    assert isinstance(opened, OpenedFile), opened
+    return opened
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_files_in_name_order_then_subdirectories(tmp_path: Path) -> None:
+    for name in ("b/2", "b/1", "a/x/3", "z", "c"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"clean")
+    (tmp_path / "link").symlink_to(tmp_path / "z")
+    paths = [item.path for item in walk([f"{tmp_path}/"]) if isinstance(item, ListedFile)]
+    assert paths == [f"{tmp_path}/{name}" for name in ("c", "link", "z", "a/x/3", "b/1", "b/2")]
+
+
+def test_a_directory_swapped_for_a_link_after_its_listing_is_not_walked(tmp_path: Path) -> None:
+    tree, outside = tmp_path / "tree", tmp_path / "outside"
+    (tree / "a").mkdir(parents=True)
+    (tree / "a" / "f").write_bytes(b"clean")
+    (tree / "b").mkdir()
+    outside.mkdir()
+    (outside / "secret").write_bytes(b"not under the tree")
+    items = walk([str(tree)])
+    first = next(items)  # tree is listed and a is being walked: b is yet to be opened
+    assert isinstance(first, ListedFile) and first.path == f"{tree}/a/f"
+    (tree / "b").rmdir()
+    (tree / "b").symlink_to(outside, target_is_directory=True)
+    second = next(items)
+    assert isinstance(second, ListedFile) and second.path == f"{tree}/b"
+    assert open_for_scan(second.path, within=(second.dir_fd, second.name)) == LINK_NOT_FOLLOWED
+    assert list(items) == []  # nothing from outside/
+
+
+def test_a_directory_swapped_for_a_file_after_its_listing_is_scanned_as_one(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "f").write_bytes(b"clean")
+    (tmp_path / "b").mkdir()
+    items = walk([str(tmp_path)])
+    _open(next(items)).close()
+    (tmp_path / "b").rmdir()
+    (tmp_path / "b").write_bytes(b"now a file")
+    second = next(items)
+    opened = _open(second)
+    try:
+        assert opened.path == f"{tmp_path}/b" and opened.identity.size == len(b"now a file")
+    finally:
+        opened.close()
+    assert list(items) == []
+
+
+def test_a_directory_moved_away_while_walked_is_still_the_one_read(tmp_path: Path) -> None:
+    """Its files are opened through its own descriptor: a link put in its place is never used."""
+    tree, outside = tmp_path / "tree", tmp_path / "outside"
+    (tree / "a").mkdir(parents=True)
+    for name in ("1", "2"):
+        (tree / "a" / name).write_bytes(b"clean")
+    (outside / "a").mkdir(parents=True)
+    (outside / "a" / "2").write_bytes(b"not under the tree")
+    original = os.stat(tree / "a" / "2").st_ino
+    items = walk([str(tree)])
+    _open(next(items)).close()
+    (tree / "a").rename(tree / "moved")
+    (tree / "a").symlink_to(outside / "a", target_is_directory=True)
+    second = next(items)
+    assert isinstance(second, ListedFile) and second.path == f"{tree}/a/2"
+    opened = _open(second)
+    try:
+        assert opened.identity.ino == original
+    finally:
+        opened.close()
+    assert list(items) == []
+
+
+def test_a_file_swapped_for_a_link_after_its_listing_is_not_followed(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"clean")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "target").write_bytes(b"not this one")
+    items = walk([str(tmp_path)])
+    item = next(items)
+    assert isinstance(item, ListedFile) and item.regular
+    (tmp_path / "f").unlink()
+    (tmp_path / "f").symlink_to(tmp_path / "other" / "target")
+    within = (item.dir_fd, item.name)
+    verdict = open_for_scan(item.path, listed_regular=item.regular, within=within)
+    assert verdict == LINK_NOT_FOLLOWED
+    items.close()
+
+
+def test_closing_the_walk_early_closes_every_directory_it_held(tmp_path: Path) -> None:
+    deep = tmp_path / "1" / "2" / "3" / "4"
+    deep.mkdir(parents=True)
+    (deep / "f").write_bytes(b"clean")
+    before = _open_fds()
+    items = walk([str(tmp_path)])
+    assert isinstance(next(items), ListedFile)
+    assert _open_fds() == before + 5  # the named directory and the four below it
+    items.close()
+    assert _open_fds() == before
+    assert list(walk([str(tmp_path)])) != []  # a walk to its end closes them too
+    assert _open_fds() == before
