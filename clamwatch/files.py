@@ -149,6 +149,19 @@ def open_for_scan(
     return OpenedFile(path, fd, FileIdentity(st))
 
 
+def descriptor_path(fd: int) -> str | None:
+    """Where the kernel says the file open as ``fd`` is, or None when /proc cannot say.
+
+    The path every directory on the way was resolved to at the open, links
+    included (proc(5), /proc/self/fd); " (deleted)" follows it once the file
+    has been removed.
+    """
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
+
+
 def unwritten(path: str, st: os.stat_result) -> bool:
     """No process has this regular file open for writing (so its writer is done).
 

@@ -29,7 +29,13 @@ from clamwatch.clamd.engine import Engine
 from clamwatch.clamd.job import ScanJob, ScanOutcome
 from clamwatch.dispatch import Dispatcher, Work
 from clamwatch.events import held_back
-from clamwatch.files import FileIdentity, OpenedFile, open_for_scan, unwritten
+from clamwatch.files import (
+    FileIdentity,
+    OpenedFile,
+    descriptor_path,
+    open_for_scan,
+    unwritten,
+)
 from clamwatch.policy import Rule, decide
 from clamwatch.threadnames import name_this_thread
 from clamwatch.verdict import NotScanned, NotScannedReason, ScanError, Verdict
@@ -46,6 +52,11 @@ _SETTLE_EVERY = 0.05  # seconds between checks of files that settle (cheap when 
 # clamd waiting for tens of milliseconds (measured).
 _LOOKS_PER_ROUND = 256
 _NOTHING = Rule()  # the rule whose words are ["none"]
+# What a file is reported as when what was opened by its path lies out of its watch
+_OUT_OF_THE_WATCH = NotScanned(
+    NotScannedReason.SYMLINK,
+    "a directory on its path is a symbolic link out of the watch, not followed",
+)
 # Files opened and handed to the engine, at most. clamd takes 64 of them at a
 # time (16 per thread of its 4, engine._cap_total); the rest wait opened in the
 # engine's queue, which sends the next one for each reply by itself. While a
@@ -134,6 +145,7 @@ class Pipeline:
         self._batch = batch
         self._wake_after = 1  # outcomes that wake the pipeline (read by the engine thread)
         self.seen = SeenVersions()
+        self._real_roots: dict[str, str] = {}  # a watch's root, links resolved, with a "/"
         self._outstanding: dict[ScanJob, Work] = {}
         # appended by the engine thread, taken by ours (deque: thread-safe ends)
         self._completed: collections.deque[tuple[ScanJob, ScanOutcome]] = collections.deque()
@@ -255,10 +267,13 @@ class Pipeline:
             if opened is not None:
                 opened.close()
             return
-        if opened is not None and not isinstance(verdict, ScanError):
-            self.seen.add(SeenVersions.key_of(work.path, opened.identity))
         rules = self.filters[work.watch]
         rule = decide(verdict, rules.watch.policy)
+        if rule != _NOTHING and opened is not None and self._outside(work, opened):
+            opened.close()
+            verdict, outcome, opened, rule = _OUT_OF_THE_WATCH, None, None, _NOTHING
+        if opened is not None and not isinstance(verdict, ScanError):
+            self.seen.add(SeenVersions.key_of(work.path, opened.identity))
         self.report(Result(work, verdict, outcome, time.monotonic() - work.since, rule))
         self._done.append(work.path)
         if self.actions is not None and rule != _NOTHING:
@@ -268,6 +283,31 @@ class Pipeline:
             )
         elif opened is not None:
             opened.close()
+
+    def _outside(self, work: Work, opened: OpenedFile) -> bool:
+        """The file opened for ``work`` lies out of its watch: asked before any action.
+
+        The open refuses a link only as the path's last part (O_NOFOLLOW). A
+        directory below the watch swapped for a link to elsewhere between
+        the event and the open leads it out of the tree, and the actions,
+        which go by the path and find there the inode they were given,
+        would act out there. The kernel's name for the descriptor tells
+        where it went (3-4 us, so not asked for the files nothing is done
+        to); the watch's own path is resolved again before a refusal, in
+        case a link on it was pointed elsewhere since. Without /proc there
+        is nothing to compare with, and the file is taken as inside.
+        """
+        where = descriptor_path(opened.fd)
+        if where is None or where.startswith(self._real_root(work.watch, fresh=False)):
+            return False
+        return not where.startswith(self._real_root(work.watch, fresh=True))
+
+    def _real_root(self, watch: str, *, fresh: bool) -> str:
+        root = self._real_roots.get(watch)
+        if root is None or fresh:
+            real = os.path.realpath(watch)
+            root = self._real_roots[watch] = real if real.endswith("/") else real + "/"
+        return root
 
     def _start(self, work: Work) -> None:
         rules = self.filters.get(work.watch)

@@ -21,7 +21,8 @@ from clamwatch.clamd.job import ScanJob, ScanOutcome, Transport
 from clamwatch.config import WatchConfig
 from clamwatch.dispatch import Dispatcher, Work
 from clamwatch.pipeline import Pipeline, Result
-from clamwatch.verdict import Clean
+from clamwatch.policy import Policy, Rule
+from clamwatch.verdict import Clean, NotScanned, NotScannedReason
 from clamwatch.watch.filters import WatchFilter
 
 DEADLINE_SECONDS = 10.0  # only reached when a wake-up is lost
@@ -66,7 +67,7 @@ class FakeEngine:
                     return
                 job = self._held.pop(0)
                 self._release = max(0, self._release - 1)
-            job.file.close()
+            # the file stays open, as the real engine leaves it: the pipeline closes it
             job.on_done(job, ScanOutcome(Clean(), Transport.FILDES, "ClamAV test", 1))
 
     def close(self, timeout: float = 10.0) -> list[ScanJob]:
@@ -111,13 +112,19 @@ def start(watched: Path) -> Iterator[Start]:
     started: list[Pipeline] = []
 
     def run(
-        *, at_once: bool, window: int = 256, batch: int = 32, due_first: list[str] | None = None
+        *,
+        at_once: bool,
+        window: int = 256,
+        batch: int = 32,
+        due_first: list[str] | None = None,
+        policy: Policy | None = None,
     ) -> tuple[Pipeline, FakeEngine, Reports]:
         dispatcher = Dispatcher(max_pending=10_000, settle_time=2.0)
         for path in due_first or []:
             dispatcher.due(Work(path, str(watched), time.monotonic(), "closed after write"))
         engine = FakeEngine(at_once=at_once)
-        filters = {str(watched): WatchFilter(WatchConfig(path=watched, name="uploads"))}
+        watch = WatchConfig(path=watched, name="uploads", policy=policy or Policy())
+        filters = {str(watched): WatchFilter(watch)}
         reports = Reports()
         pipeline = Pipeline(
             dispatcher, cast(Engine, engine), filters, reports, window=window, batch=batch
@@ -193,3 +200,40 @@ def test_a_burst_is_reported_in_full_whatever_the_outcomes_trickle(
         time.sleep(0.005)
     assert pipeline.outstanding == 0
     assert len(reports.results) == len(paths)  # one verdict each
+
+
+def test_a_file_reached_through_a_linked_directory_is_never_acted_on(
+    start: Start, watched: Path, tmp_path: Path
+) -> None:
+    """A directory below the watch swapped for a link out of it: no action goes there.
+
+    The open's O_NOFOLLOW guards only the last part of the path, so outside/x
+    was scanned as uploads/d/x; the actions, which go by the path, would
+    have tagged, moved or removed outside/x. Before any action the pipeline
+    asks the kernel where the scanned descriptor is. A link that stays
+    inside the watch leads to a file of the watch, which is acted on.
+    """
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "x").write_bytes(b"not under the watch")
+    (watched / "d").symlink_to(outside, target_is_directory=True)
+    (watched / "real").mkdir()
+    (watched / "real" / "y").write_bytes(b"clean")
+    (watched / "alias").symlink_to(watched / "real", target_is_directory=True)
+    (watched / "z").write_bytes(b"clean")
+    tag_clean = Policy(clean=Rule(tag=True))
+    pipeline, _, reports = start(at_once=True, policy=tag_clean)
+    escaped, aliased = str(watched / "d" / "x"), str(watched / "alias" / "y")
+    due(pipeline, watched, [escaped, aliased])
+    assert sorted(reports.wait_for(2)) == sorted([escaped, aliased])
+    by_path = {result.work.path: result for result in reports.results}
+    assert by_path[escaped].verdict == NotScanned(
+        NotScannedReason.SYMLINK,
+        "a directory on its path is a symbolic link out of the watch, not followed",
+    )
+    assert by_path[escaped].outcome is None and by_path[escaped].rule.words == ["none"]
+    assert by_path[aliased].verdict == Clean() and by_path[aliased].rule == Rule(tag=True)
+    # with nothing to do to a clean file (the default policy), nothing is asked
+    pipeline, _, reports = start(at_once=True)
+    due(pipeline, watched, [escaped])
+    assert reports.wait_for(1) == [escaped] and reports.results[0].verdict == Clean()
