@@ -97,7 +97,7 @@ def _listing(directory: str, fd: int) -> Generator[WalkItem, None, list[str]]:
     except OSError as exc:
         yield directory, os_error_verdict(exc, "reading the directory")
         return []
-    prefix = directory if directory.endswith("/") else directory + "/"
+    prefix = _prefix(directory)
     subdirs: list[str] = []
     for entry in listed:
         try:
@@ -131,7 +131,7 @@ def _next_directory(
             stack.pop()
             os.close(parent_fd)
             continue
-        path = (parent if parent.endswith("/") else parent + "/") + name
+        path = _prefix(parent) + name
         try:
             return path, os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
         except OSError as exc:
@@ -140,3 +140,8 @@ def _next_directory(
             else:
                 yield path, os_error_verdict(exc, "reading the directory")
     return None
+
+
+def _prefix(directory: str) -> str:
+    """What a name in ``directory`` is joined to, as os.scandir(path) joins it."""
+    return directory if directory.endswith("/") else directory + "/"

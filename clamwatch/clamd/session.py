@@ -121,7 +121,7 @@ class Session:
         self.address = address
         self.name = f"session {number}"
         self.sock, connected = open_socket(address)
-        self._tcp = address.path is None
+        self._tcp = not address.is_unix
         self.proto = ClamdProtocol()
         self.state = SessionState.CONNECTING
         self.in_flight: dict[int, InFlight] = {}
