@@ -254,7 +254,7 @@ class Daemon:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGHUP, self._on_reload)
-        # lease-break notices (files.unwritten holds a read lease for microseconds)
+        # lease-break notices (files.open_unwritten holds a read lease for microseconds)
         signal.signal(signal.SIGIO, signal.SIG_IGN)
         self.engine.start()
         for path, watch in self.state.pending:

@@ -37,7 +37,9 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
-# A file found closed (files.unwritten) may still have the event of that
+from clamwatch.files import CheckedFile
+
+# A file found closed (files.open_unwritten) may still have the event of that
 # close to come; when it comes it is the same version. The event can be
 # queued after the lease is granted: the closing writer drops its write
 # access and queues IN_CLOSE_WRITE as two steps, and a probe fell in between
@@ -54,6 +56,10 @@ _LATE_CLOSE_CAP = 60.0
 
 #: The reason the watcher gives a file's IN_CLOSE_WRITE.
 CLOSED_AFTER_WRITE = "closed after write"
+
+# Looks at settling files per settle_check while the taker has no room for
+# them (see its ``room``): slow, but never stopped by a queue that stays full.
+_MIN_LOOKS = 16
 
 # Directories waiting to be walked again before they collapse into a rescan
 # of their whole watch: each costs a path string, the walk costs more.
@@ -74,6 +80,9 @@ class Work:
     if_changed: bool = False  # skip when this version already has its verdict
     newer_than: float | None = None  # startup: skip files unchanged since (epoch s)
     tries: int = 0  # scans that ended in a transport error
+    # the file as the lease check left it open (settle_check's ``room``), for
+    # the scan to take over; whoever drops this Work closes it (_drop_held)
+    opened: CheckedFile | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,16 +199,21 @@ class Dispatcher:
                 del self._closed_early[path]
         self._settling.pop(path, None)
         if path in self._in_flight:
+            _drop_held(work)
             self._mark_dirty(path, work.if_changed)
             return
         old = self._pending.get(path)
         if old is not None:
+            _drop_held(work)
+            # a newer event: the name may hold another file by now, opened afresh
+            _drop_held(old)
             old.if_changed = old.if_changed and work.if_changed
             old.reason = work.reason if not work.if_changed else old.reason
             if work.newer_than is None:
                 old.newer_than = None
             return
         if self._full():
+            _drop_held(work)
             self.degraded += 1
             self._rescan(Rescan(os.path.dirname(path) or "/", work.watch, "queue full"))
             return
@@ -362,14 +376,19 @@ class Dispatcher:
     def settle_check(
         self,
         stat: Callable[[str], os.stat_result | None],
-        unwritten: Callable[[str, os.stat_result], bool] = lambda path, st: False,
+        unwritten: Callable[[str, os.stat_result], CheckedFile | bool | None] = (
+            lambda path, st: False
+        ),
         *,
         limit: int | None = None,
+        room: int | None = None,
     ) -> None:
         """Promote created files whose size and mtime held still for settle_time.
 
         ``unwritten(path, st)`` may say sooner that no process has the file
         open for writing (so it is finished); it is then promoted at once.
+        When it says so with the file open (files.open_unwritten), the
+        promoted Work may keep it for the scan, which then opens nothing.
 
         With no ``limit``, every settling file is looked at, at once. With
         ``limit``, at most that many: first the ones walks found since they
@@ -379,8 +398,21 @@ class Dispatcher:
         a stat and a lease, so the thousands of files a burst's walks find
         are looked at a slice per round of the pipeline, which feeds clamd
         in between.
+
+        ``room``: how many entries the taker's next take() takes. The slice
+        is then fitted to what that leaves after the entries already
+        pending (never under _MIN_LOOKS, or ``limit`` if smaller, so that a
+        queue that events keep full does not stop the looks for good), and
+        the files found finished within it keep their descriptors: they are
+        the ones taken next (FIFO; later work queues behind them). Any other
+        descriptor is closed here, and the file opened again at its turn.
         """
         with self.cond:
+            keep = 0
+            if room is not None:
+                keep = room - len(self._pending)
+                fitted = max(keep, _MIN_LOOKS)
+                limit = fitted if limit is None else min(limit, fitted)
             settling = self._settling
             if limit is None:
                 entries = list(settling.values())
@@ -403,7 +435,13 @@ class Dispatcher:
             st = stat(entry.work.path)
             if st is None:
                 gone.append(entry.work.path)
-            elif unwritten(entry.work.path, st):
+            elif found := unwritten(entry.work.path, st):
+                if isinstance(found, CheckedFile):
+                    if keep > 0:
+                        keep -= 1
+                        entry.work.opened = found
+                    else:
+                        found.close()
                 closed.append(entry.work)
             elif (st.st_size, st.st_mtime_ns) != (entry.size, entry.mtime_ns):
                 entry.size, entry.mtime_ns, entry.stable_since = st.st_size, st.st_mtime_ns, now
@@ -427,6 +465,8 @@ class Dispatcher:
                     # last in the order of times, which _forget_closed_early relies on
                     self._closed_early.pop(work.path, None)
                     self._closed_early[work.path] = probed
+                else:  # made due by an event meanwhile, or gone
+                    _drop_held(work)
             self._forget_closed_early(now)
 
     def events_read(self, until: float) -> None:
@@ -488,8 +528,17 @@ class Dispatcher:
     def stop(self) -> None:
         with self.cond:
             self.stopping = True
+            for work in self._pending.values():
+                _drop_held(work)
             self.cond.notify_all()
         self.ready.set()
+
+
+def _drop_held(work: Work) -> None:
+    """Close the file a Work kept from its lease check: it is opened again if scanned."""
+    if work.opened is not None:
+        work.opened.close()
+        work.opened = None
 
 
 def _parents(directory: str) -> list[str]:

@@ -162,16 +162,34 @@ def descriptor_path(fd: int) -> str | None:
         return None
 
 
-def unwritten(path: str, st: os.stat_result) -> bool:
-    """No process has this regular file open for writing (so its writer is done).
+class CheckedFile(OpenedFile):
+    """A file :func:`open_unwritten` found finished, still open, with its fstat result.
 
-    A read lease (fcntl(2) F_SETLEASE) is refused with EAGAIN while anyone has
-    the file open for writing; taken and dropped at once, it answers that
-    without waiting for the file to hold still. Needs CAP_LEASE for files of
-    other users; without it (EACCES) the answer is "unknown", i.e. False.
-    The lease holder would get SIGIO if a writer opened the file in the
-    microseconds it is held: the daemon ignores SIGIO. The close drops the
-    lease (fcntl(2)): no F_UNLCK call of its own.
+    The scan takes it over, so that a file a walk found is opened once, not
+    once to ask and once more to scan.
+    """
+
+    __slots__ = ("st",)
+
+    def __init__(self, path: str, fd: int, st: os.stat_result) -> None:
+        super().__init__(path, fd, FileIdentity(st))
+        self.st = st
+
+
+def open_unwritten(path: str, st: os.stat_result) -> CheckedFile | None:
+    """The regular file at ``path``, open, if no process has it open for writing; else None.
+
+    No writer left means its writer is done. A read lease (fcntl(2)
+    F_SETLEASE) is refused with EAGAIN while anyone has the file open for
+    writing; taken and dropped at once (F_UNLCK), it answers that without
+    waiting for the file to hold still, and the descriptor stays open for
+    the scan without holding up a writer that opens the file later. Needs
+    CAP_LEASE for files of other users; without it (EACCES) the answer is
+    "unknown", i.e. None. The lease holder would get SIGIO if a writer opened
+    the file in the microseconds it is held: the daemon ignores SIGIO.
+
+    ``st`` is the path's lstat result: only a regular file is opened, and
+    only the same inode is answered for.
 
     An empty file is never taken as finished: open(2) with O_CREAT makes the
     name before the new file's descriptor holds write access, and a walk
@@ -181,22 +199,22 @@ def unwritten(path: str, st: os.stat_result) -> bool:
     that stays empty is scanned once it has held still for settle_time.
     """
     if not stat.S_ISREG(st.st_mode):
-        return False
+        return None
     try:
         fd = os.open(path, _OPEN_FLAGS)
     except OSError:
-        return False
+        return None
     try:
         now = os.fstat(fd)
         if now.st_ino != st.st_ino or now.st_size == 0:
-            return False
+            os.close(fd)
+            return None
         fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
     except OSError:
-        return False
-    else:
-        return True
-    finally:
         os.close(fd)
+        return None
+    return CheckedFile(path, fd, now)
 
 
 def raise_nofile_limit() -> int:

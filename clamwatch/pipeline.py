@@ -30,11 +30,12 @@ from clamwatch.clamd.job import ScanJob, ScanOutcome
 from clamwatch.dispatch import Dispatcher, Work
 from clamwatch.events import held_back
 from clamwatch.files import (
+    CheckedFile,
     FileIdentity,
     OpenedFile,
     descriptor_path,
     open_for_scan,
-    unwritten,
+    open_unwritten,
 )
 from clamwatch.policy import Rule, decide
 from clamwatch.threadnames import name_this_thread
@@ -192,9 +193,11 @@ class Pipeline:
             if now >= next_settle and not dispatcher.passing:
                 dispatcher.start_settle_pass()
                 next_settle = now + _SETTLE_EVERY
-            if dispatcher.looks_waiting:
-                dispatcher.settle_check(_lstat, unwritten, limit=_LOOKS_PER_ROUND)
             free = self.window - len(self._outstanding)
+            if dispatcher.looks_waiting:
+                # fitted to this round's take, which scans the files found
+                # finished through the descriptors their looks opened
+                dispatcher.settle_check(_lstat, open_unwritten, limit=_LOOKS_PER_ROUND, room=free)
             if free > 0:
                 for work in dispatcher.take(free):
                     self._start(work)
@@ -310,27 +313,15 @@ class Pipeline:
         return root
 
     def _start(self, work: Work) -> None:
+        # open already when the lease check found it finished (settle_check's room)
+        checked, work.opened = work.opened, None
         rules = self.filters.get(work.watch)
-        if rules is None or rules.excluded(work.path):
+        opened = self._open(work, rules, checked) if rules is not None else None
+        if opened is None or rules is None:
+            if checked is not None:
+                checked.close()
             self._done.append(work.path)
             return
-        st = _lstat(work.path)
-        if st is None:
-            log.debug("%s vanished before it could be scanned", work.path)
-            self._done.append(work.path)
-            return
-        if work.if_changed and SeenVersions.key(work.path, st) in self.seen:
-            self._done.append(work.path)
-            return
-        if work.newer_than is not None and max(st.st_mtime, st.st_ctime) < work.newer_than:
-            self._done.append(work.path)
-            return
-        skipped = rules.skipped_by_stat(st)
-        if skipped is not None:
-            log.debug("%s skipped: %s", work.path, skipped)
-            self._done.append(work.path)
-            return
-        opened = open_for_scan(work.path, st)
         if isinstance(opened, OpenedFile) and rules.too_large(opened.identity.size):
             verdict = NotScanned(
                 NotScannedReason.TOO_LARGE,
@@ -348,6 +339,31 @@ class Pipeline:
         job = ScanJob(opened, self._on_done, context=work.path)
         self._outstanding[job] = work
         self._starting.append(job)  # submitted together at the end of the round
+
+    def _open(
+        self, work: Work, rules: WatchFilter, checked: CheckedFile | None
+    ) -> OpenedFile | Verdict | None:
+        """Open ``work``'s file for its scan (``checked``: as the lease check left it open).
+
+        None when it is not to be scanned at all: excluded, vanished, already
+        scanned in this version, unchanged since ``newer_than``, or skipped
+        by its owner or size.
+        """
+        if rules.excluded(work.path):
+            return None
+        st = checked.st if checked is not None else _lstat(work.path)
+        if st is None:
+            log.debug("%s vanished before it could be scanned", work.path)
+            return None
+        if work.if_changed and SeenVersions.key(work.path, st) in self.seen:
+            return None
+        if work.newer_than is not None and max(st.st_mtime, st.st_ctime) < work.newer_than:
+            return None
+        skipped = rules.skipped_by_stat(st)
+        if skipped is not None:
+            log.debug("%s skipped: %s", work.path, skipped)
+            return None
+        return checked if checked is not None else open_for_scan(work.path, st)
 
     # -- stopping -----------------------------------------------------------------------
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from clamwatch import dispatch
 from clamwatch.dispatch import CLOSED_AFTER_WRITE, Dispatcher, Mode, Rescan, Work
-from clamwatch.files import FileIdentity
+from clamwatch.files import CheckedFile, FileIdentity, open_unwritten
 from clamwatch.pipeline import SeenVersions
 
 WATCH = "/srv/up"
@@ -953,3 +954,132 @@ def test_only_the_close_itself_ends_the_wait_for_a_late_close() -> None:
     dispatcher.due(Work("/w/a", "/w", 2.7, CLOSED_AFTER_WRITE))  # another close: a new write
     (again,) = dispatcher.take(10)
     assert not again.if_changed
+
+
+class Checked:
+    """files.open_unwritten on real files: every descriptor it hands out, kept for the test."""
+
+    def __init__(self) -> None:
+        self.handed: dict[str, CheckedFile] = {}
+
+    def __call__(self, path: str, st: os.stat_result) -> CheckedFile | None:
+        checked = open_unwritten(path, st)
+        if checked is not None:
+            self.handed[path] = checked
+        return checked
+
+
+def _finished_files(tmp_path: Path, count: int) -> list[str]:
+    paths = [str(tmp_path / f"f-{n}") for n in range(count)]
+    for path in paths:
+        Path(path).write_bytes(b"finished")
+    return paths
+
+
+def test_the_lease_check_keeps_open_only_what_the_next_take_takes(tmp_path: Path) -> None:
+    """A walked file is opened once: the scan takes over the descriptor of its lease check.
+
+    No more are kept than the taker's room beyond what already waits, so every
+    kept descriptor leaves with the next take and none piles up in the queue.
+    """
+    d = Dispatcher(100, 2.0)
+    ahead = str(tmp_path / "closed-before")
+    d.due(Work(ahead, str(tmp_path), 0.0, CLOSED_AFTER_WRITE))
+    walked = _finished_files(tmp_path, 4)
+    for path in walked:
+        d.settle(Work(path, str(tmp_path), 0.0, "new directory"))
+    checked = Checked()
+    d.settle_check(os.lstat, checked, limit=10, room=3)  # room for 3; one waits already
+    taken = d.take(3)
+    assert [w.path for w in taken] == [ahead, *walked[:2]]
+    assert taken[0].opened is None
+    for w in taken[1:]:
+        assert w.opened is checked.handed[w.path] and w.opened.fd >= 0
+        assert w.reason == "new directory, not open for writing"
+    for path in walked[2:]:
+        assert checked.handed[path].fd == -1  # closed again: opened afresh at its turn
+    rest = d.take(10)
+    assert [w.path for w in rest] == walked[2:]
+    assert all(w.opened is None for w in rest)
+    for w in taken[1:]:
+        assert w.opened is not None
+        w.opened.close()
+
+
+def test_a_kept_descriptor_is_closed_when_its_work_is_dropped(tmp_path: Path) -> None:
+    """A newer event, an event during the check, a stop: the descriptor goes, the path stays."""
+    d = Dispatcher(100, 2.0)
+    watch = str(tmp_path)
+    first, second, third = _finished_files(tmp_path, 3)
+    checked = Checked()
+    for path in (first, second):
+        d.settle(Work(path, watch, 0.0, "new directory"))
+    d.settle_check(os.lstat, checked, limit=10, room=10)
+    assert checked.handed[first].fd >= 0 and checked.handed[second].fd >= 0
+    # a newer event for a waiting file: the name may hold another file by now
+    d.due(Work(first, watch, 1.0, "moved in"))
+    assert checked.handed[first].fd == -1
+    taken = d.take(10)
+    assert [(w.path, w.opened) for w in taken] == [
+        (first, None),
+        (second, checked.handed[second]),
+    ]
+    checked.handed[second].close()  # as the pipeline's scan would
+    d.done_many([first, second])
+
+    # its close event came while the lease check looked: the event's work is the one
+    def close_comes_meanwhile(path: str, st: os.stat_result) -> CheckedFile | None:
+        d.due(Work(path, watch, 2.0, CLOSED_AFTER_WRITE))
+        return checked(path, st)
+
+    d.settle(Work(third, watch, 2.0, "new directory"))
+    d.settle_check(os.lstat, close_comes_meanwhile, limit=10, room=10)
+    assert checked.handed[third].fd == -1
+    (closed,) = d.take(10)
+    assert (closed.path, closed.reason, closed.opened) == (third, CLOSED_AFTER_WRITE, None)
+    d.done(third)
+
+    # a stop closes whatever still waits, and the path is saved for the next start
+    d.settle(Work(third, watch, 3.0, "new directory"))
+    d.settle_check(os.lstat, checked, limit=10, room=10)
+    kept = checked.handed[third]
+    assert kept.fd >= 0
+    d.stop()
+    assert kept.fd == -1
+    assert [path for path, _ in d.snapshot().paths] == [third]
+
+
+def test_the_looks_are_fitted_to_the_room_the_taker_has(tmp_path: Path) -> None:
+    """Looks beyond what the next take takes would open files only to close them again.
+
+    A queue that events keep full still lets a few looks through each time,
+    so walked files are never held back for good.
+    """
+    d = Dispatcher(1000, 2.0)
+    watch = str(tmp_path)
+    for n in range(30):
+        d.due(Work(f"{watch}/closed-{n}", watch, 0.0, CLOSED_AFTER_WRITE))
+    walked = _finished_files(tmp_path, 40)
+    for path in walked:
+        d.settle(Work(path, watch, 0.0, "new directory"))
+    looked: list[str] = []
+
+    def lstat(path: str) -> os.stat_result:
+        looked.append(path)
+        return os.lstat(path)
+
+    checked = Checked()
+    d.settle_check(lstat, checked, limit=256, room=32)  # 2 fit after the 30 waiting
+    assert looked == walked[: dispatch._MIN_LOOKS]
+    assert [p for p in looked if checked.handed[p].fd >= 0] == walked[:2]
+    taken = d.take(32)
+    assert [w.path for w in taken[30:]] == walked[:2]
+    assert all(w.opened is not None for w in taken[30:])
+    for w in taken:
+        if w.opened is not None:
+            w.opened.close()
+    d.done_many([w.path for w in taken])
+    looked.clear()
+    d.settle_check(lstat, checked, limit=10, room=1000)  # room enough: the limit counts
+    assert looked == walked[dispatch._MIN_LOOKS : dispatch._MIN_LOOKS + 10]
+    d.stop()

@@ -7,6 +7,7 @@ so every verdict here must come from a wake-up, never from a timeout.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -20,9 +21,10 @@ from clamwatch.clamd.engine import Engine
 from clamwatch.clamd.job import ScanJob, ScanOutcome, Transport
 from clamwatch.config import WatchConfig
 from clamwatch.dispatch import Dispatcher, Work
+from clamwatch.files import OpenedFile, open_for_scan
 from clamwatch.pipeline import Pipeline, Result
 from clamwatch.policy import Policy, Rule
-from clamwatch.verdict import Clean, NotScanned, NotScannedReason
+from clamwatch.verdict import Clean, NotScanned, NotScannedReason, Verdict
 from clamwatch.watch.filters import WatchFilter
 
 DEADLINE_SECONDS = 10.0  # only reached when a wake-up is lost
@@ -237,3 +239,32 @@ def test_a_file_reached_through_a_linked_directory_is_never_acted_on(
     pipeline, _, reports = start(at_once=True)
     due(pipeline, watched, [escaped])
     assert reports.wait_for(1) == [escaped] and reports.results[0].verdict == Clean()
+
+
+def test_a_walked_file_found_finished_is_scanned_through_its_lease_check_descriptor(
+    start: Start, watched: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file found by a walk is opened once: the lease check's descriptor goes to clamd.
+
+    Files that come by an event are opened for their scan as before.
+    """
+    opened: list[str] = []
+
+    def counted(path: str, before: os.stat_result | None = None) -> OpenedFile | Verdict:
+        opened.append(path)
+        return open_for_scan(path, before)
+
+    monkeypatch.setattr(pipeline_module, "open_for_scan", counted)
+    pipeline, engine, reports = start(at_once=True)
+    walked = files(watched, 5)
+    closed = str(watched / "closed")
+    Path(closed).write_bytes(b"written and closed")
+    for path in walked:
+        pipeline.dispatcher.settle(Work(path, str(watched), time.monotonic(), "new directory"))
+    due(pipeline, watched, [closed])
+    assert sorted(reports.wait_for(6)) == sorted([*walked, closed])
+    reasons = {r.work.path: r.work.reason for r in reports.results}
+    assert all(reasons[p] == "new directory, not open for writing" for p in walked)
+    assert all(isinstance(r.verdict, Clean) for r in reports.results)
+    assert opened == [closed]  # the walked ones were not opened a second time
+    assert engine.held == 0
