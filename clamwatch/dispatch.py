@@ -459,6 +459,8 @@ class Dispatcher:
                     work.reason = f"{work.reason}, settled"
                     self._due(work)
             for work in closed:
+                if self.stopping:  # stop() closed what waited: nothing is taken any more
+                    _drop_held(work)
                 if self._settling.get(work.path) is not None:
                     work.reason = f"{work.reason}, not open for writing"
                     self._due(work)

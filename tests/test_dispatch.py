@@ -1083,3 +1083,20 @@ def test_the_looks_are_fitted_to_the_room_the_taker_has(tmp_path: Path) -> None:
     d.settle_check(lstat, checked, limit=10, room=1000)  # room enough: the limit counts
     assert looked == walked[dispatch._MIN_LOOKS : dispatch._MIN_LOOKS + 10]
     d.stop()
+
+
+def test_a_lease_check_that_ends_after_the_stop_keeps_nothing_open(tmp_path: Path) -> None:
+    """stop() closed what waited; a look still under way then must not leave a descriptor."""
+    d = Dispatcher(100, 2.0)
+    (path,) = _finished_files(tmp_path, 1)
+    checked = Checked()
+
+    def stopped_meanwhile(path: str, st: os.stat_result) -> CheckedFile | None:
+        found = checked(path, st)
+        d.stop()
+        return found
+
+    d.settle(Work(path, str(tmp_path), 0.0, "new directory"))
+    d.settle_check(os.lstat, stopped_meanwhile, limit=10, room=10)
+    assert checked.handed[path].fd == -1
+    assert [p for p, _ in d.snapshot().paths] == [path]  # still saved for the next start
