@@ -122,6 +122,15 @@ def test_detection_in_the_journal_with_fields(
     assert {e["MESSAGE_ID"] for e in by_path} >= {detection_id}
     stopped = journal.wait(f"MESSAGE_ID={MESSAGE_IDS[EventKind.STOPPED]}")
     assert stopped[0]["PRIORITY"] == "6"
+    # an event names no line of code; a message logged through logging names its call
+    assert "CODE_FILE" not in entry and "CODE_FUNC" not in entry
+    logged = [
+        e for e in journal.read("SYSLOG_IDENTIFIER=clamwatch") if e["MESSAGE"].startswith("clamd ")
+    ]
+    assert logged, "the engine's message on its first session is not in the journal"
+    assert logged[0]["CODE_FILE"].endswith("clamwatch/clamd/engine.py")
+    assert logged[0]["CODE_FUNC"] == "_session_ready"
+    assert int(logged[0]["CODE_LINE"]) > 0
 
 
 def test_filter_by_path(
