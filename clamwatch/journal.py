@@ -44,12 +44,17 @@ class JournalHandler(EventHandler):
         try:
             exc_info = record.exc_info
             exception = logging.Formatter().formatException(exc_info) if exc_info else None
+            event = LoggedEvent.of(record, exception)
             code = (
-                "CODE_FILE=" + record.pathname,
-                f"CODE_LINE={record.lineno:d}",
-                "CODE_FUNC=" + record.funcName,
+                (
+                    "CODE_FILE=" + record.pathname,
+                    f"CODE_LINE={record.lineno:d}",
+                    "CODE_FUNC=" + record.funcName,
+                )
+                if event.kind is None
+                else ()  # an event's record is made by events.log_event, not by a call to name
             )
-            self._send(LoggedEvent.of(record, exception), code)
+            self._send(event, code)
         except Exception:
             self.handleError(record)
 

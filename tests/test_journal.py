@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -149,3 +150,41 @@ def test_filter_by_path(
         bad.write_bytes(eicar)
         entries = journal.wait(f"CLAMWATCH_PATH={bad}", "CLAMWATCH_EVENT=detection")
     assert entries[0]["MESSAGE"] == f"{bad}: {EICAR_SIGNATURE} FOUND"
+
+
+_LOG_BOTH_WAYS = """
+import logging
+from clamwatch.eventkind import EventKind
+from clamwatch.events import emit_fields
+from clamwatch.journal import JournalHandler
+
+root = logging.getLogger()
+root.setLevel(logging.INFO)
+root.addHandler(JournalHandler())
+emit_fields(EventKind.CLEAN, "alone: OK", logging.INFO, {"path": "/up/alone"})
+root.addHandler(logging.NullHandler())  # a second handler: events then go through logging
+emit_fields(EventKind.CLEAN, "beside another handler: OK", logging.INFO, {"path": "/up/beside"})
+logging.getLogger("clamwatch.test").warning("a plain message")
+"""
+
+
+def test_only_a_plain_message_names_its_line_of_code(journal: PrivateJournal) -> None:
+    """CODE_FILE, CODE_LINE and CODE_FUNC name the logging call; an event has none to name.
+
+    Events reach the journal straight (one handler) or through logging
+    (more handlers): the same entry either way.
+    """
+    subprocess.run([*journal.enter, sys.executable, "-c", _LOG_BOTH_WAYS], check=True)
+    plain = journal.wait("MESSAGE=a plain message")
+    alone = journal.wait("CLAMWATCH_PATH=/up/alone")
+    beside = journal.wait("CLAMWATCH_PATH=/up/beside")
+    for event in (alone[0], beside[0]):
+        assert event["MESSAGE_ID"] == MESSAGE_IDS[EventKind.CLEAN]
+        assert event["CLAMWATCH_EVENT"] == "clean"
+        assert event["PRIORITY"] == "6"
+        assert not {"CODE_FILE", "CODE_LINE", "CODE_FUNC"} & event.keys()
+    assert plain[0]["PRIORITY"] == "4"
+    assert plain[0]["CODE_FILE"] == "<string>"
+    assert plain[0]["CODE_LINE"] == "13"
+    assert plain[0]["CODE_FUNC"] == "<module>"
+    assert plain[0]["CLAMWATCH_LOGGER"] == "clamwatch.test"
