@@ -65,10 +65,11 @@ class JournalHandler(EventHandler):
         """One journal entry; ``code``: the CODE_* fields of a logging call, if it was one.
 
         journal.send() would fill CODE_FILE, CODE_LINE and CODE_FUNC itself
-        from a traceback.extract_stack() of every call (about 10 us of the
-        15-20 an entry took, measured), and name this method each time. An
-        event (a verdict, an action) has no line of code to name; a message
-        logged through logging names the call that logged it.
+        from a traceback.extract_stack() of every call, and name this method
+        each time: against a private journald an entry took 21-36 us of CPU
+        that way, 13-14 us this way (measured). An event (a verdict, an
+        action) has no line of code to name; a message logged through
+        logging names the call that logged it.
         """
         message = event.message
         if event.exception:
