@@ -283,8 +283,8 @@ class Dispatcher:
                 work.if_changed = False  # changed during the failed scan: the retry covers it
             self._delayed.append((self.clock() + delay, work))
 
-    def wait_for_room(self) -> bool:
-        """Block until there is room for one more entry; False when stopping."""
+    def wait_for_room(self) -> int:
+        """Block until there is room for one more entry; how many fit now (0 when stopping)."""
         with self.cond:
             self._room_waiters += 1
             try:
@@ -292,7 +292,23 @@ class Dispatcher:
                     self.cond.wait(0.5)
             finally:
                 self._room_waiters -= 1
-            return not self.stopping
+            if self.stopping:
+                return 0
+            return self.max_pending - len(self._pending) - len(self._settling)
+
+    def walked(self, works: list[Work], mode: Mode) -> None:
+        """What a walk found, under one lock: :meth:`settle` or :meth:`due` for each.
+
+        Give no more than :meth:`wait_for_room` said fit; the pipeline, if it
+        waits, is woken once.
+        """
+        with self.cond:
+            if mode is Mode.SETTLE:
+                for work in works:
+                    self._settle(work, fresh=True)
+            else:
+                for work in works:
+                    self._due(work)
 
     def wait_for_rescan(self, timeout: float) -> None:
         """Block until a rescan waits, the dispatcher stops, or ``timeout`` passes."""

@@ -77,3 +77,35 @@ def test_a_directory_that_cannot_be_listed_is_said_and_walked_again_when_it_pass
         f"cannot walk {tree / 'locked'}: Permission denied; the files in it are not scanned" in m
         for m in messages
     ), messages
+
+
+def test_a_directory_larger_than_the_room_is_handed_over_as_room_frees(tmp_path: Path) -> None:
+    """A walk hands a directory's files over in batches that fit, never past the bound."""
+    root = tmp_path / "uploads"
+    root.mkdir()
+    names = {f"f{n:03}" for n in range(25)}
+    for name in names:
+        (root / name).write_text(name)
+    dispatcher = Dispatcher(max_pending=10, settle_time=2.0)
+    filters = {str(root): WatchFilter(WatchConfig(path=root, name="uploads"))}
+    walked: list[Rescan] = []
+    walker = Walker(dispatcher, filters, walked.append)
+    walker.start()
+    taken: list[str] = []
+    try:
+        dispatcher.rescan(Rescan(str(root), str(root), "new directory", Mode.SETTLE))
+        deadline = time.monotonic() + DEADLINE_SECONDS
+        while not walked:
+            assert time.monotonic() < deadline, "the walk did not end"
+            assert dispatcher.depth <= 10  # the bound holds while the walk waits
+            if dispatcher.depth == 10:
+                # the pipeline's part: the files settle at their look, then are taken
+                dispatcher.settle_check(lambda path: os.lstat(path), lambda path, st: True)
+                taken += [w.path for w in dispatcher.take(10)]
+            time.sleep(0.005)
+        dispatcher.settle_check(lambda path: os.lstat(path), lambda path, st: True)
+        taken += [w.path for w in dispatcher.take(100)]
+    finally:
+        walker.stop()
+    assert sorted(taken) == sorted(str(root / name) for name in names)
+    assert dispatcher.degraded == 0  # nothing overflowed into a rescan

@@ -1,8 +1,9 @@
 """Walking directories again: new directories, moved-in trees, overflow and startup scans.
 
 Runs on its own thread ("clamwatch-walk") so a large tree never stalls the
-watcher; it waits for room in the dispatcher before each file, so a walk of
-a million files holds one directory listing in memory, not a million paths.
+watcher; it hands each directory's files to the dispatcher only as far as
+there is room, so a walk of a million files holds one directory listing in
+memory, not a million paths.
 """
 
 from __future__ import annotations
@@ -92,9 +93,8 @@ class Walker:
                     directory, exc.strerror,
                 )  # fmt: skip
                 continue
+            files: list[str] = []
             for entry in listed:
-                if self._stop.is_set():
-                    return False
                 path = entry.path
                 try:
                     if entry.is_dir(follow_symlinks=False):
@@ -105,20 +105,37 @@ class Walker:
                         continue
                 except OSError:
                     continue
-                if rules.excluded(path):
-                    continue
-                if not self.dispatcher.wait_for_room():
-                    return False
-                work = Work(
+                if not rules.excluded(path):
+                    files.append(path)
+            if not self._hand_over(files, request):
+                return False
+        return True
+
+    def _hand_over(self, files: list[str], request: Rescan) -> bool:
+        """Give a directory's files to the dispatcher, as many at a time as it has room for.
+
+        One lock and one wake-up of the pipeline for each batch, not each file.
+        False when stopped meanwhile.
+        """
+        done = 0
+        while done < len(files):
+            if self._stop.is_set():
+                return False
+            room = self.dispatcher.wait_for_room()
+            if not room:
+                return False
+            since = time.monotonic()
+            batch = [
+                Work(
                     path,
                     request.watch,
-                    time.monotonic(),
+                    since,
                     request.reason,
                     if_changed=request.if_changed,
                     newer_than=request.newer_than,
                 )
-                if request.mode is Mode.SETTLE:
-                    self.dispatcher.settle(work)
-                else:
-                    self.dispatcher.due(work)
+                for path in files[done : done + room]
+            ]
+            self.dispatcher.walked(batch, request.mode)
+            done += len(batch)
         return True
