@@ -100,10 +100,10 @@ def test_a_directory_larger_than_the_room_is_handed_over_as_room_frees(tmp_path:
             assert dispatcher.depth <= 10  # the bound holds while the walk waits
             if dispatcher.depth == 10:
                 # the pipeline's part: the files settle at their look, then are taken
-                dispatcher.settle_check(lambda path: os.lstat(path), lambda path, st: True)
+                dispatcher.settle_check(os.lstat, lambda path, st: True)
                 taken += [w.path for w in dispatcher.take(10)]
             time.sleep(0.005)
-        dispatcher.settle_check(lambda path: os.lstat(path), lambda path, st: True)
+        dispatcher.settle_check(os.lstat, lambda path, st: True)
         taken += [w.path for w in dispatcher.take(100)]
     finally:
         walker.stop()

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from clamwatch.dispatch import Dispatcher, Mode, Rescan, Work
+from clamwatch.dispatch import Dispatcher, Rescan, Work
 from clamwatch.threadnames import name_this_thread
 from clamwatch.watch.filters import WatchFilter
 
