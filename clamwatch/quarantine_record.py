@@ -19,7 +19,7 @@ import secrets
 import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TypeVar
 
@@ -63,7 +63,10 @@ class QuarantineRecord:
 
     def to_json(self) -> dict[str, object]:
         raw = os.fsencode(self.original_path)
-        data: dict[str, object] = {"version": RECORD_VERSION, **asdict(self)}
+        # every field is a str, a number or None: no deep copy (dataclasses.asdict) needed
+        data: dict[str, object] = {"version": RECORD_VERSION}
+        for name in _FIELD_NAMES:
+            data[name] = getattr(self, name)
         data["original_path"] = raw.decode("utf-8", "backslashreplace")
         data["original_path_b64"] = base64.b64encode(raw).decode("ascii")
         return data
@@ -107,6 +110,9 @@ class QuarantineRecord:
         )
 
 
+_FIELD_NAMES = tuple(field.name for field in fields(QuarantineRecord))
+
+
 def _get(data: Mapping[str, object], name: str, kind: type[T] | tuple[type[T], ...]) -> T:
     value = data.get(name)
     # bool is an int to isinstance, never a valid number here
@@ -133,8 +139,8 @@ def write_record(directory: Path, record: QuarantineRecord) -> None:
     fd, temporary = tempfile.mkstemp(prefix=f".{record.id}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(record.to_json(), handle, indent=2)
-            handle.write("\n")
+            # one write: json.dump would write each of its some 70 pieces
+            handle.write(json.dumps(record.to_json(), indent=2) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, record_path(directory, record.id))
