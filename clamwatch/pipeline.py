@@ -347,7 +347,9 @@ class Pipeline:
 
         None when it is not to be scanned at all: excluded, vanished, already
         scanned in this version, unchanged since ``newer_than``, or skipped
-        by its owner or size.
+        by its owner or size. A ``checked`` file is judged by the fstat its
+        check took in this same round, and scanned as it was opened then,
+        as any file is once open: a name removed since is not looked up again.
         """
         if rules.excluded(work.path):
             return None
