@@ -800,7 +800,7 @@ def test_seen_versions_count_a_repeated_add_as_new() -> None:
 
 
 def test_a_late_close_after_a_lease_promotion_counts_only_if_changed() -> None:
-    """files.unwritten saw the writer gone; its close event, queued meanwhile, comes later."""
+    """files.open_unwritten saw the writer gone; its close event, queued meanwhile, comes later."""
     now = [0.0]
     dispatcher = Dispatcher(100, 2.0, clock=lambda: now[0])
     st = os.stat_result((0o100644, 1, 1, 1, 0, 0, 5, 0, 0, 0), {"st_mtime_ns": 7})

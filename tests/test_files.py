@@ -1,12 +1,18 @@
-"""files.open_unwritten: the write-lease probe that tells a walked file's writer is done."""
+"""files: the lease probe that tells a walked file's writer is done; opens that keep atime."""
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
-from clamwatch.files import CheckedFile, open_unwritten
+import pytest
+
+from clamwatch.files import CheckedFile, OpenedFile, open_for_scan, open_unwritten
+
+DAY_NS = 86_400 * 10**9
 
 
 def unwritten(path: str, st: os.stat_result) -> bool:
@@ -87,3 +93,108 @@ def test_an_empty_file_is_not_taken_as_finished(tmp_path: Path) -> None:
     assert not unwritten(str(path), os.lstat(path))
     path.write_bytes(b"now it has content")
     assert unwritten(str(path), os.lstat(path))
+
+
+def _aged(path: Path) -> int:
+    """Give ``path`` an access time that any read updates under relatime; return it.
+
+    Older than its mtime (relatime updates such an atime at the next read)
+    and more than a day old (which relatime updates anyway).
+    """
+    now = os.stat(path).st_mtime_ns
+    atime = now - 2 * DAY_NS
+    os.utime(path, ns=(atime, now - DAY_NS))
+    return atime
+
+
+def _by_path(path: Path) -> OpenedFile:
+    opened = open_for_scan(str(path))
+    assert isinstance(opened, OpenedFile), opened
+    return opened
+
+
+def _within_listed_directory(path: Path) -> OpenedFile:
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        opened = open_for_scan(str(path), listed_regular=True, within=(dir_fd, path.name))
+    finally:
+        os.close(dir_fd)
+    assert isinstance(opened, OpenedFile), opened
+    return opened
+
+
+def _by_the_lease_probe(path: Path) -> OpenedFile:
+    opened = open_unwritten(str(path), os.lstat(path))
+    assert opened is not None
+    return opened
+
+
+@pytest.mark.parametrize(
+    "opener", [_by_path, _within_listed_directory, _by_the_lease_probe], ids=lambda f: f.__name__
+)
+def test_reading_what_is_opened_for_the_scan_leaves_the_access_time_alone(
+    tmp_path: Path, opener: Callable[[Path], OpenedFile]
+) -> None:
+    """clamd reads through the same descriptor: its reads must not touch atime either."""
+    path = tmp_path / "upload.bin"
+    path.write_bytes(b"x" * 10_000)
+    # what an ordinary read does here, so that the test can fail at all
+    atime = _aged(path)
+    path.read_bytes()
+    assert os.stat(path).st_atime_ns != atime, "this file system does not update access times"
+
+    atime = _aged(path)
+    opened = opener(path)
+    try:
+        assert os.pread(opened.fd, 20_000, 0) == b"x" * 10_000
+        assert os.read(opened.fd, 20_000) == b"x" * 10_000
+    finally:
+        opened.close()
+    assert os.stat(path).st_atime_ns == atime
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing to another user needs root")
+def test_a_file_of_another_user_is_opened_without_noatime(tmp_path: Path) -> None:
+    """O_NOATIME is refused (EPERM) to anyone but the owner or CAP_FOWNER: read it anyway.
+
+    A forked child takes another uid (and with it loses every capability)
+    and opens, from within the file's folder (tmp_path is root's alone), a
+    file it may read but does not own.
+    """
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)  # whatever the umask; tmp_path itself is 0700
+    path = shared / "theirs.txt"
+    path.write_bytes(b"readable by all")
+    path.chmod(0o644)
+    os.chown(path, 4242, 4242)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report through the pipe, never return into pytest
+        status = 1
+        try:
+            os.chdir(shared)
+            os.setgroups([])
+            os.setresgid(4243, 4243, 4243)
+            os.setresuid(4243, 4243, 4243)
+            try:
+                os.close(os.open(path.name, os.O_RDONLY | os.O_NOATIME))
+                refused = "allowed"
+            except OSError as exc:
+                refused = errno.errorcode.get(exc.errno or 0, str(exc))
+            opened = open_for_scan(path.name)
+            if isinstance(opened, OpenedFile):
+                content = os.read(opened.fd, 100).decode()
+                opened.close()
+            else:
+                content = f"not opened: {opened}"
+            os.write(write_end, f"{refused}\n{content}".encode())
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        report = pipe.read().decode()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, report
+    assert report == "EPERM\nreadable by all"

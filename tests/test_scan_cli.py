@@ -120,6 +120,34 @@ def test_tcp_address_streams(clamd: PrivateClamd, uploads: Path) -> None:
     assert "Infected files: 1" in result.stderr  # the summary goes to stderr with --json
 
 
+@pytest.mark.parametrize("transport", ["fildes", "instream"])
+def test_a_scan_leaves_access_times_alone(
+    clamd: PrivateClamd, uploads: Path, transport: str
+) -> None:
+    """clamd's reads (FILDES) and the scan's own (INSTREAM) go through an O_NOATIME descriptor.
+
+    Each file's atime is made older than its mtime and over a day old, which
+    any ordinary read under relatime would update.
+    """
+    files = [uploads / "clean.txt", uploads / "sub" / "virus.com"]
+    atimes = {}
+    for path in files:
+        mtime = os.stat(path).st_mtime_ns
+        os.utime(path, ns=(mtime - 2 * 86_400 * 10**9, mtime - 86_400 * 10**9))
+        atimes[path] = os.stat(path).st_atime_ns
+    address = clamd.unix_address if transport == "fildes" else clamd.tcp_address
+    result = clamwatch("scan", "--json", "--address", address, str(uploads))
+    assert result.returncode == 1, result.stderr
+    records = {r["path"]: r for r in map(json.loads, result.stdout.splitlines())}
+    assert {r["transport"] for r in records.values()} == {transport}
+    assert records[str(files[1])]["verdict"] == "infected"
+    assert {path: os.stat(path).st_atime_ns for path in files} == atimes
+    # an ordinary read of the same files does update them here
+    for path in files:
+        path.read_bytes()
+        assert os.stat(path).st_atime_ns != atimes[path]
+
+
 def test_fdpass_over_tcp_is_refused(clamd: PrivateClamd, uploads: Path) -> None:
     result = clamwatch("scan", "--fdpass", "--address", clamd.tcp_address, str(uploads))
     assert result.returncode == 2

@@ -315,13 +315,21 @@ class Machine:
             text += "no_such_key = true\n"
         (self.etc_clamwatch / "clamwatch.toml").write_text(text, encoding="utf-8")
 
-    def drop_file(self, relative: str, content: bytes, *, owner: int = 0) -> Path:
-        """A finished upload, as another user's process would leave it."""
+    def drop_file(
+        self, relative: str, content: bytes, *, owner: int = 0, times: tuple[int, int] | None = None
+    ) -> Path:
+        """A finished upload, as another user's process would leave it.
+
+        ``times``: its atime and mtime in ns, set before the close that the
+        service sees.
+        """
         path = self.uploads / relative
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             os.fchown(fd, owner, owner)
             os.write(fd, content)
+            if times is not None:
+                os.utime(fd, ns=times)
         finally:
             os.close(fd)
         return path
@@ -422,7 +430,11 @@ def test_eicar_is_logged_and_quarantined(machine: Machine, started: Container) -
     inside = f"{_WATCHED}/{name}"
     before = box.mark()
     host_path = machine.drop_file(name, eicar_bytes(), owner=_UPLOADER_UID)
-    machine.drop_file(f"{name}.txt", b"just text\n", owner=_UPLOADER_UID)
+    # an access time that any read would update (older than its mtime):
+    # the service opens with O_NOATIME through its CAP_FOWNER
+    now = time.time_ns()
+    aged = (now - 2 * 86_400 * 10**9, now - 86_400 * 10**9)
+    text = machine.drop_file(f"{name}.txt", b"just text\n", owner=_UPLOADER_UID, times=aged)
 
     found = _wait_event(box, EventKind.DETECTION, before, f"CLAMWATCH_PATH={inside}")
     assert found["CLAMWATCH_SIGNATURE"] == EICAR_SIGNATURE
@@ -435,7 +447,7 @@ def test_eicar_is_logged_and_quarantined(machine: Machine, started: Container) -
     assert clean["CLAMWATCH_VERDICT"] == "clean"
 
     assert not host_path.exists()
-    assert (machine.uploads / f"{name}.txt").exists()
+    assert os.stat(text).st_atime_ns == aged[0]
     listing = box.run(str(venv_binary()), "quarantine", "list", "--json").stdout
     entries = {e["id"]: e for e in map(json.loads, listing.splitlines())}
     entry = entries[done["CLAMWATCH_QUARANTINE_ID"]]
