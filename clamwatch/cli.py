@@ -32,7 +32,9 @@ _SCAN_DESCRIPTION = """\
 Scan files and directory trees with clamd, the way the clamwatch daemon does:
 each file is opened once (never following a symbolic link), passed to clamd by
 descriptor (FILDES) over a local Unix socket or streamed (INSTREAM) over TCP,
-with many requests in flight in one IDSESSION.
+with many requests in flight in one IDSESSION. Access times are left as they
+were (O_NOATIME) wherever the kernel allows it: on your own files, and on
+everyone's as root.
 
 Each file gets one line, as clamdscan prints them:
   PATH: OK                   clamd scanned it and found nothing
