@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from clamwatch.files import CheckedFile, OpenedFile, open_for_scan, open_unwritten
-
-DAY_NS = 86_400 * 10**9
+from helpers import age_access_time
 
 
 def unwritten(path: str, st: os.stat_result) -> bool:
@@ -95,18 +94,6 @@ def test_an_empty_file_is_not_taken_as_finished(tmp_path: Path) -> None:
     assert unwritten(str(path), os.lstat(path))
 
 
-def _aged(path: Path) -> int:
-    """Give ``path`` an access time that any read updates under relatime; return it.
-
-    Older than its mtime (relatime updates such an atime at the next read)
-    and more than a day old (which relatime updates anyway).
-    """
-    now = os.stat(path).st_mtime_ns
-    atime = now - 2 * DAY_NS
-    os.utime(path, ns=(atime, now - DAY_NS))
-    return atime
-
-
 def _by_path(path: Path) -> OpenedFile:
     opened = open_for_scan(str(path))
     assert isinstance(opened, OpenedFile), opened
@@ -139,11 +126,11 @@ def test_reading_what_is_opened_for_the_scan_leaves_the_access_time_alone(
     path = tmp_path / "upload.bin"
     path.write_bytes(b"x" * 10_000)
     # what an ordinary read does here, so that the test can fail at all
-    atime = _aged(path)
+    atime = age_access_time(path)
     path.read_bytes()
     assert os.stat(path).st_atime_ns != atime, "this file system does not update access times"
 
-    atime = _aged(path)
+    atime = age_access_time(path)
     opened = opener(path)
     try:
         assert os.pread(opened.fd, 20_000, 0) == b"x" * 10_000

@@ -18,6 +18,7 @@ from clamwatch.clamd.engine import Engine
 from clamwatch.privateclamd import PrivateClamd
 from clamwatch.scan_command import ScanOptions, run_scan
 from clamwatch.testsig import EICAR_SIGNATURE
+from helpers import age_access_time
 
 
 def clamwatch(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -124,17 +125,9 @@ def test_tcp_address_streams(clamd: PrivateClamd, uploads: Path) -> None:
 def test_a_scan_leaves_access_times_alone(
     clamd: PrivateClamd, uploads: Path, transport: str
 ) -> None:
-    """clamd's reads (FILDES) and the scan's own (INSTREAM) go through an O_NOATIME descriptor.
-
-    Each file's atime is made older than its mtime and over a day old, which
-    any ordinary read under relatime would update.
-    """
+    """clamd's reads (FILDES) and the scan's own (INSTREAM) go through an O_NOATIME descriptor."""
     files = [uploads / "clean.txt", uploads / "sub" / "virus.com"]
-    atimes = {}
-    for path in files:
-        mtime = os.stat(path).st_mtime_ns
-        os.utime(path, ns=(mtime - 2 * 86_400 * 10**9, mtime - 86_400 * 10**9))
-        atimes[path] = os.stat(path).st_atime_ns
+    atimes = {path: age_access_time(path) for path in files}
     address = clamd.unix_address if transport == "fildes" else clamd.tcp_address
     result = clamwatch("scan", "--json", "--address", address, str(uploads))
     assert result.returncode == 1, result.stderr
