@@ -17,6 +17,7 @@ import pytest
 
 from clamwatch import testsig
 from clamwatch.privateclamd import CLAMD_BINARY, PrivateClamd
+from daemonproc import DaemonProcess, StartDaemon, write_config
 from helpers import ClamdFactory
 
 # How long a test's threads get to finish after it returned: long enough
@@ -76,6 +77,38 @@ def watched(tmp_path: Path) -> Path:
 @pytest.fixture
 def eicar() -> bytes:
     return testsig.eicar_bytes()
+
+
+@pytest.fixture
+def start_daemon(tmp_path: Path, clamd: PrivateClamd, watched: Path) -> Iterator[StartDaemon]:
+    """Start `clamwatch run` on ``watched``; stopped (SIGTERM) at the end of the test."""
+    started: list[DaemonProcess] = []
+
+    def start(
+        *,
+        address: str | None = None,
+        watches: list[Path] | None = None,
+        wait_ready: bool = True,
+        **daemon: Any,
+    ) -> DaemonProcess:
+        daemon.setdefault("settle_time", "500ms")
+        watch_list = watches or [watched]
+        config = write_config(
+            tmp_path / f"clamwatch-{len(started)}.toml",
+            address=address or clamd.unix_address,
+            watches=watch_list,
+            state_directory=tmp_path / "state",
+            daemon=daemon,
+        )
+        proc = DaemonProcess(config)
+        started.append(proc)
+        if wait_ready:
+            proc.wait_event("ready", timeout=30)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
 
 
 @pytest.fixture(autouse=True)

@@ -157,3 +157,17 @@ class DaemonProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+StartDaemon = Callable[..., DaemonProcess]
+"""The ``start_daemon`` fixture (conftest.py): start ``clamwatch run``, stopped after the test."""
+
+
+def only_once(daemon: DaemonProcess, paths: list[Path]) -> dict[str, dict[str, Any]]:
+    """Every path has exactly one verdict; returns them by path."""
+    verdicts = daemon.verdicts()
+    twice = {p: [e["reason"] for e in v] for p, v in verdicts.items() if len(v) > 1}
+    assert not twice, (
+        f"{len(twice)} files got more than one verdict, e.g. {list(twice.items())[:3]}"
+    )
+    return {str(p): verdicts[str(p)][0] for p in paths}

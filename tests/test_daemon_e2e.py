@@ -10,60 +10,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from clamwatch.privateclamd import PrivateClamd
 from clamwatch.testsig import EICAR_SIGNATURE
-from daemonproc import DaemonProcess, write_config
+from daemonproc import DaemonProcess, StartDaemon, only_once, write_config
 from helpers import ClamdFactory
-
-StartDaemon = Callable[..., DaemonProcess]
-
-
-@pytest.fixture
-def start_daemon(tmp_path: Path, clamd: PrivateClamd, watched: Path) -> Iterator[StartDaemon]:
-    """Start `clamwatch run` on ``watched``; stopped (SIGTERM) at the end of the test."""
-    started: list[DaemonProcess] = []
-
-    def start(
-        *,
-        address: str | None = None,
-        watches: list[Path] | None = None,
-        wait_ready: bool = True,
-        **daemon: Any,
-    ) -> DaemonProcess:
-        daemon.setdefault("settle_time", "500ms")
-        watch_list = watches or [watched]
-        config = write_config(
-            tmp_path / f"clamwatch-{len(started)}.toml",
-            address=address or clamd.unix_address,
-            watches=watch_list,
-            state_directory=tmp_path / "state",
-            daemon=daemon,
-        )
-        proc = DaemonProcess(config)
-        started.append(proc)
-        if wait_ready:
-            proc.wait_event("ready", timeout=30)
-        return proc
-
-    yield start
-    for proc in started:
-        proc.stop()
-
-
-def only_once(daemon: DaemonProcess, paths: list[Path]) -> dict[str, dict[str, Any]]:
-    """Every path has exactly one verdict; returns them by path."""
-    verdicts = daemon.verdicts()
-    twice = {p: [e["reason"] for e in v] for p, v in verdicts.items() if len(v) > 1}
-    assert not twice, (
-        f"{len(twice)} files got more than one verdict, e.g. {list(twice.items())[:3]}"
-    )
-    return {str(p): verdicts[str(p)][0] for p in paths}
 
 
 def test_eicar_written_into_a_watched_tree_is_reported(
