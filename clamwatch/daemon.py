@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from types import FrameType
 
 from clamwatch.actions import ActionRunner
+from clamwatch.backlog import BacklogReport
 from clamwatch.clamd.engine import ClamdUnavailableError, Engine
 from clamwatch.clamd.settings import resolve_engine
 from clamwatch.config import Config, ConfigError, load_config
@@ -109,6 +110,7 @@ class Daemon:
         address, engine_settings = resolve_engine(config.clamd, give_up_after=None)
         self.engine = Engine(address, engine_settings)
         self.dispatcher = Dispatcher(settings.max_pending, settings.settle_time)
+        self.backlog = BacklogReport(self.dispatcher)
         own = (str(settings.state_directory), str(config.quarantine.directory))
         self.filters = {str(w.path): WatchFilter(w, own) for w in config.watches}
         self.store = QuarantineStore(config.quarantine.directory) if _quarantines(config) else None
@@ -297,6 +299,7 @@ class Daemon:
                 self.reload_requested.clear()
                 self._reload()
             self._watchdog()
+            self.backlog.check()
             if now >= next_status:
                 self.notifier.status(self._status())
                 next_status = now + _STATUS_EVERY

@@ -147,6 +147,9 @@ class Dispatcher:
         self._events_read_until = float("-inf")
         self._delayed: list[tuple[float, Work]] = []
         self.degraded = 0  # paths turned into directory rescans because we were full
+        # rescans next_rescan gave out and not yet walked: in the state saved
+        # (snapshot) until walk_ended, so a stop or crash meanwhile loses none
+        self._walking: dict[str, Rescan] = {}
         self.stopping = False
 
     # -- producers --------------------------------------------------------------------
@@ -363,11 +366,18 @@ class Dispatcher:
                     self._due(Work(path, work.watch, now, "changed during scan", if_changed))
 
     def next_rescan(self) -> Rescan | None:
+        """The next directory to walk; the walker calls :meth:`walk_ended` once it has."""
         with self.cond:
             if not self._rescans:
                 return None
             key = next(iter(self._rescans))
-            return self._rescans.pop(key)
+            request = self._walking[key] = self._rescans.pop(key)
+            return request
+
+    def walk_ended(self, request: Rescan) -> None:
+        """The walk of ``request``, from :meth:`next_rescan`, is over (done, or stopped)."""
+        with self.cond:
+            self._walking.pop(request.directory, None)
 
     @property
     def passing(self) -> bool:
@@ -512,6 +522,16 @@ class Dispatcher:
             return len(self._pending) + len(self._settling) + len(self._delayed)
 
     @property
+    def backlog(self) -> tuple[int, bool]:
+        """Paths turned into rescans for want of room so far, and whether any of that is left.
+
+        Left: the queue is full, or a directory waits to be walked or is being
+        walked (which rescan holds such paths is not kept, so any counts).
+        """
+        with self.cond:
+            return self.degraded, self._full() or bool(self._rescans or self._walking)
+
+    @property
     def settling(self) -> int:
         with self.cond:
             return len(self._settling)
@@ -521,7 +541,12 @@ class Dispatcher:
         """Nothing waits, settles, walks or is in flight."""
         with self.cond:
             return not (
-                self._pending or self._settling or self._in_flight or self._rescans or self._delayed
+                self._pending
+                or self._settling
+                or self._in_flight
+                or self._rescans
+                or self._walking
+                or self._delayed
             )
 
     def oldest(self) -> float | None:
@@ -541,7 +566,8 @@ class Dispatcher:
                 *self._in_flight.values(),
                 *(w for _, w in self._delayed),
             ]
-            return Snapshot([(w.path, w.watch) for w in works], list(self._rescans.values()))
+            rescans = [*self._walking.values(), *self._rescans.values()]
+            return Snapshot([(w.path, w.watch) for w in works], rescans)
 
     def stop(self) -> None:
         with self.cond:

@@ -27,6 +27,8 @@ class EventKind(enum.Enum):
     CLAMD_LOST = "clamd-lost"  # clamd became unreachable
     CLAMD_BACK = "clamd-back"  # clamd answers again
     OVERFLOW_RESCAN = "overflow-rescan"  # events were lost; trees are walked again
+    QUEUE_FULL = "queue-full"  # max_pending files wait; further ones are kept by directory
+    QUEUE_CAUGHT_UP = "queue-caught-up"  # every directory kept while full has been walked
     WATCH_WAITING = "watch-waiting"  # a watch root does not exist (yet)
     WATCH_ARMED = "watch-armed"  # a watch root is watched
     WATCH_FAILED = "watch-failed"  # a watch could not be set up

@@ -45,6 +45,8 @@ MESSAGE_IDS: dict[EventKind, str] = {
     EventKind.CLAMD_LOST: "7044bf8992a244d08b3ee71ddb862ddb",
     EventKind.CLAMD_BACK: "d91dbea37eae4950b39e594d89d92d19",
     EventKind.OVERFLOW_RESCAN: "f3b362dc54ee4c43bf9f7b08180c55c7",
+    EventKind.QUEUE_FULL: "5e4f301b3f4546c0bfd007fbfa061880",
+    EventKind.QUEUE_CAUGHT_UP: "a9e348f02d0e466cb7d3d5a880430391",
     EventKind.WATCH_WAITING: "101d0b18b3654c759bb3d942118e386b",
     EventKind.WATCH_ARMED: "46bb3fd4f5054784b0cd5c5ce9dc605a",
     EventKind.WATCH_FAILED: "5849fdf14732424bbafae5d4cd23f453",

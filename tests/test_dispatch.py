@@ -715,7 +715,11 @@ def test_snapshot_and_status_cover_every_kind_of_waiting_work(clock: FakeClock) 
     d.take(10)
     d.done("/srv/up/settling")
     assert not d.idle  # the rescan is still to walk
-    assert d.next_rescan() == Rescan("/srv/up/dir", WATCH, "directory moved in")
+    walk = d.next_rescan()
+    assert walk == Rescan("/srv/up/dir", WATCH, "directory moved in")
+    assert not d.idle  # being walked
+    assert d.snapshot().rescans == [walk]
+    d.walk_ended(walk)
     assert d.idle
     assert d.snapshot().paths == []
     assert d.snapshot().rescans == []

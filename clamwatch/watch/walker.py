@@ -58,12 +58,14 @@ class Walker:
                 self.dispatcher.wait_for_rescan(0.25)
                 continue
             self.walking = request
-            finished = self._walk(request)
-            self.walking = None
-            if finished:
-                self.on_walked(request)
-            else:
-                self.dispatcher.rescan(request)  # stopped midway: saved for the next start
+            try:
+                if self._walk(request):
+                    self.on_walked(request)
+                else:
+                    self.dispatcher.rescan(request)  # stopped midway: saved for the next start
+            finally:
+                self.walking = None
+                self.dispatcher.walk_ended(request)
 
     def _walk(self, request: Rescan) -> bool:
         rules = self.filters.get(request.watch)
