@@ -57,6 +57,12 @@ _LATE_CLOSE_CAP = 60.0
 #: The reason the watcher gives a file's IN_CLOSE_WRITE.
 CLOSED_AFTER_WRITE = "closed after write"
 
+# Files promoted by settling while a writer still had them open, whose close
+# is still to come: at most this many are remembered (the oldest go first),
+# for files a writer keeps open for good (a log). One forgotten is scanned
+# again at its close, as before.
+MAX_SETTLED_OPEN = 4096
+
 # Looks at settling files per settle_check while the taker has no room for
 # them (see its ``room``): slow, but never stopped by a queue that stays full.
 _MIN_LOOKS = 16
@@ -142,6 +148,9 @@ class Dispatcher:
         # event may still be queued in the kernel; when it comes it is the
         # same version, so it only counts if the content changed.
         self._closed_early: dict[str, float] = {}
+        # promoted by settling while a writer had them open (an ordered set):
+        # their close, when it comes, counts only if the content changed
+        self._settled_open: dict[str, None] = {}
         # every inotify event queued before this (self.clock() time) has been
         # handed over: see events_read
         self._events_read_until = float("-inf")
@@ -200,6 +209,14 @@ class Dispatcher:
                 work = replace(work, if_changed=True)
             if work.reason == CLOSED_AFTER_WRITE:
                 del self._closed_early[path]
+                self._settled_open.pop(path, None)
+        elif path in self._settled_open and work.reason == CLOSED_AFTER_WRITE:
+            # Its scan came settle_time after its last change, so a write
+            # since would show in its size or mtime; the same version is
+            # skipped, whichever came first (settling or the close) counts.
+            del self._settled_open[path]
+            if not work.if_changed:
+                work = replace(work, if_changed=True)
         self._settling.pop(path, None)
         if path in self._in_flight:
             _drop_held(work)
@@ -484,6 +501,10 @@ class Dispatcher:
                 if self._settling.get(work.path) is not None:
                     work.reason = f"{work.reason}, settled"
                     self._due(work)
+                    self._settled_open.pop(work.path, None)
+                    self._settled_open[work.path] = None
+                    if len(self._settled_open) > MAX_SETTLED_OPEN:
+                        del self._settled_open[next(iter(self._settled_open))]
             for work in closed:
                 if self.stopping:  # stop() closed what waited: nothing is taken any more
                     _drop_held(work)

@@ -319,6 +319,56 @@ def test_a_created_file_is_promoted_once_size_and_mtime_held_still(
     assert taken.since == created_at
 
 
+def test_the_close_of_a_file_promoted_by_settling_counts_only_if_changed(
+    clock: FakeClock, disk: FakeDisk
+) -> None:
+    """Settled while its writer held it open, scanned; its close later is the same version.
+
+    Whichever comes first, settling or the close: the close after a settled
+    scan is a version check (if_changed), not a second scan of the same
+    content. The close of a file that was never promoted stays a scan.
+    """
+    d = make(clock, settle_time=2.0)
+    d.settle(work("/srv/up/held", clock.now, "created"))
+    disk.files["/srv/up/held"] = stat_result(10, 1_000_000_000)
+    d.settle_check(disk)  # the default: a writer still has it open
+    clock.advance(2.0)
+    d.settle_check(disk)
+    (taken,) = d.take(10)
+    assert taken.reason == "created, settled"
+    d.done(taken.path)
+    d.due(work("/srv/up/never-settled", clock.now, CLOSED_AFTER_WRITE))
+    (plain,) = d.take(10)
+    assert not plain.if_changed
+
+    d.due(work("/srv/up/held", clock.now, CLOSED_AFTER_WRITE))
+    (close,) = d.take(10)
+    assert close.if_changed  # the pipeline skips it when the version has its verdict
+    d.done(close.path)
+    d.due(work("/srv/up/held", clock.now, CLOSED_AFTER_WRITE))  # a second close: a new write
+    (again,) = d.take(10)
+    assert not again.if_changed
+
+
+def test_files_promoted_by_settling_are_remembered_up_to_a_bound(
+    clock: FakeClock, disk: FakeDisk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dispatch, "MAX_SETTLED_OPEN", 2)
+    d = make(clock, settle_time=2.0)
+    names = [f"/srv/up/log{n}" for n in range(3)]
+    for name in names:
+        d.settle(work(name, clock.now, "created"))
+        disk.files[name] = stat_result(10, 1_000_000_000)
+    d.settle_check(disk)
+    clock.advance(2.0)
+    d.settle_check(disk)
+    d.done_many(paths(d.take(10)))
+    for name in names:
+        d.due(work(name, clock.now, CLOSED_AFTER_WRITE))
+    closes = {w.path: w.if_changed for w in d.take(10)}
+    assert closes == {names[0]: False, names[1]: True, names[2]: True}  # the oldest forgotten
+
+
 @pytest.mark.parametrize(
     "changed",
     [
