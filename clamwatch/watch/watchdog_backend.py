@@ -292,7 +292,8 @@ class _TreeWatch:
         """Watch the directories that could not be watched; those that now are.
 
         Stops at the first that still fails for a kernel limit: the others
-        would too.
+        would too. One that fails again is not new: it is reported with the
+        rest every _REPORT_UNWATCHED_EVERY, not at every try.
         """
         with self._lock:
             if not self._active:
@@ -303,7 +304,8 @@ class _TreeWatch:
                 try:
                     self._watch_tree(path)
                 except OSError as exc:
-                    self._cannot_watch(path, exc)
+                    if exc.errno not in (errno.ENOENT, errno.ENOTDIR):  # else gone
+                        self._unwatched[path] = exc
                     if exc.errno in (errno.ENOSPC, errno.EMFILE):
                         break
                     continue
