@@ -30,7 +30,12 @@ class State:
 
 
 def load_state(directory: Path) -> State:
-    """The saved state, or an empty one when there is none yet."""
+    """The saved state, or an empty one when there is none yet.
+
+    A file that is there but cannot be read, or is not a state file as
+    save_state writes it, raises StateError and is left as it is: starting
+    afresh over it would lose what it says is still to do.
+    """
     path = directory / STATE_FILE
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -42,15 +47,41 @@ def load_state(directory: Path) -> State:
         raise StateError(f"{path}: not a clamwatch state file of version {_VERSION}")
     try:
         return State(
-            {str(k): float(v) for k, v in data.get("covered_at", {}).items()},
-            [(str(p), str(w)) for p, w in data.get("pending", [])],
-            [(str(d), str(w)) for d, w in data.get("rescans", [])],
+            _covered(data.get("covered_at", {})),
+            _pairs(data.get("pending", []), "pending"),
+            _pairs(data.get("rescans", []), "rescans"),
         )
     except (TypeError, ValueError) as exc:
         raise StateError(f"{path}: malformed ({exc}); move it aside to start afresh") from exc
 
 
+def _covered(value: object) -> dict[str, float]:
+    if not isinstance(value, dict):
+        raise TypeError("covered_at is not an object")
+    covered: dict[str, float] = {}
+    for root, when in value.items():
+        if isinstance(when, bool) or not isinstance(when, int | float):
+            raise TypeError(f"covered_at of {root!r} is not a number")
+        covered[root] = float(when)
+    return covered
+
+
+def _pairs(value: object, key: str) -> list[tuple[str, str]]:
+    """[[name, watch], ...] as save_state writes it; anything else is a TypeError."""
+    if not isinstance(value, list):
+        raise TypeError(f"{key} is not a list")
+    pairs: list[tuple[str, str]] = []
+    for item in value:
+        if not (
+            isinstance(item, list) and len(item) == 2 and all(isinstance(s, str) for s in item)
+        ):
+            raise TypeError(f"{key} holds {item!r}, not a pair of names")
+        pairs.append((item[0], item[1]))
+    return pairs
+
+
 def save_state(directory: Path, state: State) -> None:
+    """Write ``state`` atomically: a failure leaves the previous file as it was."""
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     data = {
         "version": _VERSION,
@@ -70,3 +101,11 @@ def save_state(directory: Path, state: State) -> None:
     except BaseException:
         os.unlink(temporary)
         raise
+    # the rename itself is durable only once the folder is: else a power cut
+    # soon after a stop could bring back the previous file, without the
+    # files that were pending at that stop
+    folder = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
