@@ -198,21 +198,22 @@ class Daemon:
         ):
             self._coverage.walked.add(request.watch)
 
-    def _checkpoint(self) -> bool:
+    def _checkpoint(self, watched_until: float | None = None) -> bool:
         """Save what is still to do, and how far each watch is covered; False if it failed.
 
         Everything unresolved (waiting, settling, in flight, directories to
-        walk) is saved by name, so coverage may move up to now, unless a walk
-        is under way: the directory being walked is in no list. A state that
-        cannot be written (a full disk) is an error the daemon runs on with:
-        the file keeps the last coverage saved, so the next start's walk of
-        what changed since reaches back to it.
+        walk or being walked) is saved by name, so coverage may move up to
+        now. Once the watcher has stopped, ``watched_until`` (epoch s) is when
+        it stopped: what changed after that was seen by no one, and coverage
+        must not reach past it. A state that cannot be written (a full disk)
+        is an error the daemon runs on with: the file keeps the last coverage
+        saved, so the next start's walk of what changed since reaches back to
+        it.
         """
-        now = time.time()
+        now = time.time() if watched_until is None else watched_until
         covered = dict(self.state.covered_at)
-        if self.walker.walking is None:
-            for root in self._coverage.walked:
-                covered[root] = now
+        for root in self._coverage.walked:
+            covered[root] = now
         keep = self.config.quarantine
         if self.store is not None and (keep.max_age or keep.max_total_size):
             for entry in self.store.enforce_retention(keep.max_age, keep.max_total_size):
@@ -382,6 +383,10 @@ class Daemon:
         self.notifier.stopping()
         emit(EventKind.STOPPING, "clamwatch stopping: finishing the scans in flight")
         deadline = time.monotonic() + settings.stop_timeout
+        # Files written from here on have no watcher to see them, and the
+        # drain below may take all of stop_timeout: the coverage saved ends
+        # here, so the next start's walk finds them.
+        watched_until = time.time()
         self.watcher.stop()
         self.walker.stop()
         self.pipeline.stop(deadline)  # what it did not finish is in the snapshot
@@ -389,7 +394,7 @@ class Daemon:
         stopped = (
             f"clamwatch stopped: {self.pipeline.scanned} scanned, {self.pipeline.infected} infected"
         )
-        if not self._checkpoint():
+        if not self._checkpoint(watched_until):
             message = f"{stopped}; what was still to do could NOT be saved (see above)"
             emit(EventKind.STOPPED, message, logging.ERROR)
             return 1

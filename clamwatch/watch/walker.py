@@ -37,7 +37,6 @@ class Walker:
         self.dispatcher = dispatcher
         self.filters = filters
         self.on_walked = on_walked
-        self.walking: Rescan | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="clamwatch-walk", daemon=True)
 
@@ -57,14 +56,12 @@ class Walker:
             if request is None:
                 self.dispatcher.wait_for_rescan(0.25)
                 continue
-            self.walking = request
             try:
                 if self._walk(request):
                     self.on_walked(request)
                 else:
                     self.dispatcher.rescan(request)  # stopped midway: saved for the next start
             finally:
-                self.walking = None
                 self.dispatcher.walk_ended(request)
 
     def _walk(self, request: Rescan) -> bool:
