@@ -128,12 +128,6 @@ def test_changed_startup_scan_scans_only_what_changed_while_stopped(
     assert after.covered_at[str(watched)] > before.covered_at[str(watched)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a directory moved in keeps its files' ctimes: the startup walk skips them"
-    " (clamwatch/pipeline.py judges each file by max(mtime, ctime) only; the fix belongs"
-    " in clamwatch/watch/walker.py)",
-)
 def test_changed_startup_scan_scans_an_old_directory_moved_in_while_stopped(
     start_daemon: StartDaemon, watched: Path, tmp_path: Path, eicar: bytes
 ) -> None:

@@ -109,3 +109,53 @@ def test_a_directory_larger_than_the_room_is_handed_over_as_room_frees(tmp_path:
         walker.stop()
     assert sorted(taken) == sorted(str(root / name) for name in names)
     assert dispatcher.degraded == 0  # nothing overflowed into a rescan
+
+
+def test_a_walk_of_what_changed_takes_everything_below_a_directory_whose_ctime_is_new(
+    tmp_path: Path,
+) -> None:
+    """A directory renamed in keeps its files' old times: only its own ctime is new.
+
+    Below it, every file is handed over without ``newer_than`` (so scanned);
+    elsewhere, files keep the walk's ``newer_than`` and are judged by their
+    own times.
+    """
+    day = 86_400.0
+    root = tmp_path / "uploads"
+    (root / "stayed" / "deep").mkdir(parents=True)
+    outside = tmp_path / "elsewhere" / "moved"
+    (outside / "deep").mkdir(parents=True)
+    for name in ("stayed/f", "stayed/deep/g"):
+        (root / name).write_text(name)
+    for name in ("f", "deep/g"):
+        (outside / name).write_text(name)
+    for path in [*root.rglob("*"), *outside.rglob("*")]:
+        os.utime(path, (time.time() - day, time.time() - day))
+    # every ctime so far is older than newer_than: wait the clock past it
+    newer_than = time.time()
+    while time.time() <= newer_than + 0.01:
+        time.sleep(0.005)
+    os.rename(outside, root / "moved")
+
+    dispatcher = Dispatcher(max_pending=100, settle_time=2.0)
+    filters = {str(root): WatchFilter(WatchConfig(path=root, name="uploads"))}
+    walked: list[Rescan] = []
+    walker = Walker(dispatcher, filters, walked.append)
+    walker.start()
+    try:
+        dispatcher.rescan(
+            Rescan(str(root), str(root), "changed while not running", newer_than=newer_than)
+        )
+        deadline = time.monotonic() + DEADLINE_SECONDS
+        while not walked:
+            assert time.monotonic() < deadline, "the walk did not end"
+            time.sleep(0.01)
+    finally:
+        walker.stop()
+    handed = {work.path: work.newer_than for work in dispatcher.take(100)}
+    assert handed == {
+        str(root / "stayed" / "f"): newer_than,
+        str(root / "stayed" / "deep" / "g"): newer_than,
+        str(root / "moved" / "f"): None,
+        str(root / "moved" / "deep" / "g"): None,
+    }

@@ -68,9 +68,10 @@ class Walker:
         rules = self.filters.get(request.watch)
         if rules is None:
             return True
-        stack = [request.directory]
+        # each directory with the newer_than its files are judged by
+        stack = [(request.directory, request.newer_than)]
         while stack:
-            directory = stack.pop()
+            directory, newer_than = stack.pop()
             try:
                 with os.scandir(directory) as entries:
                     listed = list(entries)
@@ -84,7 +85,7 @@ class Walker:
                     )  # fmt: skip
                     if self._stop.wait(_RETRY_FOR_NOW):
                         return False
-                    stack.append(directory)
+                    stack.append((directory, newer_than))
                     continue
                 log.warning(
                     "cannot walk %s: %s; the files in it are not scanned until it can be"
@@ -100,17 +101,17 @@ class Walker:
                         # globs and regexes judge files, as for events; only
                         # our own folders are pruned whole
                         if not rules.own_folder(path):
-                            stack.append(path)
+                            stack.append((path, _below(entry, newer_than)))
                         continue
                 except OSError:
                     continue
                 if not rules.excluded(path):
                     files.append(path)
-            if not self._hand_over(files, request):
+            if not self._hand_over(files, request, newer_than):
                 return False
         return True
 
-    def _hand_over(self, files: list[str], request: Rescan) -> bool:
+    def _hand_over(self, files: list[str], request: Rescan, newer_than: float | None) -> bool:
         """Give a directory's files to the dispatcher, as many at a time as it has room for.
 
         One lock and one wake-up of the pipeline for each batch, not each file.
@@ -131,10 +132,31 @@ class Walker:
                     since,
                     request.reason,
                     if_changed=request.if_changed,
-                    newer_than=request.newer_than,
+                    newer_than=newer_than,
                 )
                 for path in files[done : done + room]
             ]
             self.dispatcher.walked(batch, request.mode)
             done += len(batch)
         return True
+
+
+def _below(entry: os.DirEntry[str], newer_than: float | None) -> float | None:
+    """The newer_than for everything below the directory ``entry``.
+
+    A walk of what changed while clamwatch was not running skips a file
+    whose mtime and ctime are both older than ``newer_than``. A directory
+    renamed into the tree meanwhile brings files and folders whose times
+    are all old: only the directory's own ctime is new. Once anything else
+    has changed in it (a file added sets its mtime and ctime together), a
+    rename no longer shows apart from that. So below a directory whose
+    ctime is newer than ``newer_than`` every file is scanned: some files
+    are scanned again that did not need it, and none is missed.
+    """
+    if newer_than is None:
+        return None
+    try:
+        st = entry.stat(follow_symlinks=False)
+    except OSError:
+        return newer_than  # gone meanwhile: its listing will say so
+    return None if st.st_ctime >= newer_than else newer_than
