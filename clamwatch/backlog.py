@@ -46,13 +46,16 @@ class BacklogReport:
                     max_pending=limit,
                 )
         elif not grew and not left:
-            remembered = degraded - self._before
+            # a file can be turned away more than once (its event, then the
+            # walk of its directory while still full): arrivals, not files
+            turned_away = degraded - self._before
             seconds = time.monotonic() - self._began
             self._began = None
             emit(
                 EventKind.QUEUE_CAUGHT_UP,
-                f"the queue has room again: the directories of the {remembered} file(s) that"
-                f" found it full have been walked again, {seconds:.0f} s after it filled",
-                remembered=remembered,
+                f"the queue has room again: every directory remembered while it was full"
+                f" ({turned_away} arrivals turned away) has been walked again,"
+                f" {seconds:.0f} s after it filled",
+                turned_away=turned_away,
                 seconds=round(seconds, 1),
             )

@@ -235,7 +235,13 @@ class Dispatcher:
         if self._full():
             _drop_held(work)
             self.degraded += 1
-            self._rescan(Rescan(os.path.dirname(path) or "/", work.watch, "queue full"))
+            # The walk finds the directory's other files too, some of them
+            # maybe still being written: they settle, as in any walk (a lease
+            # tells the finished ones at once), so none is scanned half-written
+            # and then again at its close.
+            self._rescan(
+                Rescan(os.path.dirname(path) or "/", work.watch, "queue full", Mode.SETTLE)
+            )
             return
         self._pending[path] = work
         self._wake_taker()
