@@ -345,9 +345,15 @@ class Dispatcher:
     # -- the pipeline -----------------------------------------------------------------
 
     def take(self, limit: int) -> list[Work]:
-        """Up to ``limit`` entries, oldest first; they count as in flight until done()."""
+        """Up to ``limit`` entries, oldest first; they count as in flight until done().
+
+        None once stopping: what waits then is saved for the next start
+        (snapshot), and only the scans in flight are finished.
+        """
         batch: list[Work] = []
         with self.cond:
+            if self.stopping:
+                return batch
             self._release_delayed()
             # one iterator for the batch: each next(iter(dict)) would walk
             # again over the slots the pops before it left empty

@@ -268,3 +268,36 @@ def test_a_walked_file_found_finished_is_scanned_through_its_lease_check_descrip
     assert all(isinstance(r.verdict, Clean) for r in reports.results)
     assert opened == [closed]  # the walked ones were not opened a second time
     assert engine.held == 0
+
+
+def test_a_stop_finishes_the_scans_in_flight_and_leaves_the_rest_waiting(
+    start: Start, watched: Path
+) -> None:
+    """SIGTERM finishes what clamd has, not the whole backlog: the rest is saved.
+
+    With 16 of 100 files in the engine, a stop lets those 16 end and takes
+    no more, so a stop with a backlog does not last all of stop_timeout.
+    """
+    paths = files(watched, 100)
+    pipeline, engine, reports = start(at_once=False, window=16, due_first=paths)
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while engine.held < 16:
+        assert time.monotonic() < deadline, "the pipeline did not fill its window"
+        time.sleep(0.005)
+    stopped: list[list[Work]] = []
+    stopping = threading.Thread(
+        target=lambda: stopped.append(pipeline.stop(time.monotonic() + DEADLINE_SECONDS))
+    )
+    stopping.start()
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while not pipeline.dispatcher.stopping:
+        assert time.monotonic() < deadline, "stop() did not begin"
+        time.sleep(0.005)
+    engine.complete(len(paths))  # the 16 in flight end; any taken after the stop would too
+    stopping.join(DEADLINE_SECONDS)
+    assert not stopping.is_alive()
+    assert stopped == [[]]  # nothing was left in the engine
+    assert sum(engine.batches) == 16
+    assert sorted(reports.wait_for(16)) == sorted(paths[:16])
+    saved = [path for path, _ in pipeline.dispatcher.snapshot().paths]
+    assert sorted(saved) == sorted(paths[16:])
