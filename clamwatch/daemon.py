@@ -57,6 +57,7 @@ _TICK = 1.0  # the main loop's pace: signals, watchdog
 # least every second (the engine's select and the pipeline's wait are capped).
 _STALLED = 10.0
 _SLACK = 2.0  # seconds of clock and timestamp granularity allowed for in "changed"
+_ARMED_LATE = "watch armed after the start"  # the walk of such a root, with startup_scan "none"
 
 
 def _quarantines(config: Config) -> bool:
@@ -97,9 +98,8 @@ def setup_logging(log_format: str, target: str = "auto", level: int = logging.IN
 
 @dataclass(slots=True)
 class _Coverage:
-    """Per watch: when it was armed this run, and whether its startup walk ended."""
+    """The watches whose startup walk has ended this run."""
 
-    armed_at: dict[str, float] = field(default_factory=dict)
     walked: set[str] = field(default_factory=set)
 
 
@@ -126,6 +126,7 @@ class Daemon:
         self._stall_reported = False
         self.state = State()
         self._coverage = _Coverage()
+        self._started_at: float | None = None  # epoch s, once the roots there were armed
 
     # -- verdicts ---------------------------------------------------------------------
 
@@ -170,7 +171,6 @@ class Daemon:
 
     def _armed(self, rules: WatchFilter, first: bool) -> None:
         root = rules.root
-        self._coverage.armed_at[root] = time.time()
         mode = self.config.daemon.startup_scan
         # These walks race with writers that are busy as the watch is armed:
         # what they find settles (it is scanned at once when no writer has it
@@ -182,7 +182,14 @@ class Daemon:
             self.dispatcher.rescan(Rescan(root, root, "watch root re-created", settle))
             return
         covered = self.state.covered_at.get(root)
-        if mode == "none":
+        if mode == "none" and self._started_at is not None:
+            # Armed after the start: it did not exist then, or could not be
+            # watched. "none" skips what was there at the start; anything
+            # newer arrived with no watch to see it.
+            self.dispatcher.rescan(
+                Rescan(root, root, _ARMED_LATE, settle, newer_than=self._started_at - _SLACK)
+            )
+        elif mode == "none":
             self._coverage.walked.add(root)
         elif mode == "changed" and covered is not None:
             self.dispatcher.rescan(
@@ -195,6 +202,7 @@ class Daemon:
         if request.directory == request.watch and request.reason in (
             "changed while not running",
             "startup scan",
+            _ARMED_LATE,
         ):
             self._coverage.walked.add(request.watch)
 
@@ -268,7 +276,9 @@ class Daemon:
                 self.dispatcher.rescan(Rescan(directory, watch, "pending at last stop"))
         self.pipeline.start()
         self.walker.start()
-        self.watcher.start()
+        started_at = time.time()
+        self.watcher.start()  # arms every root that exists now
+        self._started_at = started_at
         # READY only once clamd answered: `systemctl start` returns when
         # clamwatch really scans. Files arriving meanwhile wait.
         if self._wait_for_clamd():

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from clamwatch.daemon import _SLACK
 from clamwatch.privateclamd import PrivateClamd
 from clamwatch.testsig import EICAR_SIGNATURE
 from daemonproc import DaemonProcess, StartDaemon, only_once, write_config
@@ -247,6 +248,36 @@ def test_watch_root_created_late_and_recreated(
     second = root / "two"
     second.write_bytes(eicar)
     daemon.wait_verdicts([second], timeout=30)
+
+
+def test_a_root_that_appears_after_the_start_is_walked_even_with_startup_scan_none(
+    start_daemon: StartDaemon, tmp_path: Path, eicar: bytes
+) -> None:
+    """A root is looked for once a second until it exists: a file written into it
+    before its watch is armed has no event. "none" skips what was there at the
+    start, not that: the root is walked for what is newer than the start."""
+    moved_in = tmp_path / "prepared"
+    moved_in.mkdir()
+    old = moved_in / "there-before-the-start.com"
+    old.write_bytes(eicar)
+    # older than the start by more than the slack "none" allows for it
+    while time.time() < old.stat().st_ctime + _SLACK + 0.1:
+        time.sleep(0.05)
+    root = tmp_path / "later"
+    daemon = start_daemon(watches=[root], startup_scan="none")
+    daemon.wait_event("watch-waiting")
+    moved_in.rename(root)
+    early = root / "written-before-the-watch.com"
+    early.write_bytes(eicar)  # well inside the second before the root is looked for again
+    assert not any(e["event"] == "watch-armed" for e in daemon.events)
+    daemon.wait_verdicts([early], timeout=30)
+    marker = root / "marker.txt"
+    marker.write_text("written once the root is watched\n")
+    daemon.wait_verdicts([marker], timeout=30)
+    found = only_once(daemon, [early, marker])
+    assert found[str(early)]["event"] == "detection"
+    assert found[str(early)]["reason"].startswith("watch armed after the start")
+    assert str(root / old.name) not in daemon.verdicts()
 
 
 def test_files_wait_for_a_late_clamd(
