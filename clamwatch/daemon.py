@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import signal
 import sys
 import threading
@@ -26,7 +27,7 @@ from clamwatch.actions import ActionRunner
 from clamwatch.backlog import BacklogReport
 from clamwatch.clamd.engine import ClamdUnavailableError, Engine
 from clamwatch.clamd.settings import resolve_engine
-from clamwatch.config import Config, ConfigError, load_config
+from clamwatch.config import Config, ConfigError, DaemonSettings, load_config
 from clamwatch.dispatch import Dispatcher, Mode, Rescan, Work
 from clamwatch.eventkind import EventKind, emit
 from clamwatch.events import (
@@ -42,7 +43,7 @@ from clamwatch.notify import Notifier
 from clamwatch.pipeline import Pipeline, Result
 from clamwatch.policy import FileAction, Rule
 from clamwatch.quarantine import QuarantineStore
-from clamwatch.state import State, load_state, save_state
+from clamwatch.state import State, load_state, lock_state, save_state
 from clamwatch.verdict import Clean, Infected, NotScanned, ScanError, describe
 from clamwatch.watch.filters import WatchFilter
 from clamwatch.watch.walker import Walker
@@ -258,6 +259,13 @@ class Daemon:
             f"clamwatch starting: {len(self.filters)} watch(es), clamd at {self.engine.address}",
             config=str(self.config.source),
         )
+        lock = lock_state(settings.state_directory)
+        try:
+            return self._run(settings)
+        finally:
+            os.close(lock)
+
+    def _run(self, settings: DaemonSettings) -> int:
         self.state = load_state(settings.state_directory)
         # a descriptor per file waiting for its verdict (the window), and the
         # rest for clamd's sockets, inotify, the journal and the actions

@@ -8,6 +8,8 @@ atomically (a temporary file, fsync, rename) so a crash leaves the old one.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import tempfile
@@ -15,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 STATE_FILE = "state.json"
+LOCK_FILE = "lock"  # held (flock) by the daemon that uses the directory; holds its pid
+_TEMPORARY_PREFIX = ".state-"
 _VERSION = 1
 
 
@@ -91,7 +95,7 @@ def save_state(directory: Path, state: State) -> None:
         "pending": state.pending,
         "rescans": state.rescans,
     }
-    fd, temporary = tempfile.mkstemp(prefix=".state-", dir=directory)
+    fd, temporary = tempfile.mkstemp(prefix=_TEMPORARY_PREFIX, dir=directory)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump(data, handle)
@@ -109,3 +113,36 @@ def save_state(directory: Path, state: State) -> None:
         os.fsync(folder)
     finally:
         os.close(folder)
+
+
+def lock_state(directory: Path) -> int:
+    """Take ``directory`` for this process; the descriptor returned holds it until closed.
+
+    Two daemons on one state directory would overwrite each other's state
+    file, and with it what each still had to do: a second one is refused
+    with a StateError naming the first one's pid. The lock is flock(2) on
+    LOCK_FILE, so it ends with the process however it ends. Once the
+    directory is ours, temporary files of saves that a crash cut short are
+    removed: no one else writes there.
+    """
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = directory / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise StateError(f"{path}: cannot open the lock: {exc.strerror or exc}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise StateError(
+            f"{directory} is in use by another clamwatch (pid {holder}): stop it, or give"
+            " this one a state_directory of its own"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    for leftover in directory.glob(f"{_TEMPORARY_PREFIX}*"):
+        with contextlib.suppress(FileNotFoundError):
+            leftover.unlink()
+    return fd

@@ -332,3 +332,22 @@ def test_an_unreadable_state_file_stops_the_start_and_is_kept(
     assert any(line.startswith(expected) for line in daemon.other_lines), daemon.other_lines
     assert any("move it aside to start afresh" in line for line in daemon.other_lines)
     assert (state / STATE_FILE).read_bytes() == torn
+
+
+def test_a_second_daemon_on_the_same_state_directory_is_refused(
+    start_daemon: StartDaemon, watched: Path, tmp_path: Path, eicar: bytes
+) -> None:
+    """Both would save their own pending list over the other's: the second one stops
+    at once with the first one's pid, and the first goes on scanning."""
+    first = start_daemon()
+    second = start_daemon(wait_ready=False)
+    assert second.process.wait(30) == 1
+    second.stop()  # collects the rest of its output
+    expected = (
+        f"clamwatch: {tmp_path / 'state'} is in use by another clamwatch (pid {first.process.pid})"
+    )
+    assert any(line.startswith(expected) for line in second.other_lines), second.other_lines
+    late = watched / "after-the-refusal.com"
+    late.write_bytes(eicar)
+    first.wait_verdicts([late], timeout=30)
+    assert first.verdicts()[str(late)][0]["event"] == "detection"

@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from clamwatch.state import STATE_FILE, State, StateError, load_state, save_state
+from clamwatch.state import (
+    LOCK_FILE,
+    STATE_FILE,
+    State,
+    StateError,
+    load_state,
+    lock_state,
+    save_state,
+)
 
 
 def a_state() -> State:
@@ -142,3 +150,30 @@ def test_the_file_is_plain_json_with_its_version(tmp_path: Path) -> None:
     assert data["version"] == 1
     assert data["covered_at"] == {"/srv/uploads": 1_700_000_000.25, "/srv/other": 1_700_000_100.0}
     assert data["pending"][0] == ["/srv/uploads/a.txt", "/srv/uploads"]
+
+
+def test_a_state_directory_is_held_by_one_daemon_at_a_time(tmp_path: Path) -> None:
+    """flock(2) conflicts between two open files even in one process, as between two
+    daemons; the second is told the first one's pid, and the lock ends with its file."""
+    directory = tmp_path / "state"
+    first = lock_state(directory)
+    try:
+        assert (directory / LOCK_FILE).read_text() == f"{os.getpid()}\n"
+        with pytest.raises(StateError) as refused:
+            lock_state(directory)
+        assert str(refused.value) == (
+            f"{directory} is in use by another clamwatch (pid {os.getpid()}): stop it, or"
+            " give this one a state_directory of its own"
+        )
+    finally:
+        os.close(first)
+    os.close(lock_state(directory))  # free again
+
+
+def test_taking_the_directory_removes_what_an_interrupted_save_left(tmp_path: Path) -> None:
+    directory = tmp_path / "state"
+    save_state(directory, a_state())
+    (directory / ".state-abc123").write_text('{"version": 1, "cove')  # a crash mid-save
+    os.close(lock_state(directory))
+    assert leftovers(directory) == [LOCK_FILE]
+    assert load_state(directory) == a_state()
