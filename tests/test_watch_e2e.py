@@ -262,6 +262,11 @@ def test_a_quarantine_inside_the_watched_tree_is_never_scanned(
             "an event naming the quarantine",
         )
         assert daemon.verdicts()[str(bad)][0]["event"] == "detection"
+        # and no inotify watch is spent on it, or on what is made in it
+        inodes = watched_inodes(daemon)
+        assert watched.stat().st_ino in inodes
+        assert quarantine.stat().st_ino not in inodes
+        assert (quarantine / "sub").stat().st_ino not in inodes
     # A startup walk of everything: the quarantine, full of EICAR, is left out.
     restart = write_config(
         tmp_path / "restart.toml",

@@ -176,8 +176,14 @@ class _TreeWatch:
         A directory watched already is not asked for again: watchdog would warn
         about the callback twice. The kernel queues a deleted directory's
         IN_IGNORED before any event of one made anew under its name, so the
-        name is free by then (inotify(7): the queue is ordered).
+        name is free by then (inotify(7): the queue is ordered). clamwatch's
+        own folders (the state directory, the quarantine) get no watch: nothing
+        in them is scanned, and a quarantine's moves would only be events to
+        read and drop.
         """
+        own = self.rules.own_folder
+        if own(top) and top != self.rules.root:
+            return
         if top not in self._wd:
             self._watch(top)
         stack = [top]
@@ -185,7 +191,11 @@ class _TreeWatch:
             directory = stack.pop()
             try:
                 with os.scandir(directory) as entries:
-                    found = [e.path for e in entries if e.is_dir(follow_symlinks=False)]
+                    found = [
+                        e.path
+                        for e in entries
+                        if e.is_dir(follow_symlinks=False) and not own(e.path)
+                    ]
             except OSError:
                 continue  # gone or unreadable meanwhile
             for path in found:
