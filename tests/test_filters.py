@@ -144,6 +144,33 @@ def test_an_own_folder_given_with_a_trailing_slash_excludes_the_same() -> None:
     assert not filt.excluded("/var/lib/clamwatch2/file")
 
 
+@pytest.mark.parametrize(
+    "configured",
+    [
+        "{real}/uploads/quarantine",  # the watch is configured through a link, the folder not
+        "{link}/uploads/incoming/../quarantine",  # ".." on the folder's path
+    ],
+)
+def test_an_own_folder_named_by_another_path_to_it_is_still_excluded(
+    tmp_path: Path, configured: str
+) -> None:
+    """Events carry the watch's path as configured: the folder is matched by where it is."""
+    real = tmp_path / "real"
+    (real / "uploads" / "incoming").mkdir(parents=True)
+    link = tmp_path / "link"
+    link.symlink_to(real, target_is_directory=True)
+    watch = WatchConfig(path=link / "uploads", name="up")
+    outside = str(tmp_path / "elsewhere" / "state")  # not in the watch: as given
+    filt = WatchFilter(watch, (configured.format(real=real, link=link), outside))
+    root = link / "uploads"
+    assert filt.excluded(str(root / "quarantine"))
+    assert filt.excluded(str(root / "quarantine" / "0001.bin"))
+    assert filt.own_folder(str(root / "quarantine" / "sub"))
+    assert not filt.excluded(str(root / "quarantined.bin"))
+    assert not filt.excluded(str(root / "incoming" / "upload.bin"))
+    assert filt.excluded(f"{outside}/state.json")
+
+
 # -- stat rules -----------------------------------------------------------------------
 
 

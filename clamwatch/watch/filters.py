@@ -15,11 +15,15 @@ class WatchFilter:
 
     watch: WatchConfig
     own: tuple[str, ...] = ()
-    # "own/" for each of own: asked for every event and every file walked
-    _own_below: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    # own, and each as the watch names it (_as_in_watch): asked for every
+    # event and every file walked, so strings, not stat calls
+    _own_names: frozenset[str] = field(init=False, repr=False, compare=False)
+    _own_below: tuple[str, ...] = field(init=False, repr=False, compare=False)  # "name/"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_own_below", tuple(own.rstrip("/") + "/" for own in self.own))
+        names = {*self.own, *_as_in_watch(self.root, self.own)}
+        object.__setattr__(self, "_own_names", frozenset(names))
+        object.__setattr__(self, "_own_below", tuple(sorted(n.rstrip("/") + "/" for n in names)))
 
     @property
     def root(self) -> str:
@@ -49,7 +53,7 @@ class WatchFilter:
 
     def own_folder(self, path: str) -> bool:
         """``path`` is one of clamwatch's own folders or below one."""
-        return path in self.own or path.startswith(self._own_below)
+        return path in self._own_names or path.startswith(self._own_below)
 
     def skipped_by_stat(self, st: os.stat_result) -> str | None:
         """Why a file is skipped silently (owner or minimum size), or None."""
@@ -61,3 +65,24 @@ class WatchFilter:
 
     def too_large(self, size: int) -> bool:
         return self.watch.max_size is not None and size > self.watch.max_size
+
+
+def _as_in_watch(root: str, folders: tuple[str, ...]) -> list[str]:
+    """Each of ``folders`` that lies in the watch, by the path the watch's events carry.
+
+    Events and walks name files by the watch's path as configured. A folder
+    configured through another path to the same place (a symbolic link on
+    either path, "..") would not match by name: both are resolved, and a
+    folder inside the watch is named again from the watch's root. A folder
+    that does not exist yet resolves as far as its parents do.
+    """
+    real_root = os.path.realpath(root)
+    inside = real_root.rstrip("/") + "/"
+    named = []
+    for folder in folders:
+        real = os.path.realpath(folder)
+        if real == real_root:
+            named.append(root)
+        elif real.startswith(inside):
+            named.append(root.rstrip("/") + "/" + real[len(inside) :])
+    return named
