@@ -36,6 +36,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 from clamwatch.files import CheckedFile
 
@@ -54,6 +55,8 @@ from clamwatch.files import CheckedFile
 _LATE_CLOSE = 2.0
 _LATE_CLOSE_CAP = 60.0
 
+_T = TypeVar("_T")
+
 #: The reason the watcher gives a file's IN_CLOSE_WRITE.
 CLOSED_AFTER_WRITE = "closed after write"
 
@@ -62,6 +65,13 @@ CLOSED_AFTER_WRITE = "closed after write"
 # for files a writer keeps open for good (a log). One forgotten is scanned
 # again at its close, as before.
 MAX_SETTLED_OPEN = 4096
+# Lease promotions remembered for their late close (above), at most. Walks
+# of big directories promote files by the thousand, and with no new events
+# the watcher does not say that they have all been read (events_read), so
+# they would stay for _LATE_CLOSE_CAP. The oldest go first: a late close
+# comes within seconds, and one forgotten only costs a second scan of the
+# same version.
+MAX_CLOSED_EARLY = 16_384
 
 # Looks at settling files per settle_check while the taker has no room for
 # them (see its ``room``): slow, but never stopped by a queue that stays full.
@@ -515,8 +525,7 @@ class Dispatcher:
                     self._due(work)
                     self._settled_open.pop(work.path, None)
                     self._settled_open[work.path] = None
-                    if len(self._settled_open) > MAX_SETTLED_OPEN:
-                        del self._settled_open[next(iter(self._settled_open))]
+            _trim_oldest(self._settled_open, MAX_SETTLED_OPEN)
             for work in closed:
                 if self.stopping:  # stop() closed what waited: nothing is taken any more
                     _drop_held(work)
@@ -529,6 +538,7 @@ class Dispatcher:
                 else:  # made due by an event meanwhile, or gone
                     _drop_held(work)
             self._forget_closed_early(now)
+            _trim_oldest(self._closed_early, MAX_CLOSED_EARLY)
 
     def events_read(self, until: float) -> None:
         """The watcher has handed over every event queued before ``until`` (self.clock() time).
@@ -609,6 +619,18 @@ class Dispatcher:
                 _drop_held(work)
             self.cond.notify_all()
         self.ready.set()
+
+
+def _trim_oldest(entries: dict[str, _T], limit: int) -> None:
+    """Keep the newest ``limit`` of ``entries`` (kept in the order they came).
+
+    Trimmed a sixteenth beyond the limit at a time and in one pass: evicting
+    one at a time, next(iter(dict)) walks over every slot the evictions
+    before it left empty.
+    """
+    if len(entries) > limit + limit // 16:
+        for stale in list(itertools.islice(entries, len(entries) - limit)):
+            del entries[stale]
 
 
 def _drop_held(work: Work) -> None:

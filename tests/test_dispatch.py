@@ -876,6 +876,24 @@ def test_a_late_close_after_a_lease_promotion_counts_only_if_changed() -> None:
     assert not later.if_changed
 
 
+def test_lease_promotions_are_remembered_for_their_late_close_up_to_a_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A walk of a big directory promotes thousands at once: the oldest are forgotten."""
+    monkeypatch.setattr(dispatch, "MAX_CLOSED_EARLY", 2)
+    dispatcher = Dispatcher(100, 2.0, clock=lambda: 0.0)
+    st = os.stat_result((0o100644, 1, 1, 1, 0, 0, 5, 0, 0, 0), {"st_mtime_ns": 7})
+    names = [f"/w/f{n}" for n in range(3)]
+    for name in names:
+        dispatcher.settle(Work(name, "/w", 0.0, "created"))
+    dispatcher.settle_check(lambda path: st, lambda path, s: True)
+    dispatcher.done_many(paths(dispatcher.take(10)))
+    for name in names:
+        dispatcher.due(Work(name, "/w", 0.1, CLOSED_AFTER_WRITE))
+    closes = {w.path: w.if_changed for w in dispatcher.take(10)}
+    assert closes == {names[0]: False, names[1]: True, names[2]: True}
+
+
 def test_a_walked_file_gets_an_early_look_and_a_created_one_waits_for_the_full_check(
     clock: FakeClock, disk: FakeDisk
 ) -> None:
