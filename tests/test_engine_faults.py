@@ -272,6 +272,49 @@ def test_fault_on_every_connection_ends_in_scan_error(
 # What clamd refuses ---------------------------------------------------------------------
 
 
+def test_a_rotated_session_is_ended_and_drained_before_it_closes(
+    tmp_path: Path, eicar: bytes
+) -> None:
+    """Sessions end after max_requests_per_session (ids must not grow without bound):
+    each with END once its last request is sent, its replies all read, none lost."""
+    paths, infected = tree(tmp_path, 25, eicar)
+    with (
+        FakeClamd() as fake,
+        running(fake.unix_address, sessions=1, max_requests_per_session=10) as engine,
+    ):
+        outcomes = scan_files(engine, paths, timeout=DEADLINE)
+        stats = engine.stats
+        # the last session may still be open; the ones before it were rotated out
+        wait_for(
+            lambda: sum(c.outcome is Outcome.ENDED for c in fake.connections()) >= 2,
+            DEADLINE,
+            "two sessions ended",
+        )
+        connections = fake.connections()
+    assert_true_verdicts(outcomes, infected)
+    assert {o.attempts for o in outcomes.values()} == {1}
+    assert stats.requests_resent == 0 and stats.sessions_lost == 0
+    scans = [sum(c.name == "FILDES" for c in conn.commands) for conn in connections]
+    assert sum(scans) == 25
+    for conn in connections[:2]:
+        # ten requests, its handshake (VERSIONCOMMANDS, STATS) included
+        assert sum(c.serial is not None for c in conn.commands) == 10
+        assert conn.outcome is Outcome.ENDED
+        assert conn.commands[-1].name == "END"
+
+
+def test_closing_the_engine_ends_its_session_with_end(tmp_path: Path, eicar: bytes) -> None:
+    paths, infected = tree(tmp_path, 6, eicar)
+    with FakeClamd() as fake:
+        with running(fake.unix_address, sessions=1) as engine:
+            outcomes = scan_files(engine, paths, timeout=DEADLINE)
+        wait_for(lambda: fake.connections()[-1].outcome is not None, DEADLINE, "the close")
+        (connection,) = fake.connections()
+    assert_true_verdicts(outcomes, infected)
+    assert connection.outcome is Outcome.ENDED  # not CLIENT_CLOSED: END, then the drain
+    assert connection.commands[-1].name == "END"
+
+
 @pytest.mark.parametrize("command", ["STATS", "VERSIONCOMMANDS"])
 def test_handshake_command_unavailable_is_not_asked_again(
     tmp_path: Path, eicar: bytes, command: str

@@ -254,6 +254,34 @@ def test_session_idle_past_read_timeout_keeps_working(
     assert outcome.verdict == Infected(EICAR_SIGNATURE)
 
 
+@pytest.mark.parametrize("transport", [TransportChoice.FILDES, TransportChoice.INSTREAM])
+def test_one_clamd_thread_and_a_tiny_queue_slow_it_down_but_lose_nothing(
+    clamd_factory: ClamdFactory, tmp_path: Path, eicar: bytes, transport: TransportChoice
+) -> None:
+    """MaxThreads 1, MaxQueue 2: clamd stops reading while its queue is full.
+
+    The engine keeps 16 requests in flight (what it learns for one thread),
+    far more than clamd takes: clamd reads them as its queue frees, the
+    engine reads replies all the while, and no session is dropped for
+    replies left unread (clamd's SendBufTimeout is 500 ms).
+    """
+    server = clamd_factory(max_threads=1, max_queue=2)
+    infected = make_tree(tmp_path, 300, eicar, every=10)
+    paths = sorted(tmp_path.rglob("*.bin"))
+    with running(server.unix_address, sessions=1, transport=transport) as engine:
+        outcomes = scan_files(engine, paths)
+        stats = engine.stats
+        assert engine.capabilities is not None and engine.capabilities.max_threads == 1
+    wrong = {
+        path: outcome.verdict
+        for path, outcome in outcomes.items()
+        if outcome.verdict != (Infected(EICAR_SIGNATURE) if path in infected else Clean())
+    }
+    assert not wrong, wrong
+    assert stats.sessions_opened == 1 and stats.sessions_lost == 0
+    assert stats.requests_sent == len(paths) and stats.requests_resent == 0
+
+
 @pytest.mark.parametrize("inline", [False, True], ids=["thread", "inline"])
 def test_clamd_killed_mid_burst_and_restarted_loses_nothing(
     clamd_factory: ClamdFactory, tmp_path: Path, eicar: bytes, inline: bool

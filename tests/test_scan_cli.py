@@ -6,6 +6,7 @@ import base64
 import io
 import json
 import os
+import pty
 import re
 import subprocess
 import sys
@@ -199,8 +200,13 @@ def test_odd_names_print_unambiguously(clamd: PrivateClamd, tmp_path: Path, eica
         f"{tmp_path}/two\\\\nlines": "OK",
         f"{tmp_path}/caf\\xe9": f"{EICAR_SIGNATURE} FOUND",
     }
-    as_json = clamwatch("scan", "--json", "--address", clamd.unix_address, os.fsdecode(latin1))
-    (record,) = [json.loads(line) for line in as_json.stdout.splitlines()]
+    as_json = clamwatch("scan", "--json", "--address", clamd.unix_address, str(tmp_path))
+    records = [json.loads(line) for line in as_json.stdout.splitlines()]
+    by_path = {r["path"]: r for r in records if "path_b64" not in r}
+    # JSON escapes the newline itself: the two names stay two, each exact
+    assert by_path[str(newline)]["verdict"] == "infected"
+    assert by_path[str(backslash)]["verdict"] == "clean"
+    (record,) = [r for r in records if "path_b64" in r]  # only the name that is not UTF-8
     assert base64.b64decode(record["path_b64"]) == latin1
     assert record["verdict"] == "infected"
 
@@ -263,6 +269,35 @@ def test_progress_line_on_request(clamd: PrivateClamd, uploads: Path) -> None:
     plain = subprocess.run([*command, str(uploads)], capture_output=True, check=False)
     assert plain.returncode == 1
     assert plain.stderr == b""  # stderr is not a terminal here
+
+
+def test_progress_line_by_itself_on_a_terminal(clamd: PrivateClamd, uploads: Path) -> None:
+    """With stderr on a terminal (a pty here) the progress line shows without --progress."""
+    controller, terminal = pty.openpty()
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "clamwatch", "scan", "--address", clamd.unix_address,
+             str(uploads)],
+            stdout=subprocess.PIPE, stderr=terminal, check=False, timeout=60,
+        )  # fmt: skip
+        os.close(terminal)
+        terminal = -1
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(controller, 4096)
+            except OSError:  # EIO: the terminal's last writer has gone
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(controller)
+        if terminal >= 0:
+            os.close(terminal)
+    assert result.returncode == 1
+    assert re.search(rb"\r\x1b\[K[12] files, [01] infected, 0 not scanned", shown), shown
+    assert b"SCAN SUMMARY" in result.stdout  # the results still go to stdout
 
 
 def test_help_documents_exit_status() -> None:
