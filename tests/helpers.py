@@ -7,6 +7,7 @@ import os
 import queue
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 from clamwatch.clamd.engine import Engine
 from clamwatch.clamd.job import ScanJob, ScanOutcome
 from clamwatch.files import OpenedFile, open_for_scan
+from clamwatch.pipeline import Result
 from clamwatch.privateclamd import PrivateClamd
 
 CLAMDSCAN_BINARY = Path("/usr/bin/clamdscan")
@@ -165,3 +167,27 @@ def age_access_time(path: Path) -> int:
     atime = now - 2 * DAY_NS
     os.utime(path, ns=(atime, now - DAY_NS))
     return atime
+
+
+class Reports:
+    """A pipeline's report callback that keeps its results; tests wait on it with a deadline."""
+
+    def __init__(self, deadline: float = 10.0) -> None:
+        self.deadline = deadline  # seconds; only reached when a wake-up or a retry is lost
+        self._cond = threading.Condition()
+        self.results: list[Result] = []
+
+    def __call__(self, result: Result) -> None:
+        with self._cond:
+            self.results.append(result)
+            self._cond.notify_all()
+
+    def wait_for(self, count: int) -> list[str]:
+        """The paths of the first ``count`` results, once there are that many."""
+        deadline = time.monotonic() + self.deadline
+        with self._cond:
+            while len(self.results) < count:
+                left = deadline - time.monotonic()
+                assert left > 0, f"{len(self.results)} of {count} verdicts after {self.deadline} s"
+                self._cond.wait(left)
+            return [r.work.path for r in self.results]

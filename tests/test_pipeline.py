@@ -22,10 +22,11 @@ from clamwatch.clamd.job import ScanJob, ScanOutcome, Transport
 from clamwatch.config import WatchConfig
 from clamwatch.dispatch import Dispatcher, Work
 from clamwatch.files import OpenedFile, open_for_scan
-from clamwatch.pipeline import Pipeline, Result
+from clamwatch.pipeline import Pipeline
 from clamwatch.policy import Policy, Rule
 from clamwatch.verdict import Clean, NotScanned, NotScannedReason, Verdict
 from clamwatch.watch.filters import WatchFilter
+from helpers import Reports
 
 DEADLINE_SECONDS = 10.0  # only reached when a wake-up is lost
 
@@ -81,26 +82,6 @@ class FakeEngine:
         return left
 
 
-class Reports:
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self.results: list[Result] = []
-
-    def __call__(self, result: Result) -> None:
-        with self._cond:
-            self.results.append(result)
-            self._cond.notify_all()
-
-    def wait_for(self, count: int) -> list[str]:
-        deadline = time.monotonic() + DEADLINE_SECONDS
-        with self._cond:
-            while len(self.results) < count:
-                left = deadline - time.monotonic()
-                assert left > 0, f"{len(self.results)} of {count} verdicts: a wake-up was lost"
-                self._cond.wait(left)
-            return [r.work.path for r in self.results]
-
-
 @pytest.fixture(autouse=True)
 def no_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pipeline_module, "_SETTLE_EVERY", 300.0)
@@ -140,6 +121,13 @@ def start(watched: Path) -> Iterator[Start]:
         pipeline.stop(time.monotonic() + 1.0)
 
 
+def wait_for_a_full_window(engine: FakeEngine, window: int) -> None:
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while engine.held < window:
+        assert time.monotonic() < deadline, "the pipeline did not fill its window"
+        time.sleep(0.005)
+
+
 def files(watched: Path, count: int) -> list[str]:
     paths = []
     for number in range(count):
@@ -169,10 +157,7 @@ def test_files_waiting_together_go_to_the_engine_together(start: Start, watched:
     """One submit_many per round: the engine's loop is woken once for them, not per file."""
     paths = files(watched, 40)
     _, engine, reports = start(at_once=False, window=16, due_first=paths)
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    while engine.held < 16:
-        assert time.monotonic() < deadline, "the pipeline did not fill its window"
-        time.sleep(0.005)
+    wait_for_a_full_window(engine, 16)
     assert engine.batches == [16]  # the whole window in one call
     engine.complete(len(paths))
     assert sorted(reports.wait_for(len(paths))) == paths
@@ -280,10 +265,7 @@ def test_a_stop_finishes_the_scans_in_flight_and_leaves_the_rest_waiting(
     """
     paths = files(watched, 100)
     pipeline, engine, reports = start(at_once=False, window=16, due_first=paths)
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    while engine.held < 16:
-        assert time.monotonic() < deadline, "the pipeline did not fill its window"
-        time.sleep(0.005)
+    wait_for_a_full_window(engine, 16)
     stopped: list[list[Work]] = []
     stopping = threading.Thread(
         target=lambda: stopped.append(pipeline.stop(time.monotonic() + DEADLINE_SECONDS))

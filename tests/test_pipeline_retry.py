@@ -11,7 +11,6 @@ it does, which the real one cannot be made to do on demand.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,11 +25,12 @@ from clamwatch.clamd.engine import Engine
 from clamwatch.clamd.settings import EngineSettings
 from clamwatch.config import WatchConfig
 from clamwatch.dispatch import Dispatcher, Work
-from clamwatch.pipeline import Pipeline, Result
+from clamwatch.pipeline import Pipeline
 from clamwatch.testsig import EICAR_SIGNATURE
 from clamwatch.verdict import Infected, ScanError
 from clamwatch.watch.filters import WatchFilter
 from fakeclamd import FakeClamd, Faults
+from helpers import Reports
 
 DEADLINE = 15.0  # only reached when a retry is lost
 FAST: dict[str, Any] = {
@@ -39,26 +39,6 @@ FAST: dict[str, Any] = {
     "connect_timeout": 3.0,
     "sessions": 1,
 }
-
-
-class Reports:
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self.results: list[Result] = []
-
-    def __call__(self, result: Result) -> None:
-        with self._cond:
-            self.results.append(result)
-            self._cond.notify_all()
-
-    def wait_for(self, count: int) -> list[Result]:
-        deadline = time.monotonic() + DEADLINE
-        with self._cond:
-            while len(self.results) < count:
-                left = deadline - time.monotonic()
-                assert left > 0, f"{len(self.results)} of {count} verdicts after {DEADLINE} s"
-                self._cond.wait(left)
-            return list(self.results)
 
 
 @pytest.fixture(autouse=True)
@@ -71,7 +51,7 @@ def scanning(address: str, watched: Path, **settings: Any) -> Iterator[tuple[Pip
     engine = Engine(parse_address(address), EngineSettings(**{**FAST, **settings}))
     engine.start()
     watch = WatchConfig(path=watched, name="uploads")
-    reports = Reports()
+    reports = Reports(DEADLINE)
     pipeline = Pipeline(
         Dispatcher(max_pending=100, settle_time=2.0), engine, {str(watched): WatchFilter(watch)},
         reports,
@@ -101,7 +81,8 @@ def test_a_file_that_loses_every_connection_is_tried_again_then_reported_as_an_e
         scanning(fake.unix_address, watched, max_attempts=2) as (pipeline, reports),
     ):
         pipeline.dispatcher.due(Work(str(path), str(watched), time.monotonic(), "closed"))
-        (result,) = reports.wait_for(1)
+        reports.wait_for(1)
+        (result,) = reports.results
         sent = fildes_sent(fake)
     assert isinstance(result.verdict, ScanError), result.verdict
     assert result.verdict.message.startswith("clamd connection lost 2 times while scanning")
@@ -125,7 +106,8 @@ def test_a_file_whose_scan_lost_its_connection_gets_its_true_verdict_on_the_retr
         scanning(fake.unix_address, watched, max_attempts=1) as (pipeline, reports),
     ):
         pipeline.dispatcher.due(Work(str(path), str(watched), time.monotonic(), "closed"))
-        (result,) = reports.wait_for(1)
+        reports.wait_for(1)
+        (result,) = reports.results
         sent = fildes_sent(fake)
     assert result.verdict == Infected(EICAR_SIGNATURE)
     assert result.work.tries == 1

@@ -20,6 +20,24 @@ from clamwatch.watch.walker import Walker
 DEADLINE_SECONDS = 10.0
 
 
+def walk_once(root: Path, request: Rescan) -> Dispatcher:
+    """Walk ``request`` on a walker of its own; the dispatcher with what it was handed."""
+    dispatcher = Dispatcher(max_pending=100, settle_time=2.0)
+    filters = {str(root): WatchFilter(WatchConfig(path=root, name="uploads"))}
+    walked: list[Rescan] = []
+    walker = Walker(dispatcher, filters, walked.append)
+    walker.start()
+    try:
+        dispatcher.rescan(request)
+        deadline = time.monotonic() + DEADLINE_SECONDS
+        while not walked:
+            assert time.monotonic() < deadline, "the walk did not end"
+            time.sleep(0.01)
+    finally:
+        walker.stop()
+    return dispatcher
+
+
 @pytest.fixture
 def tree(tmp_path: Path) -> Path:
     root = tmp_path / "uploads"
@@ -53,20 +71,8 @@ def failing(monkeypatch: pytest.MonkeyPatch, tree: Path) -> Iterator[dict[str, i
 def test_a_directory_that_cannot_be_listed_is_said_and_walked_again_when_it_passes(
     tree: Path, failing: dict[str, int], caplog: pytest.LogCaptureFixture
 ) -> None:
-    dispatcher = Dispatcher(max_pending=100, settle_time=2.0)
-    filters = {str(tree): WatchFilter(WatchConfig(path=tree, name="uploads"))}
-    walked: list[Rescan] = []
-    walker = Walker(dispatcher, filters, walked.append)
     with caplog.at_level(logging.WARNING, logger="clamwatch.watch.walker"):
-        walker.start()
-        try:
-            dispatcher.rescan(Rescan(str(tree), str(tree), "startup scan", Mode.DUE))
-            deadline = time.monotonic() + DEADLINE_SECONDS
-            while not walked:
-                assert time.monotonic() < deadline, "the walk did not end"
-                time.sleep(0.01)
-        finally:
-            walker.stop()
+        dispatcher = walk_once(tree, Rescan(str(tree), str(tree), "startup scan", Mode.DUE))
     found = {work.path for work in dispatcher.take(100)}
     # busy/ failed once (too many open files) and was listed a second later
     assert found == {str(tree / "top"), str(tree / "busy" / "inner")}
@@ -137,21 +143,8 @@ def test_a_walk_of_what_changed_takes_everything_below_a_directory_whose_ctime_i
         time.sleep(0.005)
     os.rename(outside, root / "moved")
 
-    dispatcher = Dispatcher(max_pending=100, settle_time=2.0)
-    filters = {str(root): WatchFilter(WatchConfig(path=root, name="uploads"))}
-    walked: list[Rescan] = []
-    walker = Walker(dispatcher, filters, walked.append)
-    walker.start()
-    try:
-        dispatcher.rescan(
-            Rescan(str(root), str(root), "changed while not running", newer_than=newer_than)
-        )
-        deadline = time.monotonic() + DEADLINE_SECONDS
-        while not walked:
-            assert time.monotonic() < deadline, "the walk did not end"
-            time.sleep(0.01)
-    finally:
-        walker.stop()
+    request = Rescan(str(root), str(root), "changed while not running", newer_than=newer_than)
+    dispatcher = walk_once(root, request)
     handed = {work.path: work.newer_than for work in dispatcher.take(100)}
     assert handed == {
         str(root / "stayed" / "f"): newer_than,
