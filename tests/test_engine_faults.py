@@ -12,8 +12,10 @@ are requests 1 and 2 and its scans start at 3.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import queue
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -577,3 +579,36 @@ def test_close_leaves_a_stalled_clamd_behind_in_time(tmp_path: Path, eicar: byte
     assert len(unfinished) + len(done) == 6
     assert unfinished, "the stalled requests come back unfinished"
     assert all(isinstance(o.verdict, Clean | Infected) for o in done)  # answered before
+
+
+@pytest.mark.thread_only  # the engine's own loop reconnects while the test watches
+def test_reconnects_back_off_doubling_with_jitter(tmp_path: Path) -> None:
+    """A clamd that closes every connection at once: each pause before the next
+    connect doubles up to backoff_max, and is spread by 0.8-1.2x (so that clients
+    cut off together do not all come back at the same moment)."""
+    path = tmp_path / "sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(16)
+    listener.settimeout(DEADLINE)
+    (tmp_path / "f").write_bytes(b"clean")
+    opened = open_for_scan(str(tmp_path / "f"))
+    assert isinstance(opened, OpenedFile)
+    accepted: list[float] = []
+    try:
+        with running(f"unix://{path}", sessions=1, backoff_initial=0.05, backoff_max=0.4) as engine:
+            engine.submit(ScanJob(opened, lambda job, outcome: None))
+            while len(accepted) < 8:
+                connection, _ = listener.accept()
+                accepted.append(time.monotonic())
+                connection.close()  # before any reply: the handshake fails
+    finally:
+        listener.close()
+        opened.close()
+    gaps = [b - a for a, b in itertools.pairwise(accepted)]
+    for number, gap in enumerate(gaps):
+        backoff = min(0.05 * 2**number, 0.4)
+        # 0.8-1.2x the backoff; the engine's loop and this thread add a little
+        assert 0.8 * backoff - 0.005 <= gap <= 1.2 * backoff + 0.1, (number, gaps)
+    at_max = gaps[3:]
+    assert max(at_max) - min(at_max) > 0.002, f"no jitter: {gaps}"
