@@ -561,6 +561,7 @@ def _exit_now(status: int) -> NoReturn:
 def run_daemon(config_path: Path, log_format: str | None, log_target: str) -> int:
     from clamwatch.config import ConfigError, load_config
     from clamwatch.daemon import Daemon, setup_logging
+    from clamwatch.quarantine import QuarantineError
     from clamwatch.state import StateError
 
     try:
@@ -577,6 +578,9 @@ def run_daemon(config_path: Path, log_format: str | None, log_target: str) -> in
     except (AddressError, ValueError) as exc:
         sys.stderr.write(f"clamwatch: {exc}\n")
         return 2
+    except QuarantineError as exc:  # the folder cannot be made or used: not the config's fault
+        sys.stderr.write(f"clamwatch: {exc}\n")
+        return 1
     try:
         return daemon.run()
     except StateError as exc:

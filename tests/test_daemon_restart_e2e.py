@@ -351,3 +351,18 @@ def test_a_second_daemon_on_the_same_state_directory_is_refused(
     late.write_bytes(eicar)
     first.wait_verdicts([late], timeout=30)
     assert first.verdicts()[str(late)][0]["event"] == "detection"
+
+
+def test_a_quarantine_that_cannot_be_made_stops_the_start_with_a_clear_error(
+    start_daemon: StartDaemon, tmp_path: Path
+) -> None:
+    """A file stands where the quarantine should be: exit 1 naming it, no traceback."""
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "quarantine").write_text("in the way")
+    daemon = start_daemon(wait_ready=False)
+    assert daemon.process.wait(30) == 1
+    daemon.stop()  # collects the rest of its output
+    expected = f"clamwatch: quarantine directory {state / 'quarantine'} is not a directory"
+    assert expected in daemon.other_lines, daemon.other_lines
+    assert not any("Traceback" in line for line in daemon.other_lines), daemon.other_lines
