@@ -259,11 +259,23 @@ class Daemon:
             f"clamwatch starting: {len(self.filters)} watch(es), clamd at {self.engine.address}",
             config=str(self.config.source),
         )
-        lock = lock_state(settings.state_directory)
+        try:
+            lock: int | None = lock_state(settings.state_directory)
+        except OSError as exc:
+            # Scanning matters more than the lock: run on, as with a state
+            # that cannot be saved (each checkpoint then says so too).
+            log.error(
+                "cannot lock the state directory %s: %s; running without the lock, so a"
+                " second clamwatch on it would not be refused",
+                settings.state_directory,
+                exc.strerror or exc,
+            )
+            lock = None
         try:
             return self._run(settings)
         finally:
-            os.close(lock)
+            if lock is not None:
+                os.close(lock)
 
     def _run(self, settings: DaemonSettings) -> int:
         self.state = load_state(settings.state_directory)

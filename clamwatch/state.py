@@ -123,14 +123,13 @@ def lock_state(directory: Path) -> int:
     with a StateError naming the first one's pid. The lock is flock(2) on
     LOCK_FILE, so it ends with the process however it ends. Once the
     directory is ours, temporary files of saves that a crash cut short are
-    removed: no one else writes there.
+    removed: no one else writes there. A directory or lock file that cannot
+    be made or opened (a read-only or full file system) raises OSError.
     """
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path = directory / LOCK_FILE
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-    except OSError as exc:
-        raise StateError(f"{path}: cannot open the lock: {exc.strerror or exc}") from exc
+    fd = os.open(
+        directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600
+    )
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -140,9 +139,13 @@ def lock_state(directory: Path) -> int:
             f"{directory} is in use by another clamwatch (pid {holder}): stop it, or give"
             " this one a state_directory of its own"
         ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    except OSError:
+        os.close(fd)
+        raise
+    with contextlib.suppress(OSError):  # only for the message of a second daemon
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
     for leftover in directory.glob(f"{_TEMPORARY_PREFIX}*"):
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             leftover.unlink()
     return fd

@@ -353,6 +353,29 @@ def test_a_second_daemon_on_the_same_state_directory_is_refused(
     assert first.verdicts()[str(late)][0]["event"] == "detection"
 
 
+def test_a_state_directory_that_cannot_be_locked_does_not_stop_the_scanning(
+    start_daemon: StartDaemon, watched: Path, tmp_path: Path, eicar: bytes
+) -> None:
+    """A read-only state directory (a bind mount here): no lock file can be made.
+    The daemon says so and scans on, as it does when the state cannot be saved."""
+    state = tmp_path / "state"
+    (state / "quarantine").mkdir(mode=0o700, parents=True)  # where start_daemon puts it
+    subprocess.run(["mount", "--bind", str(state), str(state)], check=True, timeout=30)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(state)], check=True, timeout=30)
+        daemon = start_daemon()
+        bad = watched / "bad.com"
+        bad.write_bytes(eicar)
+        daemon.wait_verdicts([bad], timeout=30)
+        assert daemon.verdicts()[str(bad)][0]["event"] == "detection"
+        assert daemon.stop() == 1  # what was still to do could not be saved either
+    finally:
+        subprocess.run(["umount", str(state)], check=True, timeout=30)
+    errors = [e["message"] for e in daemon.events if e["level"] == "error"]
+    expected = f"cannot lock the state directory {state}: Read-only file system; running"
+    assert any(m.startswith(expected) for m in errors), errors
+
+
 def test_a_quarantine_that_cannot_be_made_stops_the_start_with_a_clear_error(
     start_daemon: StartDaemon, tmp_path: Path
 ) -> None:
