@@ -243,18 +243,24 @@ class Dispatcher:
                 old.newer_than = None
             return
         if self._full():
-            _drop_held(work)
-            self.degraded += 1
-            # The walk finds the directory's other files too, some of them
-            # maybe still being written: they settle, as in any walk (a lease
-            # tells the finished ones at once), so none is scanned half-written
-            # and then again at its close.
-            self._rescan(
-                Rescan(os.path.dirname(path) or "/", work.watch, "queue full", Mode.SETTLE)
-            )
+            self._turn_away(work)
             return
         self._pending[path] = work
         self._wake_taker()
+
+    def _turn_away(self, work: Work) -> None:
+        """No room for ``work``: remember its directory, to be walked when there is.
+
+        The walk finds the directory's other files too, some of them maybe
+        still being written: they settle, as in any walk (a lease tells the
+        finished ones at once), so none is scanned half-written and then again
+        at its close.
+        """
+        _drop_held(work)
+        self.degraded += 1
+        self._rescan(
+            Rescan(os.path.dirname(work.path) or "/", work.watch, "queue full", Mode.SETTLE)
+        )
 
     def _mark_dirty(self, path: str, if_changed: bool) -> None:
         self._dirty[path] = self._dirty.get(path, True) and if_changed
@@ -279,10 +285,7 @@ class Dispatcher:
             self._mark_dirty(path, True)
         elif path not in self._pending and path not in self._settling:
             if self._full():
-                self.degraded += 1
-                self._rescan(
-                    Rescan(os.path.dirname(path) or "/", work.watch, "queue full", Mode.SETTLE)
-                )
+                self._turn_away(work)
             else:
                 self._settling[path] = _Settling(work, stable_since=self.clock())
                 if fresh:
