@@ -16,6 +16,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from clamwatch.quarantine_record import fsync_directory
+
 STATE_FILE = "state.json"
 LOCK_FILE = "lock"  # held (flock) by the daemon that uses the directory; holds its pid
 _TEMPORARY_PREFIX = ".state-"
@@ -108,11 +110,7 @@ def save_state(directory: Path, state: State) -> None:
     # the rename itself is durable only once the folder is: else a power cut
     # soon after a stop could bring back the previous file, without the
     # files that were pending at that stop
-    folder = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+    fsync_directory(directory)
 
 
 def lock_state(directory: Path) -> int:
