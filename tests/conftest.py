@@ -89,6 +89,7 @@ def start_daemon(tmp_path: Path, clamd: PrivateClamd, watched: Path) -> Iterator
         address: str | None = None,
         watches: list[Path] | None = None,
         wait_ready: bool = True,
+        prefix: tuple[str, ...] = (),
         **daemon: Any,
     ) -> DaemonProcess:
         daemon.setdefault("settle_time", "500ms")
@@ -100,7 +101,7 @@ def start_daemon(tmp_path: Path, clamd: PrivateClamd, watched: Path) -> Iterator
             state_directory=tmp_path / "state",
             daemon=daemon,
         )
-        proc = DaemonProcess(config)
+        proc = DaemonProcess(config, prefix=prefix)  # prefix: a command to run it under
         started.append(proc)
         if wait_ready:
             proc.wait_event("ready", timeout=30)

@@ -451,46 +451,39 @@ def test_a_state_that_cannot_be_saved_is_an_error_not_a_crash(
     assert "could NOT be saved" in stopped["message"]
 
 
-def daemon_with_open_files_limit(
-    clamd: PrivateClamd, watched: Path, tmp_path: Path, soft: int, hard: int
-) -> DaemonProcess:
-    config = write_config(
-        tmp_path / "clamwatch.toml",
-        address=clamd.unix_address,
-        watches=[watched],
-        state_directory=tmp_path / "state",
-    )
-    return DaemonProcess(config, prefix=("prlimit", f"--nofile={soft}:{hard}", "--"))
+def open_files_limit(soft: int, hard: int) -> tuple[str, ...]:
+    """A start_daemon prefix: the daemon under these limits on open descriptors."""
+    return ("prlimit", f"--nofile={soft}:{hard}", "--")
 
 
 def test_the_daemon_raises_its_open_files_limit_to_the_hard_one(
-    clamd: PrivateClamd, watched: Path, tmp_path: Path
+    start_daemon: StartDaemon,
 ) -> None:
     """Each file waiting for its verdict holds a descriptor: started with systemd's
     usual soft limit far below the hard one, the daemon takes the hard one."""
-    with daemon_with_open_files_limit(clamd, watched, tmp_path, 256, 4096) as daemon:
-        daemon.wait_event("ready", timeout=30)
-        limits = Path(f"/proc/{daemon.process.pid}/limits").read_text()
+    daemon = start_daemon(prefix=open_files_limit(256, 4096), wait_ready=False)
+    daemon.wait_event("ready", timeout=30)
+    limits = Path(f"/proc/{daemon.process.pid}/limits").read_text()
     (line,) = [line for line in limits.splitlines() if line.startswith("Max open files")]
     assert line.split()[3:5] == ["4096", "4096"], line
 
 
 def test_a_low_open_files_limit_shrinks_the_window_not_the_verdicts(
-    clamd: PrivateClamd, watched: Path, tmp_path: Path
+    start_daemon: StartDaemon, watched: Path
 ) -> None:
     """Hard limit 256: the window of files opened ahead (1,024) shrinks to 64.
 
     Without that, a burst would open files until open(2) failed with EMFILE,
     and those files would get "Too many open files" errors instead of verdicts.
     """
-    with daemon_with_open_files_limit(clamd, watched, tmp_path, 256, 256) as daemon:
-        daemon.wait_event("ready", timeout=30)
-        paths = []
-        for number in range(1500):
-            path = watched / f"f{number:04}.txt"
-            path.write_text(f"clean file {number}\n")
-            paths.append(path)
-        daemon.wait_verdicts(paths, timeout=120)
-        verdicts = daemon.verdicts()
+    daemon = start_daemon(prefix=open_files_limit(256, 256), wait_ready=False)
+    daemon.wait_event("ready", timeout=30)
+    paths = []
+    for number in range(1500):
+        path = watched / f"f{number:04}.txt"
+        path.write_text(f"clean file {number}\n")
+        paths.append(path)
+    daemon.wait_verdicts(paths, timeout=120)
+    verdicts = daemon.verdicts()
     wrong = [e for path in paths for e in verdicts[str(path)] if e["verdict"] != "clean"]
     assert not wrong, wrong[:3]

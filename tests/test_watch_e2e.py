@@ -336,21 +336,8 @@ def watched_inodes(daemon: DaemonProcess) -> set[int]:
     return inodes
 
 
-def namespaced_daemon(
-    tmp_path: Path, clamd: PrivateClamd, watched: Path, max_watches: int, **daemon: Any
-) -> DaemonProcess:
-    config = write_config(
-        tmp_path / "clamwatch.toml",
-        address=clamd.unix_address,
-        watches=[watched],
-        state_directory=tmp_path / "state",
-        daemon={"settle_time": f"{SETTLE_SECONDS}s", **daemon},
-    )
-    return DaemonProcess(config, prefix=in_user_namespace(max_watches))
-
-
 def test_out_of_inotify_watches_is_a_clear_error_and_watched_directories_still_work(
-    tmp_path: Path, watched: Path, clamd: PrivateClamd, eicar: bytes
+    start_daemon: StartDaemon, watched: Path, eicar: bytes
 ) -> None:
     """Room for 6 watches: the root and 5 of the 10 directories made get one.
 
@@ -360,45 +347,45 @@ def test_out_of_inotify_watches_is_a_clear_error_and_watched_directories_still_w
     then found by the walk of each directory as it gets its watch.
     """
     limit = 6
-    with namespaced_daemon(tmp_path, clamd, watched, limit, startup_scan="none") as daemon:
-        daemon.wait_event("ready")
-        directories = [watched / f"d{n}" for n in range(10)]
-        for directory in directories:
-            directory.mkdir()
+    daemon = start_daemon(prefix=in_user_namespace(limit), wait_ready=False, startup_scan="none")
+    daemon.wait_event("ready")
+    directories = [watched / f"d{n}" for n in range(10)]
+    for directory in directories:
+        directory.mkdir()
 
-        def all_reported(events: list[dict[str, Any]]) -> bool:
-            return any(e["event"] == "watch-failed" and e.get("unwatched") == 5 for e in events)
+    def all_reported(events: list[dict[str, Any]]) -> bool:
+        return any(e["event"] == "watch-failed" and e.get("unwatched") == 5 for e in events)
 
-        daemon.wait_until(all_reported, 30, "watch-failed naming 5 unwatched directories")
-        failed = next(e for e in daemon.events if all_reported([e]))
-        reported_at = daemon.events.index(failed)
-        assert failed["level"] == "error"
-        assert failed["watch"] == str(watched)
-        assert "fs.inotify.max_user_watches" in failed["message"]
-        assert failed["message"].startswith(f"5 directories under {watched} cannot be watched")
-        # The supervisor tries the 5 again every second and reminds of them every
-        # minute, not at each try: 2.5 s holds two tries, each of which reported
-        # them again before watchdog_backend's retry_unwatched counted them as new.
-        assert_none_for(
-            daemon,
-            lambda evs: any(e["event"] == "watch-failed" for e in evs[reported_at + 1 :]),
-            2.5,
-            "a repeated watch-failed",
-        )
-        inodes = watched_inodes(daemon)
-        assert len(inodes) == limit
-        with_watch = [d for d in directories if d.stat().st_ino in inodes]
-        without = [d for d in directories if d not in with_watch]
-        assert watched.stat().st_ino in inodes and len(with_watch) == limit - 1
-        files = [d / "file.com" for d in directories]
-        for number, path in enumerate(files):
-            path.write_bytes(eicar if number % 2 == 0 else b"clean %d" % number)
-        early = [d / "file.com" for d in with_watch]
-        daemon.wait_verdicts(early, timeout=30)
-        assert not {str(d / "file.com") for d in without} & set(daemon.verdicts())
-        set_watch_limit(daemon, 1000)
-        daemon.wait_verdicts(files, timeout=30)
-        found = only_once(daemon, files)
+    daemon.wait_until(all_reported, 30, "watch-failed naming 5 unwatched directories")
+    failed = next(e for e in daemon.events if all_reported([e]))
+    reported_at = daemon.events.index(failed)
+    assert failed["level"] == "error"
+    assert failed["watch"] == str(watched)
+    assert "fs.inotify.max_user_watches" in failed["message"]
+    assert failed["message"].startswith(f"5 directories under {watched} cannot be watched")
+    # The supervisor tries the 5 again every second and reminds of them every
+    # minute, not at each try: 2.5 s holds two tries, each of which reported
+    # them again before watchdog_backend's retry_unwatched counted them as new.
+    assert_none_for(
+        daemon,
+        lambda evs: any(e["event"] == "watch-failed" for e in evs[reported_at + 1 :]),
+        2.5,
+        "a repeated watch-failed",
+    )
+    inodes = watched_inodes(daemon)
+    assert len(inodes) == limit
+    with_watch = [d for d in directories if d.stat().st_ino in inodes]
+    without = [d for d in directories if d not in with_watch]
+    assert watched.stat().st_ino in inodes and len(with_watch) == limit - 1
+    files = [d / "file.com" for d in directories]
+    for number, path in enumerate(files):
+        path.write_bytes(eicar if number % 2 == 0 else b"clean %d" % number)
+    early = [d / "file.com" for d in with_watch]
+    daemon.wait_verdicts(early, timeout=30)
+    assert not {str(d / "file.com") for d in without} & set(daemon.verdicts())
+    set_watch_limit(daemon, 1000)
+    daemon.wait_verdicts(files, timeout=30)
+    found = only_once(daemon, files)
     for number, path in enumerate(files):
         assert found[str(path)]["event"] == ("detection" if number % 2 == 0 else "clean"), path
         late = path.parent in without
@@ -407,32 +394,32 @@ def test_out_of_inotify_watches_is_a_clear_error_and_watched_directories_still_w
 
 
 def test_a_watch_root_that_cannot_be_watched_is_an_error_until_the_limit_is_raised(
-    tmp_path: Path, watched: Path, clamd: PrivateClamd, eicar: bytes
+    start_daemon: StartDaemon, watched: Path, eicar: bytes
 ) -> None:
     """No inotify watch at all: the root fails, with the limit named, and is tried
     again; once the limit is raised it is armed and walked, so a file written
     while it had no watch is scanned too."""
     before = watched / "written-before-the-watch.com"
-    with namespaced_daemon(tmp_path, clamd, watched, 0) as daemon:
-        failed = daemon.wait_event("watch-failed")
-        assert failed["level"] == "error"
-        assert failed["watch"] == str(watched)
-        assert failed["message"].startswith(f"cannot watch {watched}: ")
-        assert "fs.inotify.max_user_watches" in failed["message"]
-        ready = daemon.wait_event("ready")
-        assert "watching 0 of 1 tree(s)" in ready["message"]
-        assert not any(e["event"] == "watch-armed" for e in daemon.events)
-        before.write_bytes(eicar)
-        set_watch_limit(daemon, 1000)
-        # tried again every 10 s (watchdog_backend._RETRY_FAILED)
-        daemon.wait_event("watch-armed", timeout=40)
-        # the walk that follows the arming finds it; a file written before that
-        # walk is over could be found by it too, instead of by its close
-        daemon.wait_verdicts([before], timeout=30)
-        after = watched / "written-after.com"
-        after.write_bytes(eicar)
-        daemon.wait_verdicts([after], timeout=30)
-        found = only_once(daemon, [before, after])
+    daemon = start_daemon(prefix=in_user_namespace(0), wait_ready=False)
+    failed = daemon.wait_event("watch-failed")
+    assert failed["level"] == "error"
+    assert failed["watch"] == str(watched)
+    assert failed["message"].startswith(f"cannot watch {watched}: ")
+    assert "fs.inotify.max_user_watches" in failed["message"]
+    ready = daemon.wait_event("ready")
+    assert "watching 0 of 1 tree(s)" in ready["message"]
+    assert not any(e["event"] == "watch-armed" for e in daemon.events)
+    before.write_bytes(eicar)
+    set_watch_limit(daemon, 1000)
+    # tried again every 10 s (watchdog_backend._RETRY_FAILED)
+    daemon.wait_event("watch-armed", timeout=40)
+    # the walk that follows the arming finds it; a file written before that
+    # walk is over could be found by it too, instead of by its close
+    daemon.wait_verdicts([before], timeout=30)
+    after = watched / "written-after.com"
+    after.write_bytes(eicar)
+    daemon.wait_verdicts([after], timeout=30)
+    found = only_once(daemon, [before, after])
     assert found[str(before)]["event"] == found[str(after)]["event"] == "detection"
     assert found[str(before)]["reason"].startswith("startup scan")
     assert found[str(after)]["reason"] == "closed after write"
