@@ -39,11 +39,11 @@ from pathlib import Path
 from typing import NoReturn
 
 from clamwatch import safefs
+from clamwatch.durable import fsync_directory
 from clamwatch.files import FileIdentity, OpenedFile
 from clamwatch.names import display_path
 from clamwatch.quarantine_record import (
     QuarantineRecord,
-    fsync_directory,
     is_entry_id,
     new_entry_id,
     read_record,

@@ -11,17 +11,17 @@ of the directory), so a crash leaves either no record or a whole one.
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import os
 import re
 import secrets
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TypeVar
+
+from clamwatch.durable import replace_file
 
 RECORD_VERSION = 1
 HOW = ("moved", "copied")
@@ -136,25 +136,5 @@ def read_record(directory: Path, entry_id: str) -> QuarantineRecord:
 
 def write_record(directory: Path, record: QuarantineRecord) -> None:
     """Write (or replace) ``<id>.json`` atomically and durably."""
-    fd, temporary = tempfile.mkstemp(prefix=f".{record.id}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            # one write: json.dump would write each of its some 70 pieces
-            handle.write(json.dumps(record.to_json(), indent=2) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, record_path(directory, record.id))
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-    fsync_directory(directory)
-
-
-def fsync_directory(directory: Path | str) -> None:
-    """Make the names created or removed in ``directory`` durable (fsync(2) NOTES)."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    text = json.dumps(record.to_json(), indent=2) + "\n"
+    replace_file(record_path(directory, record.id), text, prefix=f".{record.id}.", suffix=".tmp")

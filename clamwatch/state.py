@@ -12,11 +12,10 @@ import contextlib
 import fcntl
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from clamwatch.quarantine_record import fsync_directory
+from clamwatch.durable import replace_file
 
 STATE_FILE = "state.json"
 LOCK_FILE = "lock"  # held (flock) by the daemon that uses the directory; holds its pid
@@ -97,20 +96,9 @@ def save_state(directory: Path, state: State) -> None:
         "pending": state.pending,
         "rescans": state.rescans,
     }
-    fd, temporary = tempfile.mkstemp(prefix=_TEMPORARY_PREFIX, dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, directory / STATE_FILE)
-    except BaseException:
-        os.unlink(temporary)
-        raise
-    # the rename itself is durable only once the folder is: else a power cut
-    # soon after a stop could bring back the previous file, without the
-    # files that were pending at that stop
-    fsync_directory(directory)
+    # a rename that is not durable could bring back, after a power cut soon
+    # after a stop, the previous file without what was pending at that stop
+    replace_file(directory / STATE_FILE, json.dumps(data), prefix=_TEMPORARY_PREFIX)
 
 
 def lock_state(directory: Path) -> int:
