@@ -96,8 +96,8 @@ def save_state(directory: Path, state: State) -> None:
         "pending": state.pending,
         "rescans": state.rescans,
     }
-    # a rename that is not durable could bring back, after a power cut soon
-    # after a stop, the previous file without what was pending at that stop
+    # durably too: a power cut soon after a stop could otherwise bring back
+    # the previous file, without what was pending at that stop
     replace_file(directory / STATE_FILE, json.dumps(data), prefix=_TEMPORARY_PREFIX)
 
 
