@@ -121,14 +121,22 @@ _UPLOADER_UID = 4242
 _T = TypeVar("_T")
 
 
-def _eventually(probe: Callable[[], _T | None], timeout: float, what: str) -> _T:
-    """Poll ``probe`` until it returns something other than None."""
+def _eventually(
+    probe: Callable[[], _T | None],
+    timeout: float,
+    what: str,
+    context: Callable[[], str] = lambda: "",
+) -> _T:
+    """Poll ``probe`` until it returns something other than None; a timeout's
+    message ends with ``context()``."""
     deadline = time.monotonic() + timeout
     while True:
         value = probe()
         if value is not None:
             return value
-        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        assert time.monotonic() < deadline, (
+            f"timed out after {timeout} s waiting for {what}\n{context()}"
+        )
         time.sleep(0.1)
 
 
@@ -151,7 +159,9 @@ class Container:
         self.log = log
         self.leader: int | None = None
         try:
-            self.leader = _eventually(self._find_leader, _BOOT_TIMEOUT, "the container's PID 1")
+            self.leader = _eventually(
+                self._find_leader, _BOOT_TIMEOUT, "the container's PID 1", self.log_tail
+            )
         except BaseException:
             self.shut_down()
             raise
@@ -293,7 +303,9 @@ class Machine:
             )
         self.container = Container(process, log)
         try:
-            state = _eventually(self._booted, _BOOT_TIMEOUT, "the container to boot")
+            state = _eventually(
+                self._booted, _BOOT_TIMEOUT, "the container to boot", self.container.log_tail
+            )
             # degraded: some unit of the host's /usr failed in a container; not ours
             assert state in ("running", "degraded"), (
                 f"the container did not boot: {state}\n{self.container.log_tail()}"
@@ -303,9 +315,15 @@ class Machine:
             raise
 
     def _booted(self) -> str | None:
-        """The state the boot ended in; None while PID 1 does not answer yet."""
+        """The state the boot ended in; None while PID 1 does not answer yet.
+
+        systemctl says "offline" without asking PID 1 while /run/systemd/system
+        is missing (sd_booted(3)), and PID 1 makes that folder only after its
+        exec: a probe sent the moment the leader appears can see it.
+        """
         state = self.container.run("systemctl", "is-system-running", "--wait", check=False)
-        return state.stdout.strip() or None
+        answer = state.stdout.strip()
+        return None if answer in ("", "offline") else answer
 
     def write_config(self, *, good: bool) -> None:
         # Everything else is the default: clamd from /etc/clamav/clamd.conf,
