@@ -9,7 +9,8 @@ server-side MULTISCAN; `clamwatch scan --stream` is at least as fast as
 One private clamd (clamwatch.privateclamd) serves every tool. After one
 untimed warm-up run of each tool, the tools take turns round by round, so
 drift (page cache, CPU frequency, a noisy neighbour) hits all of them alike;
-the starting tool rotates each round so none always runs first. Every run is
+the starting tool rotates each round so none always runs first, and every
+other round runs in reverse, so none always follows the same one. Every run is
 checked: exit status 1, exactly the infected files reported FOUND, no error
 line; a wrong answer stops the benchmark with exit status 2, because a fast
 wrong scanner proves nothing.
@@ -557,9 +558,12 @@ def benchmark(args: argparse.Namespace, workdir: Path, filesystem: str) -> Repor
             check_output(tool, output, infected, args.files)
             _say(f"warm-up {tool.key}: {run.wall:.3f} s")
         for round_number in range(args.rounds):
-            # Rotate the order so that no tool always follows the same one.
+            # Rotate the order so that no tool always runs first, and reverse
+            # it every other round: a rotation alone keeps the cycle, so each
+            # tool would nearly always follow the same one.
             shift = round_number % len(tools)
-            for tool in tools[shift:] + tools[:shift]:
+            order = tools[shift:] + tools[:shift]
+            for tool in order if round_number % 2 == 0 else order[::-1]:
                 run = run_tool(tool, clamd_pid, output, errors, env)
                 check_output(tool, output, infected, args.files)
                 m = results[tool.key]
