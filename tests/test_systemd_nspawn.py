@@ -403,11 +403,14 @@ def _wait_messages(
     in journald's own time: the command that printed it may have returned.
     """
 
+    def messages() -> list[str]:
+        return [str(e.get("MESSAGE", "")) for e in box.journal("-u", _UNIT, after=after)]
+
     def probe() -> list[str] | None:
-        said = [str(e.get("MESSAGE", "")) for e in box.journal("-u", _UNIT, after=after)]
+        said = messages()
         return said if all(any(test(m) for m in said) for test in wanted) else None
 
-    return _eventually(probe, _EVENT_TIMEOUT, what)
+    return _eventually(probe, _EVENT_TIMEOUT, what, lambda: "\n".join(messages()))
 
 
 def _wait_active(box: Container) -> None:
