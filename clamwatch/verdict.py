@@ -23,7 +23,7 @@ class NotScannedReason(enum.Enum):
     TOO_LARGE = "too-large"  # over clamd's StreamMaxLength (INSTREAM) or our own limit
     NOT_REGULAR = "not-regular"  # fifo, socket, device or directory
     SYMLINK = "symlink"  # never followed: the target may be outside the tree
-    VANISHED = "vanished"  # removed before it could be opened
+    VANISHED = "vanished"  # not there to be opened: removed meanwhile, or never there
     UNSUPPORTED = "unsupported"  # clamd cannot do what was asked (command unavailable)
     EXCLUDED = "excluded"  # clamd's own ExcludePath matched
 

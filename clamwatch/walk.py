@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from collections.abc import Generator, Iterable, Iterator
 
 from clamwatch.files import os_error_verdict
-from clamwatch.verdict import Verdict
+from clamwatch.verdict import NotScanned, NotScannedReason, Verdict
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -52,10 +53,13 @@ def walk(paths: Iterable[str]) -> Generator[WalkItem, None, None]:
     """
     for top in paths:
         try:
-            is_dir = os.path.isdir(top) and not os.path.islink(top)
-        except OSError as exc:  # pragma: no cover - isdir swallows most errors
-            yield top, os_error_verdict(exc, "stat")
-            continue
+            is_dir = stat.S_ISDIR(os.lstat(top).st_mode)  # a link to one is a link
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                # named, never seen: "vanished" would suggest a race
+                yield top, NotScanned(NotScannedReason.VANISHED, "no such file or directory")
+                continue
+            is_dir = False  # the open says what is wrong, as for any file
         if not is_dir:
             yield top
             continue

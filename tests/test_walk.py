@@ -37,6 +37,26 @@ def test_files_in_name_order_then_subdirectories(tmp_path: Path) -> None:
     assert paths == [f"{tmp_path}/{name}" for name in ("c", "link", "z", "a/x/3", "b/1", "b/2")]
 
 
+def test_named_paths_missing_linked_and_unreadable(tmp_path: Path) -> None:
+    """A named path that is not there was never seen: no "vanished" race in its
+    message. A named link to a directory comes as a path, for the opener to
+    report, and is not walked; so does a path whose lstat fails otherwise."""
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "inside").write_bytes(b"clean")
+    (tmp_path / "file").write_bytes(b"clean")
+    (tmp_path / "link").symlink_to(tmp_path / "dir", target_is_directory=True)
+    (tmp_path / "loop").symlink_to("loop")
+    missing = NotScanned(NotScannedReason.VANISHED, "no such file or directory")
+    named = [f"{tmp_path}/{name}" for name in ("nowhere", "file/below", "link", "loop/x")]
+    assert list(walk(named)) == [
+        (named[0], missing),
+        (named[1], missing),  # ENOTDIR: a file where a folder was meant
+        named[2],
+        named[3],  # ELOOP: the open says so
+    ]
+    assert open_for_scan(named[3]) == LINK_NOT_FOLLOWED
+
+
 def test_a_directory_swapped_for_a_link_after_its_listing_is_not_walked(tmp_path: Path) -> None:
     tree, outside = tmp_path / "tree", tmp_path / "outside"
     (tree / "a").mkdir(parents=True)
