@@ -145,7 +145,8 @@ def test_replies_over_tcp_are_not_held_back_for_our_ack(
             first, second = answered.get(timeout=30), answered.get(timeout=30)
             spans.append(second - first)
         quick_acks = engine.stats.quick_acks
-    assert min(spans) < 0.020, f"second reply {min(spans) * 1000:.1f} ms after the first at best"
+    # below the 40 ms floor of a delayed ACK, with room for a busy machine
+    assert min(spans) < 0.035, f"second reply {min(spans) * 1000:.1f} ms after the first at best"
     assert quick_acks > 0
 
 
