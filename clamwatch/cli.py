@@ -45,6 +45,11 @@ Names holding control characters, backslashes or bytes that are not UTF-8 are
 printed with C-style escapes (\\n, \\\\, \\xff), so every line reads back
 unambiguously.
 
+The PATH - is standard input, as for clamdscan: it is read to its end into
+an unnamed temporary file in $TMPDIR (else /tmp), so that it can be sent again
+if the connection to clamd is lost, and its line says "stdin". A file named -
+is ./-.
+
 clamd is found from --address, else from LocalSocket or TCPSocket/TCPAddr in
 --clamd-conf. A file is never reported OK unless clamd scanned all of it: a
 file over clamd's StreamMaxLength is "not scanned", never truncated; a lost
@@ -61,7 +66,8 @@ exit status:
 examples:
   clamwatch scan /srv/uploads
   clamwatch scan --infected --json /srv/uploads > found.jsonl
-  clamwatch scan --stream --address tcp://clamd.example:3310 /srv/uploads"""
+  clamwatch scan --stream --address tcp://clamd.example:3310 /srv/uploads
+  curl -s https://example.com/file | clamwatch scan -"""
 
 
 _RUN_DESCRIPTION = """\
@@ -183,7 +189,12 @@ def _add_scan(commands: argparse._SubParsersAction[_Parser], *, with_options: bo
     )
     if not with_options:
         return
-    scan.add_argument("paths", nargs="+", metavar="PATH", help="files or directories to scan")
+    scan.add_argument(
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="files or directories to scan; - for standard input",
+    )
     how = scan.add_mutually_exclusive_group()
     how.add_argument(
         "--fdpass",

@@ -31,6 +31,7 @@ log = lazylog.Logger(__name__)
 _WINDOW = 256
 _FEED_EVERY = 32  # files opened between two turns of the engine's loop while walking
 _STEP_WAIT = 1.0  # longest wait for clamd in one turn (the engine keeps its own deadlines)
+STDIN_ARGUMENT = "-"  # standard input, as for clamdscan (stdin_copy.py)
 
 
 class ScanOptions:
@@ -80,6 +81,9 @@ class ScanOptions:
 
 def run_scan(options: ScanOptions, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     """Scan every file below ``options.paths``; return clamdscan's exit code."""
+    if options.paths.count(STDIN_ARGUMENT) > 1:
+        err.write("clamwatch scan: standard input (-) can be named only once\n")
+        return 2
     clamd = ClamdSettings(
         address=options.address,
         clamd_conf=options.clamd_conf,
@@ -161,7 +165,7 @@ def _scan_all(engine: Engine, paths: list[str], reporter: Reporter) -> None:
         job.file.close()
         reporter.report(job.file.path, outcome.verdict, outcome)
 
-    items = walk(paths)
+    items = _items(paths)
     try:
         _feed(engine, items, reporter, outstanding, done)
     except Exception as exc:
@@ -185,9 +189,22 @@ def _scan_all(engine: Engine, paths: list[str], reporter: Reporter) -> None:
         raise
 
 
+def _items(paths: list[str]) -> Iterator[WalkItem | OpenedFile]:
+    """What walk() finds below each path, with standard input read in place of -."""
+    for path in paths:
+        if path == STDIN_ARGUMENT:
+            # imported here: tempfile would cost every scan's start-up
+            from clamwatch.stdin_copy import STDIN_NAME, copy_stdin
+
+            copied = copy_stdin()
+            yield copied if isinstance(copied, OpenedFile) else (STDIN_NAME, copied)
+        else:
+            yield from walk([path])
+
+
 def _feed(
     engine: Engine,
-    items: Iterator[WalkItem],
+    items: Iterator[WalkItem | OpenedFile],
     reporter: Reporter,
     outstanding: set[ScanJob],
     done: Callable[[ScanJob, ScanOutcome], None],
@@ -201,6 +218,8 @@ def _feed(
             continue
         if isinstance(item, str):
             path, opened = item, open_for_scan(item)
+        elif isinstance(item, OpenedFile):  # standard input, copied
+            path, opened = item.path, item
         else:
             path = item.path
             opened = open_for_scan(

@@ -7,9 +7,10 @@ modules import their helpers as ``from helpers import ...``.
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,25 @@ def clamd_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClamdFac
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def tmpfs() -> Iterator[Callable[[Path, str], None]]:
+    """Mount a tmpfs of a given size (a disk that fills up on demand); unmounted after."""
+    mounted: list[Path] = []
+
+    def mount(where: Path, size: str) -> None:
+        if os.geteuid() != 0:
+            pytest.skip("mounting a tmpfs needs root")
+        where.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], check=True
+        )
+        mounted.append(where)
+
+    yield mount
+    for where in mounted:
+        subprocess.run(["umount", "-l", str(where)], check=False)
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -249,21 +248,3 @@ def test_not_scanned_is_tagged_and_left(start: Start, watched: Path) -> None:
     wait_action(daemon, big, "tag")
     assert os.getxattr(big, "user.clamwatch.verdict") == b"not-scanned"
     assert big.exists()
-
-
-@pytest.fixture
-def tmpfs() -> Iterator[Callable[[Path, str], None]]:
-    mounted: list[Path] = []
-
-    def mount(where: Path, size: str) -> None:
-        if os.geteuid() != 0:
-            pytest.skip("mounting a tmpfs needs root")
-        where.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], check=True
-        )
-        mounted.append(where)
-
-    yield mount
-    for where in mounted:
-        subprocess.run(["umount", "-l", str(where)], check=False)

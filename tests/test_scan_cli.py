@@ -10,6 +10,7 @@ import pty
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -256,6 +257,89 @@ def test_clamd_conf_discovery_and_its_stream_limit(
         " (1024 bytes) ERROR",
         f"{tmp_path}/small": f"{EICAR_SIGNATURE} FOUND",
     }
+
+
+def scan_stdin(
+    stdin: bytes | int, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    """`clamwatch scan ARGS` with ``stdin`` (bytes piped in, or a descriptor) as its input."""
+    command = [sys.executable, "-m", "clamwatch", "scan", *args]
+    if isinstance(stdin, bytes):
+        return subprocess.run(
+            command, input=stdin, capture_output=True, env=env, timeout=120, check=False
+        )
+    return subprocess.run(
+        command, stdin=stdin, capture_output=True, env=env, timeout=120, check=False
+    )
+
+
+@pytest.mark.parametrize("transport", ["--fdpass", "--stream"])
+def test_standard_input_is_scanned_as_stdin(
+    clamd: PrivateClamd, uploads: Path, eicar: bytes, transport: str
+) -> None:
+    address = clamd.unix_address if transport == "--fdpass" else clamd.tcp_address
+    # 3 MiB: more than one read from the pipe, EICAR at its start
+    body = eicar + b"x" * (3 << 20)
+    found = scan_stdin(body, transport, "--no-summary", "--address", address, str(uploads), "-")
+    assert found.returncode == 1, found.stderr
+    assert lines(found.stdout.decode()) == {
+        f"{uploads}/clean.txt": "OK",
+        f"{uploads}/sub/virus.com": f"{EICAR_SIGNATURE} FOUND",
+        "stdin": f"{EICAR_SIGNATURE} FOUND",
+    }
+    clean = scan_stdin(b"clean" * 1000, transport, "--json", "--address", address, "-")
+    assert clean.returncode == 0, clean.stderr
+    record = json.loads(clean.stdout)
+    assert (record["path"], record["verdict"]) == ("stdin", "clean")
+    assert record["transport"] == ("fildes" if transport == "--fdpass" else "instream")
+
+
+def test_standard_input_over_the_stream_limit_is_not_scanned(
+    clamd: PrivateClamd, eicar: bytes
+) -> None:
+    body = eicar + b"x" * 2048
+    args = ["--stream", "--max-stream-size", "1K", "--no-summary", "--address", clamd.tcp_address]
+    result = scan_stdin(body, *args, "-")
+    assert result.returncode == 2
+    assert lines(result.stdout.decode()) == {
+        "stdin": "Not scanned: 2116 bytes, larger than clamd's StreamMaxLength (1024 bytes) ERROR"
+    }
+
+
+def test_standard_input_that_cannot_be_read_or_copied_is_an_error(
+    clamd: PrivateClamd,
+    tmp_path: Path,
+    eicar: bytes,
+    tmpfs: Callable[[Path, str], None],
+) -> None:
+    args = ["--no-summary", "--address", clamd.unix_address, "-"]
+    # open for writing only (Python itself will not start on a directory)
+    write_only = os.open(tmp_path / "sink", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        unreadable = scan_stdin(write_only, *args)
+    finally:
+        os.close(write_only)
+    assert unreadable.returncode == 2
+    assert lines(unreadable.stdout.decode()) == {
+        "stdin": "reading standard input failed: Bad file descriptor ERROR"
+    }
+    # a full disk under the temporary copy: an error, never the part that fit
+    full = tmp_path / "full"
+    tmpfs(full, "64k")
+    body = eicar + b"x" * (1 << 20)
+    no_room = scan_stdin(body, *args, env={**os.environ, "TMPDIR": str(full)})
+    assert no_room.returncode == 2
+    assert lines(no_room.stdout.decode()) == {
+        "stdin": f"copying standard input to {full} failed: No space left on device ERROR"
+    }
+    assert os.listdir(full) == []  # an unnamed file: nothing left behind
+
+
+def test_standard_input_can_be_named_once(clamd: PrivateClamd) -> None:
+    result = scan_stdin(b"clean", "--address", clamd.unix_address, "-", "-")
+    assert result.returncode == 2
+    assert result.stderr == b"clamwatch scan: standard input (-) can be named only once\n"
+    assert result.stdout == b""
 
 
 def test_progress_line_on_request(clamd: PrivateClamd, uploads: Path) -> None:
