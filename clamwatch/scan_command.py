@@ -34,6 +34,13 @@ _STEP_WAIT = 1.0  # longest wait for clamd in one turn (the engine keeps its own
 STDIN_ARGUMENT = "-"  # standard input, as for clamdscan (stdin_copy.py)
 
 
+class _StandardInput:
+    """The PATH -, read (stdin_copy.py) only when the scan reaches it."""
+
+    __slots__ = ()
+    path = "stdin"  # its name in every line, as in clamdscan's
+
+
 class ScanOptions:
     """What `clamwatch scan` was asked to do (see cli.py for each option)."""
 
@@ -189,22 +196,18 @@ def _scan_all(engine: Engine, paths: list[str], reporter: Reporter) -> None:
         raise
 
 
-def _items(paths: list[str]) -> Iterator[WalkItem | OpenedFile]:
-    """What walk() finds below each path, with standard input read in place of -."""
+def _items(paths: list[str]) -> Iterator[WalkItem | _StandardInput]:
+    """What walk() finds below each path, with standard input in place of -."""
     for path in paths:
         if path == STDIN_ARGUMENT:
-            # imported here: tempfile would cost every scan's start-up
-            from clamwatch.stdin_copy import STDIN_NAME, copy_stdin
-
-            copied = copy_stdin()
-            yield copied if isinstance(copied, OpenedFile) else (STDIN_NAME, copied)
+            yield _StandardInput()
         else:
             yield from walk([path])
 
 
 def _feed(
     engine: Engine,
-    items: Iterator[WalkItem | OpenedFile],
+    items: Iterator[WalkItem | _StandardInput],
     reporter: Reporter,
     outstanding: set[ScanJob],
     done: Callable[[ScanJob, ScanOutcome], None],
@@ -218,8 +221,11 @@ def _feed(
             continue
         if isinstance(item, str):
             path, opened = item, open_for_scan(item)
-        elif isinstance(item, OpenedFile):  # standard input, copied
-            path, opened = item.path, item
+        elif isinstance(item, _StandardInput):
+            # imported here: tempfile would cost every scan's start-up
+            from clamwatch.stdin_copy import copy_stdin
+
+            path, opened = item.path, copy_stdin(item.path)
         else:
             path = item.path
             opened = open_for_scan(

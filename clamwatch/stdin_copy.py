@@ -17,12 +17,11 @@ import tempfile
 from clamwatch.files import FileIdentity, OpenedFile
 from clamwatch.verdict import ScanError, Verdict
 
-STDIN_NAME = "stdin"
 _CHUNK = 1 << 20
 
 
-def copy_stdin(source: int = 0) -> OpenedFile | Verdict:
-    """Standard input (``source``) read to its end, as an open file to scan.
+def copy_stdin(name: str, source: int = 0) -> OpenedFile | Verdict:
+    """Standard input (``source``) read to its end, as an open file called ``name``.
 
     Any failure, reading or writing, is a ScanError naming it: what was
     read in part is never scanned as if it were the whole.
@@ -35,8 +34,8 @@ def copy_stdin(source: int = 0) -> OpenedFile | Verdict:
     try:
         error = _copy(source, fd)
         if error is None:
-            return OpenedFile(STDIN_NAME, fd, FileIdentity(os.fstat(fd)))
-    except OSError as exc:
+            return OpenedFile(name, fd, FileIdentity(os.fstat(fd)))
+    except OSError as exc:  # fstat
         error = ScanError(f"the temporary copy of standard input failed: {_reason(exc)}")
     os.close(fd)
     return error
@@ -45,10 +44,7 @@ def copy_stdin(source: int = 0) -> OpenedFile | Verdict:
 def _copy(source: int, target: int) -> ScanError | None:
     while True:
         try:
-            chunk = os.read(source, _CHUNK)
-        except BlockingIOError:  # a nonblocking descriptor handed down to us
-            select.select([source], [], [])
-            continue
+            chunk = _read(source)
         except OSError as exc:
             return ScanError(f"reading standard input failed: {_reason(exc)}")
         if not chunk:
@@ -61,6 +57,14 @@ def _copy(source: int, target: int) -> ScanError | None:
                 where = tempfile.gettempdir()
                 return ScanError(f"copying standard input to {where} failed: {_reason(exc)}")
             view = view[written:]
+
+
+def _read(source: int) -> bytes:
+    while True:
+        try:
+            return os.read(source, _CHUNK)
+        except BlockingIOError:  # a nonblocking descriptor handed down to us
+            select.select([source], [], [])
 
 
 def _reason(exc: OSError) -> str:
