@@ -9,7 +9,7 @@ what counts.
 
 Files are opened with O_NOATIME where the kernel allows it, so that neither
 the scan's reads nor clamd's, through the passed descriptor, change a
-file's access time (see :func:`_open_file`).
+file's access time (see :func:`open_noatime`).
 """
 
 from __future__ import annotations
@@ -30,27 +30,31 @@ if TYPE_CHECKING:
     from typing import Final
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
-_NOATIME_FLAGS = _OPEN_FLAGS | os.O_NOATIME
 
 
-def _open_file(name: str, dir_fd: int | None = None) -> int:
-    """Open ``name`` (relative to ``dir_fd`` if given) with _OPEN_FLAGS, and O_NOATIME if allowed.
+def open_noatime(name: str, flags: int, dir_fd: int | None = None) -> int:
+    """Open ``name`` (relative to ``dir_fd`` if given) with ``flags``, and O_NOATIME if allowed.
 
-    O_NOATIME: reading the file does not set its access time, which
-    tmpwatch and tmpreaper, `find -atime` and storage tiering go by; a scan
-    is not a use of the file. It also spares a journaled inode update per
-    newly written file, which the first read would make under relatime
-    (clamd's reads go through this descriptor). The kernel allows it to the
-    file's owner and to a process with CAP_FOWNER (the shipped unit has it)
-    and refuses it with EPERM to anyone else: the file is then opened
-    without it, as an ordinary read would.
+    O_NOATIME: reading the file, or listing the directory, does not set its
+    access time, which tmpwatch and tmpreaper (for directories too), `find
+    -atime` and storage tiering go by; a scan is not a use of the file. It
+    also spares a journaled inode update per newly written file, which the
+    first read would make under relatime (clamd's reads go through this
+    descriptor). The kernel allows it to the file's owner and to a process
+    with CAP_FOWNER (the shipped unit has it) and refuses it with EPERM to
+    anyone else: the file is then opened without it, as an ordinary read
+    would.
     """
     try:
-        return os.open(name, _NOATIME_FLAGS, dir_fd=dir_fd)
+        return os.open(name, flags | os.O_NOATIME, dir_fd=dir_fd)
     except PermissionError as exc:
         if exc.errno != errno.EPERM:
             raise
-    return os.open(name, _OPEN_FLAGS, dir_fd=dir_fd)
+    return os.open(name, flags, dir_fd=dir_fd)
+
+
+def _open_file(name: str, dir_fd: int | None = None) -> int:
+    return open_noatime(name, _OPEN_FLAGS, dir_fd)
 
 
 class FileIdentity(Value):

@@ -127,20 +127,26 @@ def test_tcp_address_streams(clamd: PrivateClamd, uploads: Path) -> None:
 def test_a_scan_leaves_access_times_alone(
     clamd: PrivateClamd, uploads: Path, transport: str
 ) -> None:
-    """clamd's reads (FILDES) and the scan's own (INSTREAM) go through an O_NOATIME descriptor."""
+    """clamd's reads (FILDES) and the scan's own (INSTREAM) go through an O_NOATIME descriptor,
+    and so does the walk's listing of each directory (tmpwatch goes by directories'
+    access times too)."""
     files = [uploads / "clean.txt", uploads / "sub" / "virus.com"]
-    atimes = {path: age_access_time(path) for path in files}
+    directories = [uploads / "sub", uploads]  # the folder's own last: aging sub changes it
+    atimes = {path: age_access_time(path) for path in files + directories}
     address = clamd.unix_address if transport == "fildes" else clamd.tcp_address
     result = clamwatch("scan", "--json", "--address", address, str(uploads))
     assert result.returncode == 1, result.stderr
     records = {r["path"]: r for r in map(json.loads, result.stdout.splitlines())}
     assert {r["transport"] for r in records.values()} == {transport}
     assert records[str(files[1])]["verdict"] == "infected"
-    assert {path: os.stat(path).st_atime_ns for path in files} == atimes
-    # an ordinary read of the same files does update them here
+    assert {path: os.stat(path).st_atime_ns for path in atimes} == atimes
+    # an ordinary read of the same files, or listing of the folders, does update them here
     for path in files:
         path.read_bytes()
-        assert os.stat(path).st_atime_ns != atimes[path]
+    for path in directories:
+        os.listdir(path)
+    for path, atime in atimes.items():
+        assert os.stat(path).st_atime_ns != atime, path
 
 
 def test_fdpass_over_tcp_is_refused(clamd: PrivateClamd, uploads: Path) -> None:
