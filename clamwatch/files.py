@@ -57,6 +57,35 @@ def _open_file(name: str, dir_fd: int | None = None) -> int:
     return open_noatime(name, _OPEN_FLAGS, dir_fd)
 
 
+# A link to a directory is followed, as os.scandir(path) follows it.
+_LIST_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+def list_directory(directory: str) -> list[tuple[str, bool | None]]:
+    """Each entry of ``directory``: its path, and whether it is a directory itself.
+
+    None for an entry whose type could not be told (gone meanwhile). The
+    listing goes through a descriptor opened with O_NOATIME where allowed
+    (:func:`open_noatime`), so that it leaves the folder's access time alone;
+    each entry's type is read while that descriptor is open (the file
+    system may not give it in the listing). Raises OSError when the folder
+    cannot be listed.
+    """
+    fd = open_noatime(directory, _LIST_FLAGS)
+    try:
+        with os.scandir(fd) as entries:  # through a duplicate of fd, which shares its flags
+            return [(os.path.join(directory, e.name), _is_directory(e)) for e in entries]
+    finally:
+        os.close(fd)
+
+
+def _is_directory(entry: os.DirEntry[str]) -> bool | None:
+    try:
+        return entry.is_dir(follow_symlinks=False)
+    except OSError:
+        return None
+
+
 class FileIdentity(Value):
     """Which content was scanned: the inode, and its size and times at open."""
 

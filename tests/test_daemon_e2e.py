@@ -18,7 +18,7 @@ from clamwatch.daemon import _SLACK
 from clamwatch.privateclamd import PrivateClamd
 from clamwatch.testsig import EICAR_SIGNATURE
 from daemonproc import DaemonProcess, StartDaemon, only_once, write_config
-from helpers import ClamdFactory
+from helpers import ClamdFactory, age_access_time
 
 
 def test_eicar_written_into_a_watched_tree_is_reported(
@@ -313,6 +313,29 @@ def test_bad_config_is_refused_naming_file_and_key(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert f"{config}: [daemon] unknown key 'max_pendnig'" in result.stderr
+
+
+def test_watching_and_the_startup_scan_leave_access_times_alone(
+    start_daemon: StartDaemon, watched: Path
+) -> None:
+    """The daemon lists every folder of a tree when it starts watching it and
+    in the startup scan, and reads every file: tmpwatch goes by the access
+    times of both, and a scan is not a use of them. (Clean files: a detection
+    would move one away.)"""
+    (watched / "sub" / "deeper").mkdir(parents=True)
+    files = [watched / "sub" / "a.txt", watched / "sub" / "deeper" / "b.txt"]
+    for path in files:
+        path.write_bytes(b"clean " + path.name.encode())
+    # deepest first: aging a folder's child changes the folder's own times
+    paths = [*files, watched / "sub" / "deeper", watched / "sub", watched]
+    atimes = {path: age_access_time(path) for path in paths}
+    daemon = start_daemon(startup_scan="all")
+    daemon.wait_verdicts([str(path) for path in files], timeout=30)
+    daemon.stop()
+    assert {path: os.stat(path).st_atime_ns for path in paths} == atimes
+    # an ordinary listing does update a folder's access time here
+    os.listdir(watched)
+    assert os.stat(watched).st_atime_ns != atimes[watched]
 
 
 @pytest.mark.parametrize("mode", ["all", "none", "changed"])

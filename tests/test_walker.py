@@ -8,12 +8,13 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from clamwatch import files
 from clamwatch.config import WatchConfig
 from clamwatch.dispatch import Dispatcher, Mode, Rescan
+from clamwatch.watch import walker as walker_module
 from clamwatch.watch.filters import WatchFilter
 from clamwatch.watch.walker import Walker
 
@@ -50,13 +51,13 @@ def tree(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def failing(monkeypatch: pytest.MonkeyPatch, tree: Path) -> Iterator[dict[str, int]]:
-    """os.scandir fails with EMFILE once for busy/, and with EACCES always for locked/
+    """Listing fails with EMFILE once for busy/, and with EACCES always for locked/
     (root reads every directory, so the errors are made here)."""
     calls: dict[str, int] = {}
-    real = os.scandir
+    real = files.list_directory
 
-    def scandir(path: Any) -> Any:
-        name = os.path.basename(os.fspath(path))
+    def list_directory(path: str) -> list[tuple[str, bool | None]]:
+        name = os.path.basename(path)
         calls[name] = calls.get(name, 0) + 1
         if name == "busy" and calls[name] == 1:
             raise OSError(errno.EMFILE, os.strerror(errno.EMFILE), path)
@@ -64,7 +65,7 @@ def failing(monkeypatch: pytest.MonkeyPatch, tree: Path) -> Iterator[dict[str, i
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
         return real(path)
 
-    monkeypatch.setattr(os, "scandir", scandir)
+    monkeypatch.setattr(walker_module, "list_directory", list_directory)
     yield calls
 
 

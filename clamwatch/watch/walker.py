@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 
 from clamwatch.dispatch import Dispatcher, Rescan, Work
+from clamwatch.files import list_directory
 from clamwatch.threadnames import name_this_thread
 from clamwatch.watch.filters import WatchFilter
 
@@ -73,8 +74,7 @@ class Walker:
         while stack:
             directory, newer_than = stack.pop()
             try:
-                with os.scandir(directory) as entries:
-                    listed = list(entries)
+                listed = list_directory(directory)
             except OSError as exc:
                 if exc.errno in (errno.ENOENT, errno.ENOTDIR):
                     continue  # gone meanwhile: nothing in it to scan
@@ -94,16 +94,14 @@ class Walker:
                 )  # fmt: skip
                 continue
             files: list[str] = []
-            for entry in listed:
-                path = entry.path
-                try:
-                    if entry.is_dir(follow_symlinks=False):
-                        # globs and regexes judge files, as for events; only
-                        # our own folders are pruned whole
-                        if not rules.own_folder(path):
-                            stack.append((path, _below(entry, newer_than)))
-                        continue
-                except OSError:
+            for path, is_directory in listed:
+                if is_directory is None:
+                    continue  # gone meanwhile
+                if is_directory:
+                    # globs and regexes judge files, as for events; only
+                    # our own folders are pruned whole
+                    if not rules.own_folder(path):
+                        stack.append((path, _below(path, newer_than)))
                     continue
                 if not rules.excluded(path):
                     files.append(path)
@@ -141,8 +139,8 @@ class Walker:
         return True
 
 
-def _below(entry: os.DirEntry[str], newer_than: float | None) -> float | None:
-    """The newer_than for everything below the directory ``entry``.
+def _below(directory: str, newer_than: float | None) -> float | None:
+    """The newer_than for everything below ``directory``.
 
     A walk of what changed while clamwatch was not running skips a file
     whose mtime and ctime are both older than ``newer_than``. A directory
@@ -156,7 +154,7 @@ def _below(entry: os.DirEntry[str], newer_than: float | None) -> float | None:
     if newer_than is None:
         return None
     try:
-        st = entry.stat(follow_symlinks=False)
+        st = os.lstat(directory)
     except OSError:
         return newer_than  # gone meanwhile: its listing will say so
     return None if st.st_ctime >= newer_than else newer_than

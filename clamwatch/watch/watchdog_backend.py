@@ -50,6 +50,7 @@ from watchdog.observers.inotify_c import (
 
 from clamwatch.dispatch import CLOSED_AFTER_WRITE, Dispatcher, Mode, Rescan, Work
 from clamwatch.eventkind import EventKind, emit
+from clamwatch.files import list_directory
 from clamwatch.threadnames import name_this_thread
 from clamwatch.watch.filters import WatchFilter
 
@@ -190,14 +191,10 @@ class _TreeWatch:
         while stack:
             directory = stack.pop()
             try:
-                with os.scandir(directory) as entries:
-                    found = [
-                        e.path
-                        for e in entries
-                        if e.is_dir(follow_symlinks=False) and not own(e.path)
-                    ]
+                listed = list_directory(directory)
             except OSError:
                 continue  # gone or unreadable meanwhile
+            found = [path for path, is_directory in listed if is_directory and not own(path)]
             for path in found:
                 if path not in self._wd:
                     try:
