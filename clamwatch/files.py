@@ -57,11 +57,10 @@ def _open_file(name: str, dir_fd: int | None = None) -> int:
     return open_noatime(name, _OPEN_FLAGS, dir_fd)
 
 
-# A link to a directory is followed, as os.scandir(path) follows it.
-_LIST_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_LIST_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def list_directory(directory: str) -> list[tuple[str, bool | None]]:
+def list_directory(directory: str, *, follow: bool = False) -> list[tuple[str, bool | None]]:
     """Each entry of ``directory``: its path, and whether it is a directory itself.
 
     None for an entry whose type could not be told (gone meanwhile). The
@@ -69,9 +68,12 @@ def list_directory(directory: str) -> list[tuple[str, bool | None]]:
     (:func:`open_noatime`), so that it leaves the folder's access time alone;
     each entry's type is read while that descriptor is open (the file
     system may not give it in the listing). Raises OSError when the folder
-    cannot be listed.
+    cannot be listed: ELOOP when ``directory`` is a symbolic link, which
+    is followed only when ``follow`` says so (a watch's root as configured;
+    a directory in a tree swapped for a link must not take a walk out of it).
     """
-    fd = open_noatime(directory, _LIST_FLAGS)
+    flags = _LIST_FLAGS & ~os.O_NOFOLLOW if follow else _LIST_FLAGS
+    fd = open_noatime(directory, flags)
     try:
         with os.scandir(fd) as entries:  # through a duplicate of fd, which shares its flags
             return [(os.path.join(directory, e.name), _is_directory(e)) for e in entries]

@@ -56,14 +56,14 @@ def failing(monkeypatch: pytest.MonkeyPatch, tree: Path) -> Iterator[dict[str, i
     calls: dict[str, int] = {}
     real = files.list_directory
 
-    def list_directory(path: str) -> list[tuple[str, bool | None]]:
+    def list_directory(path: str, *, follow: bool = False) -> list[tuple[str, bool | None]]:
         name = os.path.basename(path)
         calls[name] = calls.get(name, 0) + 1
         if name == "busy" and calls[name] == 1:
             raise OSError(errno.EMFILE, os.strerror(errno.EMFILE), path)
         if name == "locked":
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
-        return real(path)
+        return real(path, follow=follow)
 
     monkeypatch.setattr(walker_module, "list_directory", list_directory)
     yield calls
@@ -152,4 +152,33 @@ def test_a_walk_of_what_changed_takes_everything_below_a_directory_whose_ctime_i
         str(root / "stayed" / "deep" / "g"): newer_than,
         str(root / "moved" / "f"): None,
         str(root / "moved" / "deep" / "g"): None,
+    }
+
+
+def test_a_directory_swapped_for_a_link_is_not_walked_but_a_linked_root_is(
+    tmp_path: Path,
+) -> None:
+    """A directory of the tree replaced by a link before its walk (here: asked
+    for by its path, which is now the link) takes the walk nowhere; a watch
+    whose configured root is a link is walked through it."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_text("not in the tree")
+    root = tmp_path / "uploads"
+    root.mkdir()
+    (root / "file").write_text("in the tree")
+    (root / "sub").symlink_to(outside, target_is_directory=True)
+    swapped = walk_once(root, Rescan(str(root / "sub"), str(root), "new directory", Mode.DUE))
+    assert swapped.take(100) == []
+
+    linked_root = tmp_path / "linked-uploads"
+    linked_root.symlink_to(root, target_is_directory=True)
+    through = walk_once(
+        linked_root, Rescan(str(linked_root), str(linked_root), "startup scan", Mode.DUE)
+    )
+    # the link inside it is still not walked: it comes as a file, for the
+    # scan to report as a link not followed
+    assert {work.path for work in through.take(100)} == {
+        str(linked_root / "file"),
+        str(linked_root / "sub"),
     }

@@ -74,10 +74,11 @@ class Walker:
         while stack:
             directory, newer_than = stack.pop()
             try:
-                listed = list_directory(directory)
+                # a link is followed only as the watch's root itself
+                listed = list_directory(directory, follow=directory == request.watch)
             except OSError as exc:
-                if exc.errno in (errno.ENOENT, errno.ENOTDIR):
-                    continue  # gone meanwhile: nothing in it to scan
+                if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                    continue  # gone, or swapped for a file or a link, meanwhile
                 if exc.errno in _FOR_NOW:
                     log.warning(
                         "cannot walk %s for now: %s; trying again in %.0f s",

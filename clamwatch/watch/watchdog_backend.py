@@ -191,9 +191,10 @@ class _TreeWatch:
         while stack:
             directory = stack.pop()
             try:
-                listed = list_directory(directory)
+                # a link is followed only as the watch's root itself
+                listed = list_directory(directory, follow=directory == self.rules.root)
             except OSError:
-                continue  # gone or unreadable meanwhile
+                continue  # gone, unreadable, or swapped for a link meanwhile
             found = [path for path, is_directory in listed if is_directory and not own(path)]
             for path in found:
                 if path not in self._wd:
