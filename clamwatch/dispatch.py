@@ -55,6 +55,7 @@ from clamwatch.files import CheckedFile
 _LATE_CLOSE = 2.0
 _LATE_CLOSE_CAP = 60.0
 
+_K = TypeVar("_K")
 _T = TypeVar("_T")
 
 #: The reason the watcher gives a file's IN_CLOSE_WRITE.
@@ -528,7 +529,7 @@ class Dispatcher:
                     self._due(work)
                     self._settled_open.pop(work.path, None)
                     self._settled_open[work.path] = None
-            _trim_oldest(self._settled_open, MAX_SETTLED_OPEN)
+            trim_oldest(self._settled_open, MAX_SETTLED_OPEN)
             for work in closed:
                 if self.stopping:  # stop() closed what waited: nothing is taken any more
                     _drop_held(work)
@@ -541,7 +542,7 @@ class Dispatcher:
                 else:  # made due by an event meanwhile, or gone
                     _drop_held(work)
             self._forget_closed_early(now)
-            _trim_oldest(self._closed_early, MAX_CLOSED_EARLY)
+            trim_oldest(self._closed_early, MAX_CLOSED_EARLY)
 
     def events_read(self, until: float) -> None:
         """The watcher has handed over every event queued before ``until`` (self.clock() time).
@@ -624,7 +625,7 @@ class Dispatcher:
         self.ready.set()
 
 
-def _trim_oldest(entries: dict[str, _T], limit: int) -> None:
+def trim_oldest(entries: dict[_K, _T], limit: int) -> None:
     """Keep the newest ``limit`` of ``entries`` (kept in the order they came).
 
     Trimmed a sixteenth beyond the limit at a time and in one pass: evicting
