@@ -57,7 +57,8 @@ def _open_file(name: str, dir_fd: int | None = None) -> int:
     return open_noatime(name, _OPEN_FLAGS, dir_fd)
 
 
-_LIST_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# A directory opened to be listed; the link it may be is not followed.
+DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def list_directory(directory: str, *, follow: bool = False) -> list[tuple[str, bool | None]]:
@@ -72,7 +73,7 @@ def list_directory(directory: str, *, follow: bool = False) -> list[tuple[str, b
     is followed only when ``follow`` says so (a watch's root as configured;
     a directory in a tree swapped for a link must not take a walk out of it).
     """
-    flags = _LIST_FLAGS & ~os.O_NOFOLLOW if follow else _LIST_FLAGS
+    flags = DIRECTORY_FLAGS & ~os.O_NOFOLLOW if follow else DIRECTORY_FLAGS
     fd = open_noatime(directory, flags)
     try:
         with os.scandir(fd) as entries:  # through a duplicate of fd, which shares its flags

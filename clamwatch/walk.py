@@ -3,10 +3,11 @@
 Each directory below a named one is opened relative to its parent's
 descriptor, with O_NOFOLLOW (and O_NOATIME where the kernel allows it, so
 that listing it leaves its access time alone), and its files are opened
-relative to its own (:class:`ListedFile`). A directory swapped for a symbolic link while the walk
-runs is therefore reported as a link, not followed, and a directory renamed
-away meanwhile is still the one walked: the walk never leaves the trees it
-was given, whatever happens to their paths.
+relative to its own (:class:`ListedFile`). A directory swapped for a
+symbolic link while the walk runs is therefore reported as a link, not
+followed, and a directory renamed away meanwhile is still the one walked:
+the walk never leaves the trees it was given, whatever happens to their
+paths.
 """
 
 from __future__ import annotations
@@ -16,10 +17,8 @@ import os
 import stat
 from collections.abc import Generator, Iterable, Iterator
 
-from clamwatch.files import open_noatime, os_error_verdict
+from clamwatch.files import DIRECTORY_FLAGS, open_noatime, os_error_verdict
 from clamwatch.verdict import NotScanned, NotScannedReason, Verdict
-
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class ListedFile:
@@ -65,7 +64,7 @@ def walk(paths: Iterable[str]) -> Generator[WalkItem, None, None]:
             yield top
             continue
         try:
-            fd = open_noatime(top, _DIR_FLAGS)
+            fd = open_noatime(top, DIRECTORY_FLAGS)
         except OSError as exc:
             yield top, os_error_verdict(exc, "reading the directory")
             continue
@@ -138,7 +137,7 @@ def _next_directory(
             continue
         path = _prefix(parent) + name
         try:
-            return path, open_noatime(name, _DIR_FLAGS, dir_fd=parent_fd)
+            return path, open_noatime(name, DIRECTORY_FLAGS, dir_fd=parent_fd)
         except OSError as exc:
             if exc.errno in (errno.ENOTDIR, errno.ELOOP):  # no longer a directory
                 yield ListedFile(path, name, parent_fd, False)
