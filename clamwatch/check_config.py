@@ -33,6 +33,7 @@ def run_check(path: Path, *, check_clamd: bool) -> int:
     engine = Engine(address, settings).start()
     try:
         caps = engine.wait_ready(_CLAMD_TIMEOUT)
+        in_flight = engine.in_flight_limit
     except ClamdUnavailableError as exc:
         print(f"clamwatch check-config: {exc}", file=sys.stderr)
         return 1
@@ -42,6 +43,7 @@ def run_check(path: Path, *, check_clamd: bool) -> int:
     threads = caps.max_threads if caps.max_threads is not None else "unknown"
     print(
         f"  clamd at {address}: {caps.version or 'version unknown'}, MaxThreads {threads},"
-        f" files passed by {'descriptor (FILDES)' if fildes else 'stream (INSTREAM)'}"
+        f" files passed by {'descriptor (FILDES)' if fildes else 'stream (INSTREAM)'},"
+        f" at most {in_flight} scans in flight"
     )
     return 0

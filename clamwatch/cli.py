@@ -220,7 +220,7 @@ def _add_scan(commands: argparse._SubParsersAction[_Parser], *, with_options: bo
         "--clamd-conf",
         default=DEFAULT_CLAMD_CONF,
         metavar="FILE",
-        help="clamd.conf to read the socket and StreamMaxLength from"
+        help="clamd.conf to read the socket, StreamMaxLength and MaxQueue from"
         f" (default: {DEFAULT_CLAMD_CONF})",
     )
     scan.add_argument(

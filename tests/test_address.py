@@ -108,6 +108,7 @@ def test_debian_clamd_conf(tmp_path: Path) -> None:
         local_socket="/var/run/clamav/clamd.ctl",
         stream_max_length=25 * 1024 * 1024,
         read_timeout=180.0,
+        max_queue=100,
     )
     assert conf.address() == ClamdAddress(path="/var/run/clamav/clamd.ctl")
 
@@ -200,6 +201,7 @@ def test_no_socket_at_all(tmp_path: Path) -> None:
         ("StreamMaxLength lots\n", "lots"),
         ("TCPSocket clamd\n", "clamd"),
         ("ReadTimeout soon\n", "soon"),
+        ("MaxQueue many\n", "many"),
     ],
 )
 def test_bad_values_name_the_file(tmp_path: Path, text: str, key: str) -> None:

@@ -459,32 +459,54 @@ def test_read_timeout_shorter_than_keepalive_is_learnt(
 
 
 @pytest.mark.parametrize(
-    ("max_in_flight", "transport", "cap"),
+    ("max_in_flight", "max_queue", "transport", "cap"),
     [
-        (3, TransportChoice.AUTO, 3),
-        (None, TransportChoice.AUTO, 64),
-        (None, TransportChoice.INSTREAM, 96),
+        (3, None, TransportChoice.AUTO, 3),
+        (None, None, TransportChoice.AUTO, 64),
+        (None, None, TransportChoice.INSTREAM, 96),
+        (None, 40, TransportChoice.INSTREAM, 36),
+        (None, 20, TransportChoice.AUTO, 16),
+        (None, 5, TransportChoice.AUTO, 4),  # clamd makes it 8: twice its threads
     ],
-    ids=["set", "from-stats", "from-stats-instream"],
+    ids=[
+        "set",
+        "from-stats",
+        "from-stats-instream",
+        "max-queue-instream",
+        "max-queue",
+        "max-queue-raised-by-clamd",
+    ],
 )
 def test_in_flight_cap_is_what_clamd_sees(
-    tmp_path: Path, eicar: bytes, max_in_flight: int | None, transport: TransportChoice, cap: int
+    tmp_path: Path,
+    eicar: bytes,
+    *,
+    max_in_flight: int | None,
+    max_queue: int | None,
+    transport: TransportChoice,
+    cap: int,
 ) -> None:
     """clamd has no error for a full queue: the engine must bound what it sends.
 
     Measured by the fake: scan requests read and not yet answered, over
     both sessions at once. None: sixteen times the "max 4" threads STATS
-    reports (FILDES here), or 24 times over INSTREAM.
+    reports (FILDES here), or 24 times over INSTREAM, and at least those
+    4 threads below clamd's MaxQueue (100 unless clamd.conf says).
     """
     paths, infected = tree(tmp_path, 160, eicar)
     with (
         FakeClamd(Faults(scan_delay=0.05)) as fake,
         running(
-            fake.unix_address, sessions=2, max_in_flight=max_in_flight, transport=transport
+            fake.unix_address,
+            sessions=2,
+            max_in_flight=max_in_flight,
+            clamd_max_queue=max_queue,
+            transport=transport,
         ) as engine,
     ):
         outcomes = scan_files(engine, paths, timeout=DEADLINE)
         wait_for(lambda: fake.scans_pending == 0, DEADLINE, "the fake to answer everything")
+        assert engine.in_flight_limit == cap
         assert fake.max_scans_pending == cap
     assert_true_verdicts(outcomes, infected)
 

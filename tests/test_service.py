@@ -145,12 +145,27 @@ def test_check_config_with_drop_ins_and_clamd(tmp_path: Path, clamd: PrivateClam
     assert f"{config}, {dropins / '10-more.toml'}: valid" in result.stdout
     assert "watch /srv/b: clean -> none, infected -> copy" in result.stdout
     assert f"clamd at {clamd.unix_address}: ClamAV " in result.stdout
-    assert "descriptor (FILDES)" in result.stdout
+    assert "descriptor (FILDES), at most 64 scans in flight" in result.stdout
 
     (dropins / "20-typo.toml").write_text("[daemon]\nsettle_tiem = '1s'\n")
     broken = run_check("--config", str(config))
     assert broken.returncode == 1
     assert f"{dropins / '20-typo.toml'}: [daemon] unknown key 'settle_tiem'" in broken.stderr
+
+
+def test_in_flight_limit_stays_below_clamds_max_queue(
+    tmp_path: Path, clamd_factory: object
+) -> None:
+    """MaxQueue from the clamd.conf the daemon reads, MaxThreads from the real clamd's
+    STATS: at most MaxQueue - MaxThreads in flight, so other clients still get in."""
+    server = clamd_factory(max_threads=3, max_queue=20)  # type: ignore[operator]
+    config = tmp_path / "clamwatch.toml"
+    config.write_text(f'[clamd]\nclamd_conf = "{server.conf_path}"\n[[watch]]\npath = "/srv"\n')
+    result = run_check("--config", str(config), "--clamd")
+    assert result.returncode == 0, result.stderr
+    assert f"clamd at {server.unix_address}: ClamAV " in result.stdout
+    assert "MaxThreads 3, files passed by descriptor (FILDES)," in result.stdout
+    assert "at most 17 scans in flight" in result.stdout
 
 
 def test_check_config_reports_an_unreachable_clamd(tmp_path: Path) -> None:

@@ -83,6 +83,7 @@ class ClamdConf(Value):
         "tcp_addr",
         "stream_max_length",
         "read_timeout",
+        "max_queue",
     )
     path: Final[str]
     local_socket: Final[str | None]
@@ -90,6 +91,7 @@ class ClamdConf(Value):
     tcp_addr: Final[str | None]
     stream_max_length: Final[int | None]
     read_timeout: Final[float | None]
+    max_queue: Final[int | None]
 
     def __init__(
         self,
@@ -100,6 +102,7 @@ class ClamdConf(Value):
         tcp_addr: str | None = None,
         stream_max_length: int | None = None,
         read_timeout: float | None = None,
+        max_queue: int | None = None,
     ) -> None:
         self.path = path
         self.local_socket = local_socket
@@ -107,6 +110,7 @@ class ClamdConf(Value):
         self.tcp_addr = tcp_addr
         self.stream_max_length = stream_max_length
         self.read_timeout = read_timeout
+        self.max_queue = max_queue
 
     def address(self) -> ClamdAddress:
         """LocalSocket first (it allows FILDES), else TCPSocket on TCPAddr."""
@@ -147,6 +151,7 @@ def read_clamd_conf(file: str | os.PathLike[str] = DEFAULT_CLAMD_CONF) -> ClamdC
                 parse_size(values["StreamMaxLength"]) if "StreamMaxLength" in values else None
             ),
             read_timeout=float(values["ReadTimeout"]) if "ReadTimeout" in values else None,
+            max_queue=int(values["MaxQueue"]) if "MaxQueue" in values else None,
         )
     except ValueError as exc:
         raise AddressError(f"{path}: {exc}") from exc

@@ -55,6 +55,8 @@ _TIMER_TICK = 0.05
 # with 5; `--stream` against clamdscan's 1.032 and 1.043 with 2 ms, 0.986
 # and 1.007 with 4 (0.284 -> 0.268 CPU-s), 1.025 with 6.
 _GATHER_MAX = 0.004
+# clamd's MaxQueue when clamd.conf does not say (clamd.conf(5)).
+_CLAMD_MAX_QUEUE = 100
 
 
 class EngineStats:
@@ -208,6 +210,12 @@ class Engine:
     @property
     def capabilities(self) -> Capabilities | None:
         return self._capabilities
+
+    @property
+    def in_flight_limit(self) -> int:
+        """The most scan requests in flight at once, over all sessions (from clamd's
+        MaxThreads and MaxQueue once a session is ready; see _cap_total)."""
+        return self._cap
 
     def close(self, timeout: float = 10.0) -> list[ScanJob]:
         """End every session cleanly and stop. Returns the jobs that got no outcome.
@@ -404,15 +412,15 @@ class Engine:
         with self._lock:
             first = self._capabilities is None
             self._capabilities = caps
+            self._set_caps()  # before the notify: in_flight_limit is then final
             self._ready.notify_all()
-        self._set_caps()
         if first:
             log.info(
                 "clamd %s at %s: transport %s, %s in flight",
                 caps.version or "(version unknown)",
                 self.address,
                 self._transport_for(caps).value,
-                self._cap_total(),
+                self._cap,
             )
 
     def _transport_for(self, caps: Capabilities) -> Transport:
@@ -435,9 +443,13 @@ class Engine:
         if self.settings.max_in_flight is not None:
             return self.settings.max_in_flight
         caps = self._capabilities
-        if caps is None or not caps.max_threads:
-            return 16
-        threads = caps.max_threads
+        threads = caps.max_threads if caps is not None else None
+        # clamd stops reading from every client while MaxQueue requests (those
+        # its threads are scanning included) are queued: stay below it by as
+        # many as clamd has threads, so other clients' requests still get in.
+        max_queue = self.settings.clamd_max_queue or _CLAMD_MAX_QUEUE
+        if caps is None or not threads:
+            return max(1, min(16, max_queue // 2))
         # Enough that every clamd thread finds its next request waiting even
         # with replies and new requests in transit, while replies gather, and
         # while another of the daemon's threads holds the GIL (up to its 5 ms
@@ -448,11 +460,13 @@ class Engine:
         # request is in flight longer (clamd's main thread takes in the whole
         # stream before a worker scans it): `clamwatch scan --stream` took
         # 1.73x clamdscan's time with 32, 1.12-1.15x with 64, 1.05x with 96,
-        # 1.06x with 128. And at most 96, below clamd's default MaxQueue of
-        # 100, past which clamd stops reading.
+        # 1.06x with 128.
         if self._transport_for(caps) is Transport.INSTREAM:
-            return min(max(24 * threads, 24), 96)
-        return min(max(16 * threads, 16), 64)
+            cap = min(max(24 * threads, 24), 96)
+        else:
+            cap = min(max(16 * threads, 16), 64)
+        # clamd raises a MaxQueue below twice MaxThreads to that (server-th.c)
+        return min(cap, max(max_queue, 2 * threads) - threads)
 
     def _session_lost(self, session: Session, reason: str, now: float) -> None:
         was_ready = session.capabilities is not None

@@ -83,6 +83,7 @@ class EngineSettings(Value):
         "give_up_after",
         "max_attempts",
         "max_stream_size",
+        "clamd_max_queue",
         "max_requests_per_session",
         "backoff_initial",
         "backoff_max",
@@ -96,6 +97,7 @@ class EngineSettings(Value):
     give_up_after: Final[float | None]
     max_attempts: Final[int]
     max_stream_size: Final[int | None]
+    clamd_max_queue: Final[int | None]
     max_requests_per_session: Final[int]
     backoff_initial: Final[float]
     backoff_max: Final[float]
@@ -118,6 +120,9 @@ class EngineSettings(Value):
         give_up_after: float | None = None,  # None: wait for clamd forever (the daemon)
         max_attempts: int = 5,
         max_stream_size: int | None = None,  # clamd's StreamMaxLength, when known
+        # clamd's MaxQueue, when known (clamd.conf); None: its default, 100.
+        # Requests in flight stay below it (see Engine._cap_total).
+        clamd_max_queue: int | None = None,
         max_requests_per_session: int = 100_000,
         backoff_initial: float = 0.1,
         backoff_max: float = 10.0,
@@ -131,6 +136,7 @@ class EngineSettings(Value):
         self.give_up_after = give_up_after
         self.max_attempts = max_attempts
         self.max_stream_size = max_stream_size
+        self.clamd_max_queue = clamd_max_queue
         self.max_requests_per_session = max_requests_per_session
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
@@ -143,7 +149,7 @@ def resolve_engine(
 
     clamd.conf is read when no address is given (LocalSocket first, else
     TCPSocket/TCPAddr), or when the admin named one other than the default;
-    its StreamMaxLength and ReadTimeout then set our limits.
+    its StreamMaxLength, ReadTimeout and MaxQueue then set our limits.
     Raises AddressError.
     """
     conf_given = clamd.clamd_conf != DEFAULT_CLAMD_CONF
@@ -165,5 +171,6 @@ def resolve_engine(
         keepalive=keepalive,
         give_up_after=give_up_after,
         max_stream_size=max_stream,
+        clamd_max_queue=conf.max_queue if conf is not None else None,
     )
     return address, settings
