@@ -42,6 +42,7 @@ class WatchConfig:
     hook: tuple[str, ...] = ()  # argv, never a shell
     hook_timeout: float = 30.0
     chmod_on_failure: bool = False  # chmod 000 a file that should be quarantined but cannot
+    log_clean: bool = True  # an event for each clean verdict (counted either way)
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +209,7 @@ _WATCH_KEYS: dict[str, Callable[[object], Any]] = {
     "hook": _strings,
     "hook_timeout": _duration,
     "chmod_on_failure": _boolean,
+    "log_clean": _boolean,
 }
 
 

@@ -139,6 +139,8 @@ class Daemon:
         match verdict:
             case Clean():
                 self.pipeline.scanned += 1
+                if not self._logs_clean(work.watch):
+                    return
                 kind, level, fields = EventKind.CLEAN, logging.INFO, {}
             case Infected(signature=signature):
                 self.pipeline.scanned += 1
@@ -163,6 +165,11 @@ class Daemon:
             if outcome.clamd_version is not None:
                 fields["clamd_version"] = outcome.clamd_version
         emit_fields(kind, f"{shown(work.path)}: {describe(verdict)}", level, fields)
+
+    def _logs_clean(self, watch: str) -> bool:
+        """Whether the watch logs clean verdicts (log_clean); a watch just removed does."""
+        rules = self.filters.get(watch)  # replaced in place by a reload
+        return rules is None or rules.watch.log_clean
 
     def _retry(self, path: str, watch: str, delay: float) -> None:
         """An action failed (quarantine full): scan and act again later."""

@@ -113,6 +113,30 @@ def test_copy_remove_and_tag(
     assert os.getxattr(good, "user.clamwatch.scanned_at").endswith(b"Z")
 
 
+def test_log_clean_false_leaves_out_only_the_clean_verdicts(
+    start: Start, watched: Path, eicar: bytes
+) -> None:
+    """Clean files are still scanned (their tags say so) and counted, with no clean event;
+    the detection and every action are still logged. A clean event would come before its
+    action's, so none can turn up later."""
+    daemon = start(on_clean=["tag"], log_clean=False)
+    good = [watched / f"good{number}.txt" for number in range(3)]
+    for path in good:
+        path.write_text("fine")
+    bad = watched / "bad.exe"
+    bad.write_bytes(eicar)
+    wait_action(daemon, bad, "move")
+    for path in good:
+        assert wait_action(daemon, path, "tag")["verdict"] == "clean"
+        assert os.getxattr(path, "user.clamwatch.verdict") == b"clean"
+    verdicts = daemon.verdicts()
+    assert [e["event"] for e in verdicts[str(bad)]] == ["detection"]
+    assert not [p for p in good if str(p) in verdicts]
+    assert daemon.stop() == 0
+    stopped = next(e for e in daemon.events if e["event"] == "stopped")
+    assert stopped["message"].startswith("clamwatch stopped: 4 scanned, 1 infected")
+
+
 def test_remove(start: Start, watched: Path, quarantine_dir: Path, eicar: bytes) -> None:
     daemon = start(on_infected=["remove"])
     bad = watched / "bad"

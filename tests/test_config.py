@@ -79,6 +79,7 @@ def test_shipped_config_documents_every_key_with_its_default(tmp_path: Path) -> 
         ("[[watch]]\npath = '/srv'\non_clean = ['release']\n", "sets no release_to"),
         ("[[watch]]\npath = '/srv'\non_infected = ['hook']\n", "sets no hook command"),
         ("[[watch]]\npath = '/srv'\nchmod_on_failure = 'yes'\n", "expected true or false"),
+        ("[[watch]]\npath = '/srv'\nlog_clean = 0\n", "expected true or false"),
         ("[quarantine]\nmax_age = 'forever'\n", "is not a duration"),
         ("[clamd\n", "not valid TOML"),
     ],
