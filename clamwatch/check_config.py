@@ -25,8 +25,9 @@ def run_check(path: Path, *, check_clamd: bool) -> int:
     files = ", ".join(str(source) for source in config.sources)
     print(f"{files}: valid")
     for watch in config.watches:
+        quiet = "" if watch.log_clean else " (clean verdicts counted, not logged)"
         print(f"  watch {watch.path}: clean -> {' '.join(watch.policy.clean.words)}, infected ->"
-              f" {' '.join(watch.policy.infected.words)}")  # fmt: skip
+              f" {' '.join(watch.policy.infected.words)}{quiet}")  # fmt: skip
     if not check_clamd:
         print(f"  clamd at {address} (not contacted; --clamd checks it)")
         return 0

@@ -139,11 +139,17 @@ def test_check_config_with_drop_ins_and_clamd(tmp_path: Path, clamd: PrivateClam
     config.write_text(f'[clamd]\naddress = "{clamd.unix_address}"\n[[watch]]\npath = "/srv/a"\n')
     dropins = tmp_path / "clamwatch.d"
     dropins.mkdir()
-    (dropins / "10-more.toml").write_text('[[watch]]\npath = "/srv/b"\non_infected = ["copy"]\n')
+    (dropins / "10-more.toml").write_text(
+        '[[watch]]\npath = "/srv/b"\non_infected = ["copy"]\nlog_clean = false\n'
+    )
     result = run_check("--config", str(config), "--clamd")
     assert result.returncode == 0, result.stderr
     assert f"{config}, {dropins / '10-more.toml'}: valid" in result.stdout
-    assert "watch /srv/b: clean -> none, infected -> copy" in result.stdout
+    assert "watch /srv/a: clean -> none, infected -> move\n" in result.stdout
+    assert (
+        "watch /srv/b: clean -> none, infected -> copy (clean verdicts counted, not logged)"
+        in result.stdout
+    )
     assert f"clamd at {clamd.unix_address}: ClamAV " in result.stdout
     assert "descriptor (FILDES), at most 64 scans in flight" in result.stdout
 
