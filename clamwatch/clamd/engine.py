@@ -449,6 +449,7 @@ class Engine:
         # many as clamd has threads, so other clients' requests still get in.
         max_queue = self.settings.clamd_max_queue or _CLAMD_MAX_QUEUE
         if caps is None or not threads:
+            # clamd's threads unknown (no STATS): leave it half of its queue
             return max(1, min(16, max_queue // 2))
         # Enough that every clamd thread finds its next request waiting even
         # with replies and new requests in transit, while replies gather, and
