@@ -236,7 +236,7 @@ def _add_scan(commands: argparse._SubParsersAction[_Parser], *, with_options: bo
         default=30.0,
         metavar="DURATION",
         help="how long clamd may stay unreachable before files are reported as errors"
-        " (default: 30s)",
+        " (default: 30s); a socket this user may not connect to fails after 1s",
     )
     scan.add_argument(
         "--request-timeout",

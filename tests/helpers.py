@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import grp
 import logging
 import os
+import pwd
 import queue
 import socket
 import subprocess
@@ -191,3 +193,22 @@ class Reports:
                 assert left > 0, f"{len(self.results)} of {count} verdicts after {self.deadline} s"
                 self._cond.wait(left)
             return [r.work.path for r in self.results]
+
+
+def without_dac_override(command: list[str]) -> list[str]:
+    """``command`` as root, but without the capabilities that let root use any file.
+
+    Connecting to a Unix socket is then denied as it is for any other user
+    who lacks write permission on it, with no second user account (and no
+    checkout readable by one) needed.
+    """
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to run clamwatch with capabilities dropped")
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search", *command]
+
+
+def deny_root(socket_path: Path) -> str:
+    """Make ``socket_path`` nobody's alone; return its owner:group as the message names it."""
+    os.chown(socket_path, 65534, 65534)
+    os.chmod(socket_path, 0o600)
+    return f"{pwd.getpwuid(65534).pw_name}:{grp.getgrgid(65534).gr_name}"

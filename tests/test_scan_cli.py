@@ -20,7 +20,7 @@ from clamwatch.clamd.engine import Engine
 from clamwatch.privateclamd import PrivateClamd
 from clamwatch.scan_command import ScanOptions, run_scan
 from clamwatch.testsig import EICAR_SIGNATURE
-from helpers import age_access_time
+from helpers import age_access_time, deny_root, without_dac_override
 
 
 def clamwatch(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -453,3 +453,55 @@ def test_every_line_reaches_a_pipe_though_the_process_skips_its_teardown(
     assert lines(result.stdout) == {f"{root}/f{n:03}.txt": "OK" for n in range(300)}
     assert "Scanned files: 300" in result.stdout
     assert result.stdout.endswith("\n")
+
+
+def test_a_socket_this_user_may_not_use_fails_at_once_naming_owner_and_mode(
+    clamd_factory: Callable[..., PrivateClamd], tmp_path: Path
+) -> None:
+    server = clamd_factory(max_threads=1)
+    owner = deny_root(server.socket_path)
+    (tmp_path / "f").write_text("f")
+    command = [sys.executable, "-m", "clamwatch", "scan", "--timeout", "120s"]
+    result = subprocess.run(
+        without_dac_override([*command, "--address", server.unix_address, str(tmp_path)]),
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        # far below --timeout: a denial is not waited out like an absent clamd
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert f"cannot reach clamd at {server.unix_address}: Permission denied" in result.stderr
+    assert f"{server.socket_path} is srw------- {owner}" in result.stderr
+    assert "this process runs as root" in result.stderr
+    assert ": OK" not in result.stdout
+
+
+def test_a_denial_that_ends_at_once_is_waited_out(
+    clamd_factory: Callable[..., PrivateClamd], tmp_path: Path
+) -> None:
+    # clamd creates its socket before it applies LocalSocketMode and
+    # LocalSocketGroup: a scan that starts in between must not give up
+    server = clamd_factory(max_threads=1)
+    deny_root(server.socket_path)
+    (tmp_path / "f").write_text("f")
+    command = [sys.executable, "-m", "clamwatch", "scan", "--address", server.unix_address]
+    process = subprocess.Popen(
+        without_dac_override([*command, str(tmp_path)]),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        first = process.stderr.readline()  # the engine's warning, at the first denial
+        assert "is unreachable: Permission denied" in first
+        os.chown(server.socket_path, 0, 0)
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode == 0, first + err
+    assert lines(out) == {f"{tmp_path}/f": "OK"}

@@ -14,6 +14,7 @@ import pytest
 
 from clamwatch.privateclamd import PrivateClamd
 from daemonproc import DaemonProcess, write_config
+from helpers import deny_root, without_dac_override
 
 
 class NotifySocket:
@@ -182,6 +183,25 @@ def test_check_config_reports_an_unreachable_clamd(tmp_path: Path) -> None:
     result = run_check("--config", str(config), "--clamd")
     assert result.returncode == 1
     assert "cannot reach clamd" in result.stderr
+
+
+def test_check_config_names_a_socket_it_may_not_use(tmp_path: Path, clamd_factory: object) -> None:
+    server = clamd_factory(max_threads=1)  # type: ignore[operator]
+    owner = deny_root(server.socket_path)
+    config = tmp_path / "clamwatch.toml"
+    config.write_text(f'[clamd]\naddress = "{server.unix_address}"\n[[watch]]\npath = "/srv"\n')
+    command = [sys.executable, "-m", "clamwatch", "check-config", "--config", str(config)]
+    result = subprocess.run(
+        without_dac_override([*command, "--clamd"]),
+        capture_output=True,
+        text=True,
+        check=False,
+        # below check-config's 10 s for clamd: a denial is not waited out
+        timeout=9,
+    )
+    assert result.returncode == 1
+    assert f"cannot reach clamd at {server.unix_address}: Permission denied" in result.stderr
+    assert f"{server.socket_path} is srw------- {owner}" in result.stderr
 
 
 def test_an_address_needs_no_clamd_conf(tmp_path: Path, clamd: PrivateClamd) -> None:

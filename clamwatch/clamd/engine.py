@@ -57,6 +57,11 @@ _TIMER_TICK = 0.05
 _GATHER_MAX = 0.004
 # clamd's MaxQueue when clamd.conf does not say (clamd.conf(5)).
 _CLAMD_MAX_QUEUE = 100
+# An engine that gives up (give_up_after) does so once connecting has been
+# denied (EACCES, EPERM) for this long: a wait does not mend permissions. Not
+# at the first denial: clamd creates its socket before it sets the mode and
+# group that LocalSocketMode and LocalSocketGroup ask for.
+_DENIED_FOR = 1.0
 
 
 class EngineStats:
@@ -133,6 +138,7 @@ class Engine:
         self._cap_per_session = math.ceil(16 / self.settings.sessions)
         self._gather_replies = 0  # replies' worth of time a saturated loop waits (_set_caps)
         self._down_since: float | None = None
+        self._denied_since: float | None = None  # connecting denied since then, without a break
         self._keepalive = self.settings.keepalive
         self._gave_up = False
         self._probe = True  # ask VERSIONCOMMANDS and STATS at the start of each session
@@ -188,7 +194,7 @@ class Engine:
         with self._lock:
             while self._capabilities is None:
                 left = deadline - time.monotonic()
-                if left <= 0 or self._stopped.is_set():
+                if left <= 0 or self._gave_up or self._stopped.is_set():
                     raise ClamdUnavailableError(
                         f"cannot reach clamd at {self.address}: {self._last_error or 'no answer'}"
                     )
@@ -367,7 +373,7 @@ class Engine:
         try:
             session = Session(self.address, now, self._session_number, probe=self._probe)
         except ClamdConnectionError as exc:
-            self._connect_failed(now, str(exc))
+            self._connect_failed(now, str(exc), denied=exc.denied)
             return
         session.stream_limit = self.settings.max_stream_size
         self._sessions.append(session)
@@ -377,13 +383,21 @@ class Engine:
         if session.state is SessionState.READY:  # connected at once, without a handshake
             self._session_ready(session, now)
 
-    def _connect_failed(self, now: float, message: str) -> None:
+    def _connect_failed(self, now: float, message: str, *, denied: bool = False) -> None:
+        if not denied:
+            self._denied_since = None
+        elif self._denied_since is None:
+            self._denied_since = now
         if self._down_since is None:
             self._down_since = now
+            limit = self.settings.give_up_after
+            if limit is None:
+                then = "files wait and are retried with backoff"
+            else:
+                then = f"retrying for up to {_DENIED_FOR if denied else limit:g} s"
             emit(
                 EventKind.CLAMD_LOST,
-                f"clamd at {self.address} is unreachable: {message}; files wait and are"
-                " retried with backoff",
+                f"clamd at {self.address} is unreachable: {message}; {then}",
                 lazylog.WARNING,
                 clamd=str(self.address),
                 error=message,
@@ -407,6 +421,7 @@ class Engine:
                 waited=waiting,
             )
         self._down_since = None
+        self._denied_since = None
         self._gave_up = False
         self.stats.sessions_opened += 1
         with self._lock:
@@ -738,15 +753,26 @@ class Engine:
                 session.ping(now)
         self._check_give_up(now)
 
-    def _check_give_up(self, now: float) -> None:
+    def _give_up_at(self) -> float | None:
+        """When an engine that gives up does, if clamd stays unreachable; None: never."""
         limit = self.settings.give_up_after
-        if limit is None or self._down_since is None or now - self._down_since < limit:
+        if limit is None or self._down_since is None:
+            return None
+        if self._denied_since is not None:
+            return min(self._down_since + limit, self._denied_since + _DENIED_FOR)
+        return self._down_since + limit
+
+    def _check_give_up(self, now: float) -> None:
+        down_since, give_up_at = self._down_since, self._give_up_at()
+        if down_since is None or give_up_at is None or now < give_up_at:
             return
         if any(s.state is SessionState.READY for s in self._sessions):
             return
-        if not self._gave_up:
+        if not self._gave_up and self._queue:
             log.error(
-                "clamd unreachable for %.0f s at %s; failing waiting scans", limit, self.address
+                "clamd unreachable for %.1f s at %s; failing waiting scans",
+                now - down_since,
+                self.address,
             )
         self._gave_up = True
         while self._queue:
@@ -770,8 +796,9 @@ class Engine:
         live = sum(s.state is not SessionState.DRAINING for s in self._sessions)
         if live < self.settings.sessions and not self._stopping:
             candidates.append(self._next_connect)
-        if self._down_since is not None and self.settings.give_up_after is not None:
-            candidates.append(self._down_since + self.settings.give_up_after)
+        give_up_at = self._give_up_at()
+        if give_up_at is not None:
+            candidates.append(give_up_at)
         for session in self._sessions:
             candidates.append(session.last_send + self._keepalive)
             if session.state in (SessionState.CONNECTING, SessionState.HANDSHAKE):

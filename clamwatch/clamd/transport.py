@@ -18,9 +18,48 @@ from clamwatch.clamd.address import ClamdAddress
 class ClamdConnectionError(Exception):
     """The connection to clamd could not be made or was lost."""
 
+    def __init__(self, message: str, *, denied: bool = False) -> None:
+        super().__init__(message)
+        # the kernel refused us the socket (EACCES, EPERM): no wait fixes that
+        # by itself, unless clamd is just setting its socket's mode (Engine)
+        self.denied = denied
+
 
 def describe_os_error(exc: OSError) -> str:
     return os.strerror(exc.errno) if exc.errno else str(exc)
+
+
+def describe_socket_access(path: str) -> str:
+    """What an admin needs to see when connecting to the Unix socket ``path`` is denied.
+
+    Connecting takes write permission on the socket and search permission
+    on every directory above it: say who owns it, its mode, and who we are.
+    """
+    import grp
+    import pwd
+    import stat
+
+    def user(uid: int) -> str:
+        with contextlib.suppress(KeyError):
+            return pwd.getpwuid(uid).pw_name
+        return str(uid)
+
+    def group(gid: int) -> str:
+        with contextlib.suppress(KeyError):
+            return grp.getgrgid(gid).gr_name
+        return str(gid)
+
+    we = user(os.geteuid())
+    groups = ", ".join(group(g) for g in sorted({os.getegid(), *os.getgroups()}))
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        return f"{path}: {describe_os_error(exc)}; this process runs as {we}, groups {groups}"
+    mode = stat.filemode(st.st_mode)
+    return (
+        f"{path} is {mode} {user(st.st_uid)}:{group(st.st_gid)}, and connecting takes write"
+        f" permission on it; this process runs as {we}, groups {groups}"
+    )
 
 
 def open_socket(address: ClamdAddress) -> tuple[socket.socket, bool]:
@@ -46,7 +85,11 @@ def open_socket(address: ClamdAddress) -> tuple[socket.socket, bool]:
         return sock, False
     sock.close()
     # EAGAIN on a Unix socket: clamd's listen backlog is full; retried later
-    raise ClamdConnectionError(os.strerror(code))
+    message = os.strerror(code)
+    denied = code in (errno.EACCES, errno.EPERM)
+    if denied and address.path is not None:
+        message = f"{message} ({describe_socket_access(address.path)})"
+    raise ClamdConnectionError(message, denied=denied)
 
 
 def acknowledge_now(sock: socket.socket) -> None:
