@@ -30,10 +30,11 @@ keeping many scans in flight over a few long-lived clamd sessions."""
 
 _SCAN_DESCRIPTION = """\
 Scan files and directory trees with clamd, the way the clamwatch daemon does:
-each file is opened once (never following a symbolic link), passed to clamd by
-descriptor (FILDES) over a local Unix socket or streamed (INSTREAM) over TCP,
-with many requests in flight in one IDSESSION. Access times are left as they
-were (O_NOATIME) wherever the kernel allows it: on your own files, and on
+each file is opened once (never following a symbolic link found in a tree; a
+PATH that is one is followed, as by clamscan), passed to clamd by descriptor
+(FILDES) over a local Unix socket or streamed (INSTREAM) over TCP, with many
+requests in flight in one IDSESSION. Access times are left as they were
+(O_NOATIME) wherever the kernel allows it: on your own files, and on
 everyone's as root.
 
 Each file gets one line, as clamdscan prints them:

@@ -1,5 +1,10 @@
 """Walking the trees named on the command line, without following links.
 
+A symbolic link named on the command line is followed, as clamdscan does and
+as clamscan does by default (``--follow-dir-symlinks=1``,
+``--follow-file-symlinks=1``: "direct" links only): the admin named it. Its
+files keep the name it was given by. No link found below it is followed.
+
 Each directory below a named one is opened relative to its parent's
 descriptor, with O_NOFOLLOW (and O_NOATIME where the kernel allows it, so
 that listing it leaves its access time alone), and its files are opened
@@ -47,20 +52,24 @@ WalkItem = str | ListedFile | tuple[str, Verdict]
 def walk(paths: Iterable[str]) -> Generator[WalkItem, None, None]:
     """Every file below ``paths``: a path to open, a listed file, or a path with why it is skipped.
 
-    A named path that is not a directory (or is a link) comes as it is.
-    Each directory's files come in name order, then its subdirectories.
-    Closing the iterator early closes every directory it holds open.
+    A named path that is neither a directory nor a link comes as it is; a
+    named link as what it points to (see above). Each directory's files come
+    in name order, then its subdirectories. Closing the iterator early
+    closes every directory it holds open.
     """
     for top in paths:
         try:
-            is_dir = stat.S_ISDIR(os.lstat(top).st_mode)  # a link to one is a link
+            mode = os.lstat(top).st_mode
         except OSError as exc:
             if exc.errno in (errno.ENOENT, errno.ENOTDIR):
                 # named, never seen: "vanished" would suggest a race
                 yield top, NotScanned(NotScannedReason.VANISHED, "no such file or directory")
                 continue
-            is_dir = False  # the open says what is wrong, as for any file
-        if not is_dir:
+            mode = 0  # the open says what is wrong, as for any file
+        if stat.S_ISLNK(mode):
+            yield from _named_link(top)
+            continue
+        if not stat.S_ISDIR(mode):
             yield top
             continue
         try:
@@ -69,6 +78,39 @@ def walk(paths: Iterable[str]) -> Generator[WalkItem, None, None]:
             yield top, os_error_verdict(exc, "reading the directory")
             continue
         yield from _tree(top, fd)
+
+
+def _named_link(top: str) -> Generator[WalkItem, None, None]:
+    """A link named on the command line: the tree or file it points to, under its name.
+
+    What it points to is opened by its real path, its last part without
+    following a link, so a link put there meanwhile is refused as usual.
+    """
+    try:
+        target = os.stat(top)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            yield top, NotScanned(NotScannedReason.SYMLINK, "symbolic link loop, not followed")
+        elif exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            yield top, NotScanned(NotScannedReason.SYMLINK, "symbolic link to nothing that exists")
+        else:
+            yield top, os_error_verdict(exc, "following the symbolic link")
+        return
+    real = os.path.realpath(top)
+    is_dir = stat.S_ISDIR(target.st_mode)
+    parent, name = (real, "") if is_dir else os.path.split(real)
+    try:
+        fd = open_noatime(parent, DIRECTORY_FLAGS)
+    except OSError as exc:
+        yield top, os_error_verdict(exc, "reading the directory")
+        return
+    if is_dir:
+        yield from _tree(top, fd)
+        return
+    try:
+        yield ListedFile(top, name, fd, stat.S_ISREG(target.st_mode))
+    finally:
+        os.close(fd)
 
 
 def _tree(top: str, top_fd: int) -> Generator[WalkItem, None, None]:

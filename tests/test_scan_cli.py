@@ -174,6 +174,26 @@ def test_symlink_fifo_and_missing_are_not_scanned_exit_2(
     assert "Not scanned: 3" in result.stdout
 
 
+def test_links_named_on_the_command_line_are_followed(
+    clamd: PrivateClamd, uploads: Path, tmp_path: Path
+) -> None:
+    """`clamwatch scan /var/www`, /var/www a link to /srv/www: scanned under the
+    name given, as clamscan does by default; links inside the tree still are
+    not. (clamdscan 1.4 prints such a link "OK" without scanning it.)"""
+    (uploads / "inner-link").symlink_to(uploads / "clean.txt")
+    (tmp_path / "www").symlink_to(uploads, target_is_directory=True)
+    (tmp_path / "one").symlink_to(uploads / "sub" / "virus.com")
+    named = [str(tmp_path / "www"), str(tmp_path / "one")]
+    result = clamwatch("scan", "--address", clamd.unix_address, *named)
+    assert result.returncode == 1, result.stderr
+    assert lines(result.stdout) == {
+        f"{tmp_path}/www/clean.txt": "OK",
+        f"{tmp_path}/www/inner-link": "Not scanned: symbolic link not followed ERROR",
+        f"{tmp_path}/www/sub/virus.com": f"{EICAR_SIGNATURE} FOUND",
+        f"{tmp_path}/one": f"{EICAR_SIGNATURE} FOUND",
+    }
+
+
 def test_infected_only_and_json_records(clamd: PrivateClamd, uploads: Path) -> None:
     result = clamwatch("scan", "-i", "--json", "--address", clamd.unix_address, str(uploads))
     assert result.returncode == 1

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from clamwatch.files import OpenedFile, open_for_scan
-from clamwatch.verdict import NotScanned, NotScannedReason
+from clamwatch.verdict import NotScanned, NotScannedReason, Verdict
 from clamwatch.walk import ListedFile, WalkItem, walk
 
 LINK_NOT_FOLLOWED = NotScanned(NotScannedReason.SYMLINK, "symbolic link not followed")
@@ -37,24 +37,69 @@ def test_files_in_name_order_then_subdirectories(tmp_path: Path) -> None:
     assert paths == [f"{tmp_path}/{name}" for name in ("c", "link", "z", "a/x/3", "b/1", "b/2")]
 
 
-def test_named_paths_missing_linked_and_unreadable(tmp_path: Path) -> None:
+def test_named_paths_missing_and_unreadable(tmp_path: Path) -> None:
     """A named path that is not there was never seen: no "vanished" race in its
-    message. A named link to a directory comes as a path, for the opener to
-    report, and is not walked; so does a path whose lstat fails otherwise."""
-    (tmp_path / "dir").mkdir()
-    (tmp_path / "dir" / "inside").write_bytes(b"clean")
+    message. A path whose lstat fails otherwise comes as a path, for the
+    opener to report."""
     (tmp_path / "file").write_bytes(b"clean")
-    (tmp_path / "link").symlink_to(tmp_path / "dir", target_is_directory=True)
     (tmp_path / "loop").symlink_to("loop")
     missing = NotScanned(NotScannedReason.VANISHED, "no such file or directory")
-    named = [f"{tmp_path}/{name}" for name in ("nowhere", "file/below", "link", "loop/x")]
+    named = [f"{tmp_path}/{name}" for name in ("nowhere", "file/below", "loop/x")]
     assert list(walk(named)) == [
         (named[0], missing),
         (named[1], missing),  # ENOTDIR: a file where a folder was meant
-        named[2],
-        named[3],  # ELOOP: the open says so
+        named[2],  # ELOOP: the open says so
     ]
-    assert open_for_scan(named[3]) == LINK_NOT_FOLLOWED
+    assert open_for_scan(named[2]) == LINK_NOT_FOLLOWED
+
+
+def test_named_links_are_followed_under_their_own_names(tmp_path: Path) -> None:
+    """As by clamdscan and clamscan's default: the admin named them. Links
+    found below them are not followed."""
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "inside").write_bytes(b"inside")
+    (tmp_path / "dir" / "inner-link").symlink_to(tmp_path / "file")
+    (tmp_path / "file").write_bytes(b"file")
+    (tmp_path / "dirlink").symlink_to(tmp_path / "dir", target_is_directory=True)
+    (tmp_path / "filelink").symlink_to("file")  # relative, as ln -s makes them
+    (tmp_path / "chain").symlink_to("filelink")
+    (tmp_path / "loop").symlink_to("loop")
+    (tmp_path / "dangling").symlink_to("nothing")
+    names = ("dirlink", "filelink", "chain", "loop", "dangling")
+    items = list(walk([f"{tmp_path}/{name}" for name in names]))
+    assert [item.path if isinstance(item, ListedFile) else item for item in items] == [
+        f"{tmp_path}/dirlink/inner-link",
+        f"{tmp_path}/dirlink/inside",
+        f"{tmp_path}/filelink",
+        f"{tmp_path}/chain",
+        (
+            f"{tmp_path}/loop",
+            NotScanned(NotScannedReason.SYMLINK, "symbolic link loop, not followed"),
+        ),
+        (
+            f"{tmp_path}/dangling",
+            NotScanned(NotScannedReason.SYMLINK, "symbolic link to nothing that exists"),
+        ),
+    ]
+    before = _open_fds()
+    contents: list[tuple[str, bytes | Verdict]] = []
+    for item in walk([f"{tmp_path}/{name}" for name in names[:3]]):
+        assert isinstance(item, ListedFile)
+        opened = open_for_scan(
+            item.path, listed_regular=item.regular, within=(item.dir_fd, item.name)
+        )
+        if isinstance(opened, OpenedFile):
+            contents.append((item.path, os.pread(opened.fd, 64, 0)))
+            opened.close()
+        else:
+            contents.append((item.path, opened))
+    assert contents == [
+        (f"{tmp_path}/dirlink/inner-link", LINK_NOT_FOLLOWED),
+        (f"{tmp_path}/dirlink/inside", b"inside"),
+        (f"{tmp_path}/filelink", b"file"),
+        (f"{tmp_path}/chain", b"file"),
+    ]
+    assert _open_fds() == before
 
 
 def test_a_directory_swapped_for_a_link_after_its_listing_is_not_walked(tmp_path: Path) -> None:
