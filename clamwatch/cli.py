@@ -66,6 +66,7 @@ exit status:
 
 examples:
   clamwatch scan /srv/uploads
+  find /srv -newer /var/lib/last-scan -type f | clamwatch scan -f /dev/stdin
   clamwatch scan --infected --json /srv/uploads > found.jsonl
   clamwatch scan --stream --address tcp://clamd.example:3310 /srv/uploads
   curl -s https://example.com/file | clamwatch scan -"""
@@ -171,6 +172,15 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    """The parser of subcommand ``name`` in ``parser`` (from build_parser)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            found: argparse.ArgumentParser = action.choices[name]
+            return found
+    raise LookupError(name)
+
+
 def _subcommand(argv: Sequence[str]) -> str | None:
     """The subcommand argparse will run: the first argument that is not an option.
 
@@ -192,9 +202,16 @@ def _add_scan(commands: argparse._SubParsersAction[_Parser], *, with_options: bo
         return
     scan.add_argument(
         "paths",
-        nargs="+",
+        nargs="*",
         metavar="PATH",
         help="files or directories to scan; - for standard input",
+    )
+    scan.add_argument(
+        "-f",
+        "--file-list",
+        metavar="FILE",
+        help="also scan the paths listed in FILE, one per line, as clamdscan's -f does"
+        " (- is then a file named -; /dev/stdin reads the list from a pipe)",
     )
     how = scan.add_mutually_exclusive_group()
     how.add_argument(
@@ -218,11 +235,18 @@ def _add_scan(commands: argparse._SubParsersAction[_Parser], *, with_options: bo
         help="clamd's socket: unix:///PATH or tcp://HOST:PORT (default: from --clamd-conf)",
     )
     scan.add_argument(
+        "-m",
+        "--multiscan",
+        action="store_true",
+        help="accepted for clamdscan's command lines: clamwatch always has many files in flight",
+    )
+    scan.add_argument(
         "--clamd-conf",
+        "--config-file",
         default=DEFAULT_CLAMD_CONF,
         metavar="FILE",
         help="clamd.conf to read the socket, StreamMaxLength and MaxQueue from"
-        f" (default: {DEFAULT_CLAMD_CONF})",
+        f" (default: {DEFAULT_CLAMD_CONF}; --config-file is clamdscan's name for it)",
     )
     scan.add_argument(
         "--max-stream-size",
@@ -507,7 +531,13 @@ def main(argv: Sequence[str] | None = None, *, exit_when_scanned: bool = False) 
     """
     if argv is None:
         argv = sys.argv[1:]
-    args = build_parser(_subcommand(argv)).parse_args(argv)
+    parser = build_parser(_subcommand(argv))
+    args, unknown = parser.parse_known_args(argv)
+    # errors in a subcommand's arguments, with that subcommand's usage
+    if unknown:
+        _subparser(parser, args.command).error(f"unrecognized arguments: {' '.join(unknown)}")
+    if args.command == "scan" and not args.paths and args.file_list is None:
+        _subparser(parser, "scan").error("give at least one PATH, or --file-list")
     level = [lazylog.WARNING, lazylog.INFO, lazylog.DEBUG][min(args.verbose, 2)]
     if args.command == "scan":
         # set up at scan's first message, if any (see lazylog.py)
@@ -517,6 +547,7 @@ def main(argv: Sequence[str] | None = None, *, exit_when_scanned: bool = False) 
         status = run_scan(
             ScanOptions(
                 paths=args.paths,
+                file_list=args.file_list,
                 address=args.address,
                 clamd_conf=args.clamd_conf,
                 transport=args.transport,

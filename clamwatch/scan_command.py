@@ -21,7 +21,7 @@ from clamwatch.walk import WalkItem, walk
 TYPE_CHECKING = False  # typing's own, without importing typing (see value.py)
 
 if TYPE_CHECKING:
-    from typing import TextIO
+    from typing import BinaryIO, TextIO
 
 log = lazylog.Logger(__name__)
 
@@ -46,6 +46,7 @@ class ScanOptions:
 
     __slots__ = (
         "paths",
+        "file_list",
         "address",
         "clamd_conf",
         "transport",
@@ -62,6 +63,7 @@ class ScanOptions:
         self,
         paths: list[str],
         *,
+        file_list: str | None = None,  # a file naming more paths, one per line
         address: str | None = None,
         clamd_conf: str | os.PathLike[str] = DEFAULT_CLAMD_CONF,
         transport: TransportChoice = TransportChoice.AUTO,
@@ -74,6 +76,7 @@ class ScanOptions:
         request_timeout: float = 180.0,
     ) -> None:
         self.paths = paths
+        self.file_list = file_list
         self.address = address
         self.clamd_conf = clamd_conf
         self.transport = transport
@@ -91,6 +94,22 @@ def run_scan(options: ScanOptions, out: TextIO = sys.stdout, err: TextIO = sys.s
     if options.paths.count(STDIN_ARGUMENT) > 1:
         err.write("clamwatch scan: standard input (-) can be named only once\n")
         return 2
+    listing = None
+    if options.file_list is not None:
+        try:
+            listing = open(options.file_list, "rb")  # noqa: SIM115 (closed at the end)
+        except OSError as exc:
+            reason = exc.strerror or exc
+            err.write(f"clamwatch scan: cannot read the file list {options.file_list}: {reason}\n")
+            return 2
+    try:
+        return _run(options, listing, out, err)
+    finally:
+        if listing is not None:
+            listing.close()
+
+
+def _run(options: ScanOptions, listing: BinaryIO | None, out: TextIO, err: TextIO) -> int:
     clamd = ClamdSettings(
         address=options.address,
         clamd_conf=options.clamd_conf,
@@ -117,7 +136,8 @@ def run_scan(options: ScanOptions, out: TextIO = sys.stdout, err: TextIO = sys.s
         except ClamdUnavailableError as exc:
             err.write(f"clamwatch scan: {exc}\n")
             return 2
-        _scan_all(engine, options.paths, reporter)
+        items = _items(options.paths, listing, options.file_list or "")
+        _scan_all(engine, items, reporter)
     except KeyboardInterrupt:
         drain = 0.0
         err.write("\nclamwatch scan: interrupted\n")
@@ -156,7 +176,9 @@ def _output_failed(exc: OSError, out: TextIO, err: TextIO) -> None:
         os.close(devnull)
 
 
-def _scan_all(engine: Engine, paths: list[str], reporter: Reporter) -> None:
+def _scan_all(
+    engine: Engine, items: Iterator[WalkItem | _StandardInput], reporter: Reporter
+) -> None:
     """Walk, open and submit on this thread, turning the engine's loop in between.
 
     The engine is inline: its replies are read, and reported, from within
@@ -172,7 +194,6 @@ def _scan_all(engine: Engine, paths: list[str], reporter: Reporter) -> None:
         job.file.close()
         reporter.report(job.file.path, outcome.verdict, outcome)
 
-    items = _items(paths)
     try:
         _feed(engine, items, reporter, outstanding, done)
     except Exception as exc:
@@ -196,13 +217,36 @@ def _scan_all(engine: Engine, paths: list[str], reporter: Reporter) -> None:
         raise
 
 
-def _items(paths: list[str]) -> Iterator[WalkItem | _StandardInput]:
-    """What walk() finds below each path, with standard input in place of -."""
+def _items(
+    paths: list[str], listing: BinaryIO | None, list_name: str
+) -> Iterator[WalkItem | _StandardInput]:
+    """What walk() finds below each path, with standard input in place of -.
+
+    Then below each path named in ``listing``, read as it goes: one per
+    line, as bytes (a name need not be UTF-8), empty lines skipped; a - there
+    is a file named -.
+    """
     for path in paths:
         if path == STDIN_ARGUMENT:
             yield _StandardInput()
         else:
             yield from walk([path])
+    if listing is None:
+        return
+    number = 0  # lines read
+    while True:
+        try:
+            line = listing.readline()
+        except OSError as exc:
+            failed = f"reading the file list failed: {exc.strerror or exc}; the paths after"
+            yield list_name, ScanError(f"{failed} line {number} were not scanned")
+            return
+        if not line:
+            return
+        number += 1
+        name = line[:-1] if line.endswith(b"\n") else line
+        if name:
+            yield from walk([os.fsdecode(name)])
 
 
 def _feed(

@@ -256,6 +256,8 @@ def test_unreachable_clamd_exits_2_naming_the_address(tmp_path: Path) -> None:
         (["--max-stream-size", "lots"], "is not a size"),
         (["--timeout", "soon"], "is not a duration"),
         (["--clamd-conf", "/nonexistent/clamd.conf"], "/nonexistent/clamd.conf"),
+        (["--quiet"], "clamwatch scan: error: unrecognized arguments: --quiet"),
+        (["-f", "/nonexistent/list"], "cannot read the file list /nonexistent/list: No such"),
     ],
 )
 def test_bad_arguments_exit_2_with_a_clear_message(
@@ -264,6 +266,69 @@ def test_bad_arguments_exit_2_with_a_clear_message(
     result = clamwatch("scan", *args, str(tmp_path))
     assert result.returncode == 2
     assert message in result.stderr
+
+
+def test_a_path_or_a_file_list_is_needed() -> None:
+    result = clamwatch("scan")
+    assert result.returncode == 2
+    assert "usage: clamwatch scan " in result.stderr
+    assert "clamwatch scan: error: give at least one PATH, or --file-list" in result.stderr
+
+
+def test_clamdscan_command_lines_work_with_a_file_list(
+    clamd: PrivateClamd, uploads: Path, tmp_path: Path
+) -> None:
+    """-m and --config-file as clamdscan takes them; -f FILE: one path per
+    line, as bytes, empty lines skipped, - a file named -; a list read from
+    a pipe through /dev/stdin."""
+    conf = tmp_path / "clamd.conf"
+    conf.write_text(f"LocalSocket {clamd.socket_path}\n")
+    odd = os.fsencode(tmp_path) + b"/caf\xe9 au lait"
+    with open(odd, "wb") as f:
+        f.write(b"clean")
+    (tmp_path / "-").write_text("a file named -")
+    listing = tmp_path / "list"
+    listing.write_bytes(
+        os.fsencode(uploads / "sub")
+        + b"\n\n"
+        + odd
+        + b"\n-\n"
+        + os.fsencode(tmp_path / "missing")
+        + b"\n"  # the last line may end without one too
+        + os.fsencode(uploads / "clean.txt")
+    )
+    command = ["scan", "-m", "--fdpass", "--config-file", str(conf), "--no-summary"]
+    result = subprocess.run(
+        [sys.executable, "-m", "clamwatch", *command, "-f", str(listing)],
+        capture_output=True,
+        text=True,
+        errors="surrogateescape",
+        stdin=subprocess.DEVNULL,
+        cwd=tmp_path,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 1, result.stderr
+    assert lines(result.stdout) == {
+        f"{uploads}/sub/virus.com": f"{EICAR_SIGNATURE} FOUND",
+        f"{tmp_path}/caf\\xe9 au lait": "OK",
+        "-": "OK",
+        f"{tmp_path}/missing": "Not scanned: no such file or directory ERROR",
+        f"{uploads}/clean.txt": "OK",
+    }
+    piped = subprocess.run(
+        [sys.executable, "-m", "clamwatch", *command, "-f", "/dev/stdin", str(uploads / "sub")],
+        input=f"{uploads}/clean.txt\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert piped.returncode == 1, piped.stderr
+    assert lines(piped.stdout) == {
+        f"{uploads}/sub/virus.com": f"{EICAR_SIGNATURE} FOUND",
+        f"{uploads}/clean.txt": "OK",
+    }
 
 
 def test_clamd_conf_discovery_and_its_stream_limit(
