@@ -42,9 +42,11 @@ def run_check(path: Path, *, check_clamd: bool) -> int:
         engine.close()
     fildes = "FILDES" in caps.commands and address.is_unix
     threads = caps.max_threads if caps.max_threads is not None else "unknown"
+    # wait_ready returned: the session's EICAR check passed, if it is on
+    checked = "; it found the EICAR test file" if settings.eicar_check else ""
     print(
         f"  clamd at {address}: {caps.version or 'version unknown'}, MaxThreads {threads},"
         f" files passed by {'descriptor (FILDES)' if fildes else 'stream (INSTREAM)'},"
-        f" at most {in_flight} scans in flight"
+        f" at most {in_flight} scans in flight{checked}"
     )
     return 0

@@ -271,6 +271,14 @@ def _add_scan(commands: argparse._SubParsersAction[_Parser], *, with_options: bo
         help="how long one file may take in clamd before its session is dropped and the file"
         " sent again (default: 180s, above clamd's MaxScanTime)",
     )
+    scan.add_argument(
+        "--no-eicar-check",
+        dest="eicar_check",
+        action="store_false",
+        help="do not have clamd scan the EICAR test file first and last (it must find it: clamd"
+        " 1.4 answers OK unscanned when its TemporaryDirectory is full); for a clamd whose"
+        " databases lack the EICAR signature",
+    )
     scan.add_argument("--json", action="store_true", help="print one JSON object per file")
     scan.add_argument("-i", "--infected", action="store_true", help="print infected files only")
     scan.add_argument("--no-summary", action="store_true", help="do not print the summary")
@@ -558,6 +566,7 @@ def main(argv: Sequence[str] | None = None, *, exit_when_scanned: bool = False) 
                 max_stream_size=args.max_stream_size,
                 connect_timeout=args.timeout,
                 request_timeout=args.request_timeout,
+                eicar_check=args.eicar_check,
             )
         )
         if exit_when_scanned:

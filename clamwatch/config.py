@@ -176,6 +176,7 @@ _CLAMD_KEYS: dict[str, Callable[[object], Any]] = {
     "request_timeout": _duration,
     "keepalive": _optional(_duration),
     "max_stream_size": _optional(_size),
+    "eicar_check": _boolean,
 }
 
 _DAEMON_KEYS: dict[str, Callable[[object], Any]] = {

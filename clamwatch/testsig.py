@@ -7,7 +7,10 @@ halves here, and written out only into test and demo folders.
 
 from __future__ import annotations
 
-from pathlib import Path
+TYPE_CHECKING = False  # typing's own, without importing typing (see value.py)
+
+if TYPE_CHECKING:
+    from pathlib import Path  # the engine imports this module: no pathlib at start-up
 
 # The EICAR anti-virus test file (https://www.eicar.org), in two halves so
 # that this source file itself does not match the signature.

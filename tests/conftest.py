@@ -68,17 +68,19 @@ def clamd_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClamdFac
 
 
 @pytest.fixture
-def tmpfs() -> Iterator[Callable[[Path, str], None]]:
-    """Mount a tmpfs of a given size (a disk that fills up on demand); unmounted after."""
+def tmpfs() -> Iterator[Callable[..., None]]:
+    """Mount a tmpfs of a given size and inode count (a disk that fills up on demand).
+
+    Unmounted after the test.
+    """
     mounted: list[Path] = []
 
-    def mount(where: Path, size: str) -> None:
+    def mount(where: Path, size: str, inodes: int | None = None) -> None:
         if os.geteuid() != 0:
             pytest.skip("mounting a tmpfs needs root")
         where.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], check=True
-        )
+        options = f"size={size}" + (f",nr_inodes={inodes}" if inodes is not None else "")
+        subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], check=True)
         mounted.append(where)
 
     yield mount
@@ -110,6 +112,7 @@ def start_daemon(tmp_path: Path, clamd: PrivateClamd, watched: Path) -> Iterator
         watches: list[Path] | None = None,
         wait_ready: bool = True,
         prefix: tuple[str, ...] = (),
+        clamd_options: dict[str, Any] | None = None,
         **daemon: Any,
     ) -> DaemonProcess:
         daemon.setdefault("settle_time", "500ms")
@@ -120,6 +123,7 @@ def start_daemon(tmp_path: Path, clamd: PrivateClamd, watched: Path) -> Iterator
             watches=watch_list,
             state_directory=tmp_path / "state",
             daemon=daemon,
+            clamd=clamd_options,
         )
         proc = DaemonProcess(config, prefix=prefix)  # prefix: a command to run it under
         started.append(proc)

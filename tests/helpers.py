@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import grp
 import logging
 import os
@@ -212,3 +213,16 @@ def deny_root(socket_path: Path) -> str:
     os.chown(socket_path, 65534, 65534)
     os.chmod(socket_path, 0o600)
     return f"{pwd.getpwuid(65534).pw_name}:{grp.getgrgid(65534).gr_name}"
+
+
+def fill_inodes(directory: Path) -> list[Path]:
+    """Empty files in ``directory`` until its file system has no inode left."""
+    made: list[Path] = []
+    while True:
+        path = directory / f"fill-{len(made)}"
+        try:
+            path.touch()
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+            return made
+        made.append(path)

@@ -80,6 +80,7 @@ def test_shipped_config_documents_every_key_with_its_default(tmp_path: Path) -> 
         ("[[watch]]\npath = '/srv'\non_infected = ['hook']\n", "sets no hook command"),
         ("[[watch]]\npath = '/srv'\nchmod_on_failure = 'yes'\n", "expected true or false"),
         ("[[watch]]\npath = '/srv'\nlog_clean = 0\n", "expected true or false"),
+        ("[clamd]\neicar_check = 'no'\n", "eicar_check = 'no': expected true or false"),
         ("[quarantine]\nmax_age = 'forever'\n", "is not a duration"),
         ("[clamd\n", "not valid TOML"),
     ],
@@ -97,13 +98,14 @@ def test_values_the_human_way(tmp_path: Path) -> None:
     path = tmp_path / "clamwatch.toml"
     path.write_text(
         "[clamd]\ntransport = 'instream'\nrequest_timeout = '2m'\nmax_stream_size = '25M'\n"
-        "[daemon]\nsettle_time = 1.5\n"
+        "eicar_check = false\n[daemon]\nsettle_time = 1.5\n"
         "[[watch]]\npath = '/srv/up'\nexclude = ['*.part']\nmin_size = '1K'\nskip_uids = [33]\n"
     )
     loaded = load_config(path)
     assert loaded.clamd.transport is TransportChoice.INSTREAM
     assert loaded.clamd.request_timeout == 120.0
     assert loaded.clamd.max_stream_size == 25 << 20
+    assert loaded.clamd.eicar_check is False
     assert loaded.daemon.settle_time == 1.5
     (watch,) = loaded.watches
     assert (watch.exclude, watch.min_size, watch.skip_uids) == (("*.part",), 1024, frozenset({33}))

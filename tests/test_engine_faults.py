@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from clamwatch.clamd.address import parse_address
-from clamwatch.clamd.engine import Engine
+from clamwatch.clamd.engine import ClamdUnavailableError, Engine
 from clamwatch.clamd.job import ScanJob, ScanOutcome, Transport, TransportChoice
 from clamwatch.clamd.settings import EngineSettings
 from clamwatch.files import OpenedFile, open_for_scan
@@ -47,6 +47,9 @@ FAST = {
     "backoff_max": 0.2,
     "connect_timeout": 3.0,
     "request_timeout": 5.0,
+    # The faults below are placed by request number; the EICAR check, one
+    # request more per session, has tests of its own (test_engine_real.py).
+    "eicar_check": False,
 }
 
 HANDSHAKE = frozenset({"VERSIONCOMMANDS", "STATS"})
@@ -635,3 +638,20 @@ def test_reconnects_back_off_doubling_with_jitter(tmp_path: Path) -> None:
         assert 0.8 * backoff - 0.005 <= gap <= 1.2 * backoff + 0.2, (number, gaps)
     at_max = gaps[3:]
     assert max(at_max) - min(at_max) > 0.002, f"no jitter: {gaps}"
+
+
+def test_a_clamd_that_refuses_the_eicar_check_is_never_used(tmp_path: Path, eicar: bytes) -> None:
+    """clamd 1.5+ can disable INSTREAM (COMMAND UNAVAILABLE): the check cannot
+    be made, and the error says how to do without it."""
+    paths, _ = tree(tmp_path, 2, eicar, every=2)
+    unavailable = Faults(unavailable=frozenset({"INSTREAM"}))
+    with (
+        FakeClamd(unavailable) as fake,
+        running(fake.unix_address, eicar_check=True, give_up_after=1.0) as engine,
+    ):
+        with pytest.raises(ClamdUnavailableError, match="refused the EICAR check"):
+            engine.wait_ready(30)
+        outcomes = scan_files(engine, paths, timeout=DEADLINE)
+    for outcome in outcomes.values():
+        assert isinstance(outcome.verdict, ScanError), outcome
+        assert "set eicar_check = false" in outcome.verdict.message

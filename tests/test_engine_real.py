@@ -9,13 +9,14 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from clamwatch.clamd import engine as engine_module
 from clamwatch.clamd.address import parse_address
 from clamwatch.clamd.engine import ClamdUnavailableError, Engine
 from clamwatch.clamd.job import ScanJob, ScanOutcome, Transport, TransportChoice
@@ -24,7 +25,7 @@ from clamwatch.files import OpenedFile, open_for_scan
 from clamwatch.privateclamd import PrivateClamd
 from clamwatch.testsig import EICAR_SIGNATURE
 from clamwatch.verdict import Clean, Infected, NotScanned, NotScannedReason, ScanError
-from helpers import ClamdFactory, make_tree, run_clamdscan, scan_files, wait_for
+from helpers import ClamdFactory, fill_inodes, make_tree, run_clamdscan, scan_files, wait_for
 
 
 @contextmanager
@@ -405,3 +406,93 @@ def test_nonregular_files_never_reach_clamd(tmp_path: Path, listed_regular: bool
         "link": NotScannedReason.SYMLINK,
         "vanished": NotScannedReason.VANISHED,
     }
+
+
+# The EICAR check ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def tight_tmp(tmp_path: Path, tmpfs: Callable[..., None]) -> Path:
+    """A TemporaryDirectory for clamd whose inodes a test can use up."""
+    where = tmp_path / "clamd-tmp"
+    tmpfs(where, "8M", inodes=256)
+    return where
+
+
+def test_a_clamd_that_cannot_make_its_scan_folders_fails_the_eicar_check(
+    clamd_factory: ClamdFactory, tight_tmp: Path, tmp_path: Path, eicar: bytes
+) -> None:
+    """clamd 1.4 answers OK, unscanned, for a file it cannot make its per-scan
+    folder for (a full TemporaryDirectory). Sessions begin with the EICAR check,
+    so such a clamd is never taken for one that scans."""
+    server = clamd_factory(max_threads=2, extra={"TemporaryDirectory": str(tight_tmp)})
+    virus = tmp_path / "virus.com"
+    virus.write_bytes(eicar)
+    fill_inodes(tight_tmp)
+    # the hazard: without the check, EICAR passed by descriptor comes back clean
+    fildes = TransportChoice.FILDES
+    with running(server.unix_address, inline=True, transport=fildes, eicar_check=False) as engine:
+        unchecked = scan_files(engine, [virus], timeout=30)[virus]
+    assert isinstance(unchecked.verdict, Clean), unchecked
+    with running(server.unix_address, inline=True, give_up_after=1.0, backoff_max=0.1) as engine:
+        with pytest.raises(ClamdUnavailableError, match=r"EICAR test file.*TemporaryDirectory"):
+            engine.wait_ready(30)
+        outcome = scan_files(engine, [virus], timeout=30)[virus]
+    assert isinstance(outcome.verdict, ScanError), outcome
+    assert "EICAR test file" in outcome.verdict.message
+
+
+def test_the_eicar_check_at_the_end_sees_a_clamd_that_stopped_scanning(
+    clamd_factory: ClamdFactory, tight_tmp: Path, tmp_path: Path
+) -> None:
+    server = clamd_factory(max_threads=2, extra={"TemporaryDirectory": str(tight_tmp)})
+    clean = tmp_path / "clean.txt"
+    clean.write_text("clean\n")
+    fildes = TransportChoice.FILDES
+    with running(server.unix_address, inline=True, transport=fildes) as engine:
+        engine.wait_ready(30)
+        assert isinstance(scan_files(engine, [clean], timeout=30)[clean].verdict, Clean)
+        assert engine.verify_scanning(30) is None
+        fill_inodes(tight_tmp)
+        problem = engine.verify_scanning(30)
+    assert problem is not None and "EICAR test file" in problem, problem
+
+
+def test_a_busy_session_checks_again_and_its_clamd_is_left_until_it_scans(
+    clamd_factory: ClamdFactory,
+    tight_tmp: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A check fails mid-run: the clean verdicts since the last good one are
+    named as suspect, the session is dropped, what was in flight waits for a
+    clamd that passes the check again, and each file gets one verdict."""
+    monkeypatch.setattr(engine_module, "_EICAR_EVERY", 0.0)  # at every turn of the loop
+    caplog.set_level(logging.ERROR, logger="clamwatch.clamd.engine")
+    server = clamd_factory(max_threads=2, extra={"TemporaryDirectory": str(tight_tmp)})
+    files = []
+    for number in range(3000):
+        path = tmp_path / f"f{number:04}"
+        path.write_text(f"clean {number}\n")
+        files.append(path)
+    fildes = TransportChoice.FILDES
+    with running(server.unix_address, transport=fildes, backoff_max=0.2) as engine:
+        engine.wait_ready(30)
+        scan_files(engine, files[:100], timeout=60)
+        made = fill_inodes(tight_tmp)
+
+        def free_when_the_check_fails() -> None:
+            wait_for(lambda: "may be false" in caplog.text, 60, "the failed check's error")
+            for path in made:
+                path.unlink()
+
+        freer = threading.Thread(target=free_when_the_check_fails)
+        freer.start()
+        try:
+            outcomes = scan_files(engine, files[100:], timeout=120)
+        finally:
+            freer.join()
+        assert engine.eicar_problem is None  # passed again once clamd could scan
+    assert len(outcomes) == len(files) - 100  # one each (scan_files refuses a second)
+    assert re.search(r"\d+ clean verdict\(s\) from session \d+ since \S+ may be false", caplog.text)

@@ -38,6 +38,8 @@ FAST: dict[str, Any] = {
     "backoff_max": 0.2,
     "connect_timeout": 3.0,
     "sessions": 1,
+    # faults are placed by request number; the EICAR check would be one more
+    "eicar_check": False,
 }
 
 

@@ -20,7 +20,7 @@ from clamwatch.clamd.engine import Engine
 from clamwatch.privateclamd import PrivateClamd
 from clamwatch.scan_command import ScanOptions, run_scan
 from clamwatch.testsig import EICAR_SIGNATURE
-from helpers import age_access_time, deny_root, without_dac_override
+from helpers import age_access_time, deny_root, fill_inodes, without_dac_override
 
 
 def clamwatch(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -101,7 +101,10 @@ def test_a_failure_inside_the_engine_is_exit_2_never_a_verdict(
 
     monkeypatch.setattr(Engine, "_scan_reply", failing)
     out, err = io.StringIO(), io.StringIO()
-    options = ScanOptions([str(tmp_path)], address=clamd.unix_address, summary=False)
+    # no EICAR check: every _scan_reply is then a file's
+    options = ScanOptions(
+        [str(tmp_path)], address=clamd.unix_address, summary=False, eicar_check=False
+    )
     assert run_scan(options, out, err) == 2
     assert "internal error: RuntimeError('injected engine bug')" in err.getvalue()
     found = lines(out.getvalue())
@@ -192,6 +195,29 @@ def test_links_named_on_the_command_line_are_followed(
         f"{tmp_path}/www/sub/virus.com": f"{EICAR_SIGNATURE} FOUND",
         f"{tmp_path}/one": f"{EICAR_SIGNATURE} FOUND",
     }
+
+
+def test_a_clamd_that_cannot_scan_gets_no_file_called_ok(
+    clamd_factory: Callable[..., PrivateClamd],
+    tmpfs: Callable[..., None],
+    uploads: Path,
+    tmp_path: Path,
+) -> None:
+    """clamd 1.4 with its TemporaryDirectory full answers OK, unscanned, to
+    FILDES (and clamdscan prints it); the EICAR check at the start of each
+    session catches it."""
+    where = tmp_path / "clamd-tmp"
+    tmpfs(where, "8M", inodes=256)
+    server = clamd_factory(max_threads=1, extra={"TemporaryDirectory": str(where)})
+    fill_inodes(where)
+    command = ["scan", "--fdpass", "--address", server.unix_address, "--no-summary"]
+    unchecked = clamwatch(*command, "--no-eicar-check", str(uploads))
+    assert lines(unchecked.stdout)[f"{uploads}/sub/virus.com"] == "OK"  # the hazard
+    result = clamwatch(*command, "--timeout", "2s", str(uploads))
+    assert result.returncode == 2
+    assert "the EICAR test file" in result.stderr
+    assert "TemporaryDirectory full or not writable?" in result.stderr
+    assert result.stdout == ""  # not one file said OK (nor anything else: none was sent)
 
 
 def test_infected_only_and_json_records(clamd: PrivateClamd, uploads: Path) -> None:

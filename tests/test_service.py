@@ -152,7 +152,9 @@ def test_check_config_with_drop_ins_and_clamd(tmp_path: Path, clamd: PrivateClam
         in result.stdout
     )
     assert f"clamd at {clamd.unix_address}: ClamAV " in result.stdout
-    assert "descriptor (FILDES), at most 64 scans in flight" in result.stdout
+    assert "descriptor (FILDES), at most 64 scans in flight; it found the EICAR test file" in (
+        result.stdout
+    )
 
     (dropins / "20-typo.toml").write_text("[daemon]\nsettle_tiem = '1s'\n")
     broken = run_check("--config", str(config))

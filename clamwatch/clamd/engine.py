@@ -41,7 +41,15 @@ from clamwatch.clamd.settings import EngineSettings
 from clamwatch.clamd.transport import ClamdConnectionError
 from clamwatch.eventkind import EventKind, emit
 from clamwatch.threadnames import name_this_thread
-from clamwatch.verdict import NotScanned, NotScannedReason, ScanError, Verdict
+from clamwatch.verdict import (
+    Clean,
+    Infected,
+    NotScanned,
+    NotScannedReason,
+    ScanError,
+    Verdict,
+    describe,
+)
 
 log = lazylog.Logger(__name__)
 
@@ -62,6 +70,12 @@ _CLAMD_MAX_QUEUE = 100
 # at the first denial: clamd creates its socket before it sets the mode and
 # group that LocalSocketMode and LocalSocketGroup ask for.
 _DENIED_FOR = 1.0
+# A busy session has clamd scan the EICAR test file this often (Session.check_eicar).
+_EICAR_EVERY = 10.0
+_EICAR_CLOSED = (
+    " while scanning the EICAR test file: is its TemporaryDirectory full or not writable?"
+    " (clamd's log says)"
+)
 
 
 class EngineStats:
@@ -139,6 +153,8 @@ class Engine:
         self._gather_replies = 0  # replies' worth of time a saturated loop waits (_set_caps)
         self._down_since: float | None = None
         self._denied_since: float | None = None  # connecting denied since then, without a break
+        # why clamd failed the last EICAR check (Session.check_eicar); None once one passes
+        self.eicar_problem: str | None = None
         self._keepalive = self.settings.keepalive
         self._gave_up = False
         self._probe = True  # ask VERSIONCOMMANDS and STATS at the start of each session
@@ -371,7 +387,13 @@ class Engine:
             return
         self._session_number += 1
         try:
-            session = Session(self.address, now, self._session_number, probe=self._probe)
+            session = Session(
+                self.address,
+                now,
+                self._session_number,
+                probe=self._probe,
+                eicar_check=self.settings.eicar_check,
+            )
         except ClamdConnectionError as exc:
             self._connect_failed(now, str(exc), denied=exc.denied)
             return
@@ -672,9 +694,9 @@ class Engine:
 
     def _handle(self, session: Session, event: Event, now: float) -> None:
         if type(event) is ScanReply:  # nearly every event: no handshake reply is one
-            self._scan_reply(session, event)
+            self._scan_reply(session, event, now)
             return
-        if session.handle_handshake(event):
+        if session.handle_handshake(event, now):
             if session.state is SessionState.READY:
                 self._session_ready(session, now)
             elif session.refused and self._probe:
@@ -687,7 +709,7 @@ class Engine:
                 )
             return
         if isinstance(event, ScanReply):
-            self._scan_reply(session, event)
+            self._scan_reply(session, event, now)
         elif isinstance(event, Pong):
             pass
         elif isinstance(event, SessionEnded):
@@ -712,7 +734,10 @@ class Engine:
             session.end_reason = event.reason
         elif isinstance(event, ConnectionClosed):
             reason = session.end_reason or "clamd closed the connection"
-            self._session_lost(session, reason, now)
+            if session.eicar_pending:
+                self._eicar_failed(session, reason + _EICAR_CLOSED, now)
+            else:
+                self._session_lost(session, reason, now)
         elif isinstance(event, CommandFailed):
             log.warning(
                 "%s: clamd refused request %d: %s", session.name, event.request_id, event.message
@@ -720,11 +745,14 @@ class Engine:
         else:
             raise RemoteProtocolError(f"unexpected reply {event!r}")
 
-    def _scan_reply(self, session: Session, event: ScanReply) -> None:
+    def _scan_reply(self, session: Session, event: ScanReply, now: float) -> None:
         entry = session.take(event)
         if entry is None:
-            raise RemoteProtocolError(f"reply for request {event.request_id} not in flight")
+            self._eicar_reply(session, event, now)
+            return
         verdict = entry.local_verdict or event.verdict
+        if type(verdict) is Clean:
+            session.clean_since_check += 1
         self._backoff = self.settings.backoff_initial  # clamd works: reconnect at once
         version = session.capabilities.version if session.capabilities else None
         self._deliver(entry.job, verdict, entry.transport, version)
@@ -738,6 +766,80 @@ class Engine:
 
     # -- time ---------------------------------------------------------------------------
 
+    # -- the EICAR check ---------------------------------------------------------
+
+    def _eicar_reply(self, session: Session, event: ScanReply, now: float) -> None:
+        was_ready = session.state is SessionState.READY
+        verdict = session.take_eicar_reply(event, now)
+        if verdict is None:
+            raise RemoteProtocolError(f"reply for request {event.request_id} not in flight")
+        if isinstance(verdict, Infected):
+            self.eicar_problem = None
+            if not was_ready and session.state is SessionState.READY:
+                self._session_ready(session, now)
+            return
+        if isinstance(verdict, NotScanned) and verdict.reason is NotScannedReason.UNSUPPORTED:
+            problem = (
+                f"clamd refused the EICAR check ({verdict.detail}): INSTREAM disabled in"
+                " clamd.conf? Then set eicar_check = false"
+            )
+        else:
+            problem = f"clamd answered {describe(verdict)!r} for the EICAR test file: it " + (
+                "is not scanning (its TemporaryDirectory full or not writable? clamd's log"
+                " says), or its databases lack the EICAR signature (then set eicar_check ="
+                " false)"
+                if isinstance(verdict, Clean)
+                else "cannot scan (its TemporaryDirectory full or not writable? clamd's log says)"
+            )
+        self._eicar_failed(session, problem, now)
+
+    def _eicar_failed(self, session: Session, problem: str, now: float) -> None:
+        """clamd failed the EICAR check: drop the session as lost, never trust it.
+
+        A session that passed before (a busy one's periodic check) names the
+        clean verdicts since then: they may have come from a clamd that
+        answered without scanning.
+        """
+        self.eicar_problem = problem
+        passed = session.eicar_passed_at
+        if session.state is SessionState.READY and passed is not None:
+            since = time.strftime("%H:%M:%S", time.localtime(time.time() - (now - passed)))
+            log.error(
+                "%s; %d clean verdict(s) from %s since %s may be false: scan those files again",
+                problem,
+                session.clean_since_check,
+                session.name,
+                since,
+            )
+        self._session_lost(session, problem, now)
+
+    def verify_scanning(self, timeout: float) -> str | None:
+        """Inline engines: have clamd scan the EICAR test file now.
+
+        None when clamd found it; else why not. `clamwatch scan` asks at its
+        end, so that a clamd that stopped scanning during a short scan (no
+        periodic check came due) does not pass unnoticed.
+        """
+        deadline = time.monotonic() + timeout
+        while True:  # a session free for the check (one may be reconnecting)
+            session = next((s for s in self._sessions if s.accepting and not s.eicar_pending), None)
+            left = deadline - time.monotonic()
+            if session is not None or left <= 0:
+                break
+            self.step(min(left, 0.1))
+        if session is None:
+            return self.eicar_problem or f"clamd could not be asked within {timeout:g} s"
+        now = time.monotonic()
+        session.check_eicar(now)
+        while session.eicar_pending and session.state is not SessionState.CLOSED:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return f"no answer to the EICAR check within {timeout:g} s"
+            self.step(left)
+        if session.eicar_passed_at is not None and session.eicar_passed_at >= now:
+            return None
+        return self.eicar_problem or "the session to clamd was lost during the EICAR check"
+
     def _timers(self, now: float) -> None:
         timeout = self.settings.request_timeout
         for session in list(self._sessions):
@@ -749,7 +851,13 @@ class Engine:
             if oldest is not None and now - oldest.sent_at > timeout:
                 self._session_lost(session, f"no reply within {timeout:g} s (clamd stuck?)", now)
                 continue
-            if now - session.last_send >= self._keepalive:
+            if session.eicar_pending and now - session.eicar_sent_at > timeout:
+                unanswered = f"no answer to the EICAR check within {timeout:g} s"
+                self._eicar_failed(session, unanswered, now)
+                continue
+            if session.wants_eicar_check(now, _EICAR_EVERY):
+                session.check_eicar(now)
+            elif now - session.last_send >= self._keepalive:
                 session.ping(now)
         self._check_give_up(now)
 

@@ -44,8 +44,9 @@ from clamwatch.clamd.transport import (
     open_socket,
     send_with_fd,
 )
+from clamwatch.testsig import eicar_bytes
 from clamwatch.value import Value
-from clamwatch.verdict import NotScanned, NotScannedReason, ScanError, Verdict
+from clamwatch.verdict import Infected, NotScanned, NotScannedReason, ScanError, Verdict
 
 TYPE_CHECKING = False  # typing's own, without importing typing (see value.py)
 
@@ -58,6 +59,7 @@ _OUT_HIGH_WATER = 2 * STREAM_CHUNK
 # Replies are short (a path-free "N: fd[12]: OK" is ~15 bytes); 64 KiB takes
 # thousands per read without the mmap/munmap a larger buffer costs per recv.
 _RECV_SIZE = 64 * 1024
+_EICAR = eicar_bytes()
 
 
 class SessionState(enum.Enum):
@@ -116,7 +118,13 @@ class Session:
     """A clamd IDSESSION. Not thread-safe: only the engine's loop thread touches it."""
 
     def __init__(
-        self, address: ClamdAddress, now: float, number: int, *, probe: bool = True
+        self,
+        address: ClamdAddress,
+        now: float,
+        number: int,
+        *,
+        probe: bool = True,
+        eicar_check: bool = False,
     ) -> None:
         self.address = address
         self.name = f"session {number}"
@@ -141,6 +149,13 @@ class Session:
         # False when clamd ended a session over VERSIONCOMMANDS or STATS
         # (disabled commands end the session in clamd 1.5+): skip them.
         self._probe = probe
+        # The EICAR check (Engine): clamd must find the EICAR test file in
+        # the handshake, and again now and then while busy.
+        self.eicar_check = eicar_check
+        self._eicar_id: int | None = None  # the check in flight
+        self.eicar_sent_at = now
+        self.eicar_passed_at: float | None = None
+        self.clean_since_check = 0  # clean verdicts since the last check that passed
         # set by the engine from clamd.conf or --max-stream-size
         self.stream_limit: int | None = None
         if connected:
@@ -167,14 +182,71 @@ class Session:
     def _start_session(self, now: float) -> None:
         self._queue(self.proto.start_session())
         self.state = SessionState.HANDSHAKE
-        if not self._probe:
-            self.capabilities = Capabilities("", frozenset(), None)
-            self.state = SessionState.READY
+        if self._probe:
+            for command in (VersionCommands(), Stats()):
+                request_id = self._command(command, now)
+                assert request_id is not None
+                self._handshake.add(request_id)
+        self._ready_if_done(now)
+
+    def _ready_if_done(self, now: float) -> None:
+        """HANDSHAKE -> READY once every handshake reply is in and the EICAR check passed.
+
+        The check goes out after the other replies are in: a clamd that fails
+        it may answer the next commands in its pipe oddly (measured).
+        """
+        if self.state is not SessionState.HANDSHAKE or self._handshake or self.refused:
             return
-        for command in (VersionCommands(), Stats()):
-            request_id = self._command(command, now)
-            assert request_id is not None
-            self._handshake.add(request_id)
+        if self.eicar_check and self.eicar_passed_at is None:
+            if self._eicar_id is None:
+                self.check_eicar(now)
+            return
+        self.capabilities = Capabilities(self._caps_version, self._caps_commands, self._max_threads)
+        self.state = SessionState.READY
+
+    # -- the EICAR check ---------------------------------------------------------
+
+    def check_eicar(self, now: float) -> None:
+        """Have clamd scan the EICAR test file (INSTREAM, whole): it must find it.
+
+        clamd 1.4 answers OK, without scanning, for a file it cannot make its
+        per-scan folder for (a full TemporaryDirectory): over FILDES nothing
+        else tells. Over INSTREAM it closes the connection instead.
+        """
+        data, request_id = self.proto.send_instream(_EICAR)
+        self._queue(data)
+        self.last_send = self.eicar_sent_at = now
+        self.requests += 1
+        self._eicar_id = request_id
+
+    @property
+    def eicar_pending(self) -> bool:
+        return self._eicar_id is not None
+
+    def wants_eicar_check(self, now: float, every: float) -> bool:
+        """A busy session's next check is due (one at a time, never inside a stream)."""
+        return (
+            self.eicar_check
+            and self._eicar_id is None
+            and self.state is SessionState.READY
+            and self._stream is None
+            and bool(self.in_flight)
+            and now - self.eicar_sent_at >= every
+        )
+
+    def take_eicar_reply(self, event: ScanReply, now: float) -> Verdict | None:
+        """The verdict if ``event`` answers the EICAR check, else None.
+
+        A check that found it completes the handshake (see _ready_if_done).
+        """
+        if event.request_id != self._eicar_id:
+            return None
+        self._eicar_id = None
+        if isinstance(event.verdict, Infected):
+            self.eicar_passed_at = now
+            self.clean_since_check = 0
+            self._ready_if_done(now)
+        return event.verdict
 
     def _send_now(self, data: bytes, fd: int) -> bool:
         """Write a whole small request at once, bypassing the out buffer; False if it did not go.
@@ -360,7 +432,7 @@ class Session:
             acknowledge_now(self.sock)
         return self._tcp
 
-    def handle_handshake(self, event: Event) -> bool:
+    def handle_handshake(self, event: Event, now: float) -> bool:
         """Take a handshake reply; True when the event was one."""
         request_id = getattr(event, "request_id", None)
         if request_id not in self._handshake:
@@ -380,11 +452,7 @@ class Session:
             pass
         else:
             raise RemoteProtocolError(f"unexpected reply during the handshake: {event!r}")
-        if not self._handshake and self.state is SessionState.HANDSHAKE and not self.refused:
-            self.capabilities = Capabilities(
-                self._caps_version, self._caps_commands, self._max_threads
-            )
-            self.state = SessionState.READY
+        self._ready_if_done(now)
         return True
 
     def take(self, event: ScanReply) -> InFlight | None:

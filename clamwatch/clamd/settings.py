@@ -40,6 +40,7 @@ class ClamdSettings(Value):
         "request_timeout",
         "keepalive",
         "max_stream_size",
+        "eicar_check",
     )
     address: Final[str | None]
     clamd_conf: Final[str]
@@ -49,6 +50,7 @@ class ClamdSettings(Value):
     request_timeout: Final[float]
     keepalive: Final[float | None]
     max_stream_size: Final[int | None]
+    eicar_check: Final[bool]
 
     def __init__(
         self,
@@ -61,6 +63,7 @@ class ClamdSettings(Value):
         request_timeout: float = 180.0,
         keepalive: float | None = None,  # None: a third of clamd's ReadTimeout, at most 30 s
         max_stream_size: int | None = None,  # None: clamd.conf's StreamMaxLength
+        eicar_check: bool = True,  # see EngineSettings
     ) -> None:
         self.address = address
         self.clamd_conf = os.fspath(clamd_conf)
@@ -70,6 +73,7 @@ class ClamdSettings(Value):
         self.request_timeout = request_timeout
         self.keepalive = keepalive
         self.max_stream_size = max_stream_size
+        self.eicar_check = eicar_check
 
 
 class EngineSettings(Value):
@@ -87,6 +91,7 @@ class EngineSettings(Value):
         "max_requests_per_session",
         "backoff_initial",
         "backoff_max",
+        "eicar_check",
     )
     transport: Final[TransportChoice]
     sessions: Final[int]
@@ -101,6 +106,7 @@ class EngineSettings(Value):
     max_requests_per_session: Final[int]
     backoff_initial: Final[float]
     backoff_max: Final[float]
+    eicar_check: Final[bool]
 
     def __init__(
         self,
@@ -126,6 +132,12 @@ class EngineSettings(Value):
         max_requests_per_session: int = 100_000,
         backoff_initial: float = 0.1,
         backoff_max: float = 10.0,
+        # Each session starts by having clamd scan the EICAR test file, and
+        # does again every 10 s while busy: clamd that does not find it is
+        # not scanning (it answers OK unscanned when its TemporaryDirectory
+        # is full) and is treated as unreachable. False for a clamd whose
+        # databases lack the EICAR signature.
+        eicar_check: bool = True,
     ) -> None:
         self.transport = transport
         self.sessions = sessions
@@ -140,6 +152,7 @@ class EngineSettings(Value):
         self.max_requests_per_session = max_requests_per_session
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
+        self.eicar_check = eicar_check
 
 
 def resolve_engine(
@@ -172,5 +185,6 @@ def resolve_engine(
         give_up_after=give_up_after,
         max_stream_size=max_stream,
         clamd_max_queue=conf.max_queue if conf is not None else None,
+        eicar_check=clamd.eicar_check,
     )
     return address, settings
