@@ -23,13 +23,18 @@ from clamwatch.testsig import EICAR_SIGNATURE
 from helpers import age_access_time, deny_root, fill_inodes, without_dac_override
 
 
-def clamwatch(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def clamwatch(
+    *args: str, timeout: float = 120, input: str | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run `clamwatch ARGS...`; standard input is ``input``, else empty."""
     return subprocess.run(
         [sys.executable, "-m", "clamwatch", *args],
         capture_output=True,
         text=True,
         errors="surrogateescape",
-        stdin=subprocess.DEVNULL,
+        input=input,
+        stdin=subprocess.DEVNULL if input is None else None,
+        cwd=cwd,
         timeout=timeout,
         check=False,
     )
@@ -324,16 +329,7 @@ def test_clamdscan_command_lines_work_with_a_file_list(
         + os.fsencode(uploads / "clean.txt")
     )
     command = ["scan", "-m", "--fdpass", "--config-file", str(conf), "--no-summary"]
-    result = subprocess.run(
-        [sys.executable, "-m", "clamwatch", *command, "-f", str(listing)],
-        capture_output=True,
-        text=True,
-        errors="surrogateescape",
-        stdin=subprocess.DEVNULL,
-        cwd=tmp_path,
-        timeout=120,
-        check=False,
-    )
+    result = clamwatch(*command, "-f", str(listing), cwd=tmp_path)
     assert result.returncode == 1, result.stderr
     assert lines(result.stdout) == {
         f"{uploads}/sub/virus.com": f"{EICAR_SIGNATURE} FOUND",
@@ -342,13 +338,8 @@ def test_clamdscan_command_lines_work_with_a_file_list(
         f"{tmp_path}/missing": "Not scanned: no such file or directory ERROR",
         f"{uploads}/clean.txt": "OK",
     }
-    piped = subprocess.run(
-        [sys.executable, "-m", "clamwatch", *command, "-f", "/dev/stdin", str(uploads / "sub")],
-        input=f"{uploads}/clean.txt\n",
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    piped = clamwatch(
+        *command, "-f", "/dev/stdin", str(uploads / "sub"), input=f"{uploads}/clean.txt\n"
     )
     assert piped.returncode == 1, piped.stderr
     assert lines(piped.stdout) == {
