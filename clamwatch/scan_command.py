@@ -105,6 +105,13 @@ def run_scan(options: ScanOptions, out: TextIO = sys.stdout, err: TextIO = sys.s
             reason = exc.strerror or exc
             err.write(f"clamwatch scan: cannot read the file list {options.file_list}: {reason}\n")
             return 2
+        if STDIN_ARGUMENT in options.paths and _same_file(listing.fileno(), 0):
+            listing.close()
+            err.write(
+                f"clamwatch scan: the file list {options.file_list} is standard input, which"
+                " the PATH - names too\n"
+            )
+            return 2
     try:
         return _run(options, listing, out, err)
     finally:
@@ -173,6 +180,14 @@ def _run(options: ScanOptions, listing: BinaryIO | None, out: TextIO, err: TextI
         _output_failed(reporter.output_error, out, err)
         return 1 if reporter.counts.infected else 2  # stopped: not every file was scanned
     return reporter.counts.exit_code()
+
+
+def _same_file(fd: int, other: int) -> bool:
+    try:
+        a, b = os.fstat(fd), os.fstat(other)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def _output_failed(exc: OSError, out: TextIO, err: TextIO) -> None:

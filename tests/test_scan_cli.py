@@ -289,6 +289,7 @@ def test_unreachable_clamd_exits_2_naming_the_address(tmp_path: Path) -> None:
         (["--clamd-conf", "/nonexistent/clamd.conf"], "/nonexistent/clamd.conf"),
         (["--quiet"], "clamwatch scan: error: unrecognized arguments: --quiet"),
         (["-f", "/nonexistent/list"], "cannot read the file list /nonexistent/list: No such"),
+        (["-f", "/dev/stdin", "-"], "the file list /dev/stdin is standard input, which the PATH"),
     ],
 )
 def test_bad_arguments_exit_2_with_a_clear_message(

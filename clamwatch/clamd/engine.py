@@ -416,7 +416,7 @@ class Engine:
             if limit is None:
                 then = "files wait and are retried with backoff"
             else:
-                then = f"retrying for up to {_DENIED_FOR if denied else limit:g} s"
+                then = f"retrying for up to {min(limit, _DENIED_FOR) if denied else limit:g} s"
             emit(
                 EventKind.CLAMD_LOST,
                 f"clamd at {self.address} is unreachable: {message}; {then}",
