@@ -647,7 +647,12 @@ def test_a_clamd_that_refuses_the_eicar_check_is_never_used(tmp_path: Path, eica
     unavailable = Faults(unavailable=frozenset({"INSTREAM"}))
     with (
         FakeClamd(unavailable) as fake,
-        running(fake.unix_address, eicar_check=True, give_up_after=1.0) as engine,
+        running(
+            fake.unix_address,
+            eicar_check=True,
+            transport=TransportChoice.INSTREAM,  # the check then goes by INSTREAM too
+            give_up_after=1.0,
+        ) as engine,
     ):
         with pytest.raises(ClamdUnavailableError, match="refused the EICAR check"):
             engine.wait_ready(30)

@@ -496,3 +496,24 @@ def test_a_busy_session_checks_again_and_its_clamd_is_left_until_it_scans(
         assert engine.eicar_problem is None  # passed again once clamd could scan
     assert len(outcomes) == len(files) - 100  # one each (scan_files refuses a second)
     assert re.search(r"\d+ clean verdict\(s\) from session \d+ since \S+ may be false", caplog.text)
+
+
+def test_checks_and_pings_queued_in_a_busy_session_never_take_a_files_descriptor(
+    clamd: PrivateClamd, tmp_path: Path, eicar: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A descriptor rides on the first byte of what carries it: a FILDES queued
+    behind an EICAR check or a PING must go in a send of its own, or clamd
+    takes the descriptor for the check and the file gets "No file descriptor
+    received"."""
+    monkeypatch.setattr(engine_module, "_EICAR_EVERY", 0.0)  # at every turn while busy
+    root = tmp_path / "tree"
+    infected = make_tree(root, 3000, eicar)
+    paths = sorted(p for p in root.rglob("*") if p.is_file())
+    with running(clamd.unix_address, transport=TransportChoice.FILDES, keepalive=0.01) as engine:
+        outcomes = scan_files(engine, paths, timeout=120)
+    wrong = {
+        path: outcome.verdict
+        for path, outcome in outcomes.items()
+        if not isinstance(outcome.verdict, Infected if path in infected else Clean)
+    }
+    assert wrong == {}

@@ -25,7 +25,7 @@ from collections.abc import Iterable
 
 from clamwatch import lazylog
 from clamwatch.clamd.address import ClamdAddress
-from clamwatch.clamd.job import ScanJob, ScanOutcome, Transport, TransportChoice
+from clamwatch.clamd.job import ScanJob, ScanOutcome, Transport, TransportChoice, choose_transport
 from clamwatch.clamd.protocol import (
     CommandFailed,
     ConnectionClosed,
@@ -393,6 +393,7 @@ class Engine:
                 self._session_number,
                 probe=self._probe,
                 eicar_check=self.settings.eicar_check,
+                transport=self.settings.transport,
             )
         except ClamdConnectionError as exc:
             self._connect_failed(now, str(exc), denied=exc.denied)
@@ -461,12 +462,7 @@ class Engine:
             )
 
     def _transport_for(self, caps: Capabilities) -> Transport:
-        choice = self.settings.transport
-        if choice is TransportChoice.INSTREAM or not self.address.is_unix:
-            return Transport.INSTREAM
-        if choice is TransportChoice.FILDES or "FILDES" in caps.commands:
-            return Transport.FILDES
-        return Transport.INSTREAM
+        return choose_transport(self.settings.transport, self.address.is_unix, caps.commands)
 
     def _set_caps(self) -> None:
         self._cap = self._cap_total()
@@ -711,7 +707,7 @@ class Engine:
         if isinstance(event, ScanReply):
             self._scan_reply(session, event, now)
         elif isinstance(event, Pong):
-            pass
+            session.pong(event.request_id)
         elif isinstance(event, SessionEnded):
             if session.capabilities is None and event.reason != "COMMAND READ TIMED OUT":
                 # an id-less refusal of the handshake: do without it from now on
@@ -802,7 +798,7 @@ class Engine:
         """
         self.eicar_problem = problem
         passed = session.eicar_passed_at
-        if session.state is SessionState.READY and passed is not None:
+        if session.state is SessionState.READY and passed is not None and session.clean_since_check:
             since = time.strftime("%H:%M:%S", time.localtime(time.time() - (now - passed)))
             log.error(
                 "%s; %d clean verdict(s) from %s since %s may be false: scan those files again",
@@ -858,7 +854,12 @@ class Engine:
             if session.wants_eicar_check(now, _EICAR_EVERY):
                 session.check_eicar(now)
             elif now - session.last_send >= self._keepalive:
-                session.ping(now)
+                # an idle session: the check keeps it alive too, and sees a
+                # clamd that stopped scanning before the next files come
+                if session.eicar_check and session.accepting and not session.eicar_pending:
+                    session.check_eicar(now)
+                else:
+                    session.ping(now)
         self._check_give_up(now)
 
     def _give_up_at(self) -> float | None:

@@ -29,6 +29,15 @@ class TransportChoice(enum.Enum):
     INSTREAM = "instream"
 
 
+def choose_transport(choice: TransportChoice, is_unix: bool, commands: frozenset[str]) -> Transport:
+    """FILDES on a Unix socket when asked for, or offered (VERSIONCOMMANDS) and not refused."""
+    if choice is TransportChoice.INSTREAM or not is_unix:
+        return Transport.INSTREAM
+    if choice is TransportChoice.FILDES or "FILDES" in commands:
+        return Transport.FILDES
+    return Transport.INSTREAM
+
+
 class ScanOutcome(Value):
     __slots__ = ("verdict", "transport", "clamd_version", "attempts")
     verdict: Final[Verdict]

@@ -15,7 +15,7 @@ import enum
 import os
 
 from clamwatch.clamd.address import ClamdAddress
-from clamwatch.clamd.job import ScanJob, Transport
+from clamwatch.clamd.job import ScanJob, Transport, TransportChoice, choose_transport
 from clamwatch.clamd.protocol import (
     STREAM_CHUNK,
     ClamdProtocol,
@@ -60,6 +60,20 @@ _OUT_HIGH_WATER = 2 * STREAM_CHUNK
 # thousands per read without the mmap/munmap a larger buffer costs per recv.
 _RECV_SIZE = 64 * 1024
 _EICAR = eicar_bytes()
+
+
+def _eicar_memfd() -> int | None:
+    """A memfd holding the EICAR test file, or None when none can be made."""
+    try:
+        fd = os.memfd_create("clamwatch-eicar", os.MFD_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        os.write(fd, _EICAR)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
 
 
 class SessionState(enum.Enum):
@@ -125,6 +139,7 @@ class Session:
         *,
         probe: bool = True,
         eicar_check: bool = False,
+        transport: TransportChoice = TransportChoice.AUTO,
     ) -> None:
         self.address = address
         self.name = f"session {number}"
@@ -152,7 +167,10 @@ class Session:
         # The EICAR check (Engine): clamd must find the EICAR test file in
         # the handshake, and again now and then while busy.
         self.eicar_check = eicar_check
+        self._transport = transport  # the engine's choice: the check goes the same way
         self._eicar_id: int | None = None  # the check in flight
+        self._eicar_fd: int | None = None  # its memfd, over FILDES
+        self._ping_id: int | None = None  # a keepalive PING not answered yet
         self.eicar_sent_at = now
         self.eicar_passed_at: float | None = None
         self.clean_since_check = 0  # clean verdicts since the last check that passed
@@ -164,11 +182,15 @@ class Session:
     # -- writing --------------------------------------------------------------
 
     def _queue(self, data: bytes, fd: int | None = None) -> None:
-        last = self._out[-1] if self._out else None
-        if last is not None and (fd is None or (last.fd is None and not last.started)):
-            last.data += data
-            if fd is not None:
-                last.fd = fd
+        """Queue ``data`` to send; ``fd`` rides on its first byte, so it starts an item.
+
+        clamd takes a descriptor for the command whose bytes brought it:
+        one that came with the bytes of a PING or an INSTREAM before the
+        FILDES is "ancillary data sent without FILDES", and the FILDES then
+        has none (measured). Data without one joins the last item.
+        """
+        if fd is None and self._out:
+            self._out[-1].data += data
         else:
             self._out.append(_OutItem(bytearray(data), fd))
 
@@ -207,17 +229,34 @@ class Session:
     # -- the EICAR check ---------------------------------------------------------
 
     def check_eicar(self, now: float) -> None:
-        """Have clamd scan the EICAR test file (INSTREAM, whole): it must find it.
+        """Have clamd scan the EICAR test file, the way files go: it must find it.
 
         clamd 1.4 answers OK, without scanning, for a file it cannot make its
         per-scan folder for (a full TemporaryDirectory): over FILDES nothing
-        else tells. Over INSTREAM it closes the connection instead.
+        else tells. Over INSTREAM it closes the connection instead. Over
+        FILDES the check is a FILDES too (of a memfd): bytes without a
+        descriptor just before a FILDES can reach clamd in the same read as
+        its descriptor, which clamd then refuses (measured).
         """
-        data, request_id = self.proto.send_instream(_EICAR)
-        self._queue(data)
+        transport = choose_transport(self._transport, self.address.is_unix, self._caps_commands)
+        fd = _eicar_memfd() if transport is Transport.FILDES else None
+        if fd is not None:
+            self._eicar_fd = fd
+            data, request_id = self.proto.send_fildes(fd)
+            if self._out or not self._send_now(data, fd):
+                self._queue(data, fd)
+        else:  # INSTREAM, or no memfd to be had (out of descriptors)
+            data, request_id = self.proto.send_instream(_EICAR)
+            self._queue(data)
         self.last_send = self.eicar_sent_at = now
         self.requests += 1
         self._eicar_id = request_id
+
+    def _eicar_done(self) -> None:
+        self._eicar_id = None
+        if self._eicar_fd is not None:
+            os.close(self._eicar_fd)
+            self._eicar_fd = None
 
     @property
     def eicar_pending(self) -> bool:
@@ -241,7 +280,7 @@ class Session:
         """
         if event.request_id != self._eicar_id:
             return None
-        self._eicar_id = None
+        self._eicar_done()
         if isinstance(event.verdict, Infected):
             self.eicar_passed_at = now
             self.clean_since_check = 0
@@ -326,7 +365,7 @@ class Session:
 
     @property
     def accepting(self) -> bool:
-        return self.state is SessionState.READY and self._stream is None
+        return self.state is SessionState.READY and self._stream is None and self._ping_id is None
 
     def begin(self, job: ScanJob, transport: Transport, now: float) -> None:
         """Send one scan request for ``job``."""
@@ -381,9 +420,17 @@ class Session:
         return True
 
     def ping(self, now: float) -> None:
-        """Keepalive: clamd's ReadTimeout counts input idleness, even while it scans."""
+        """Keepalive: clamd's ReadTimeout counts input idleness, even while it scans.
+
+        No scan request follows until the PONG: clamd refuses a descriptor
+        that reaches it in the same read as the PING's bytes (see check_eicar).
+        """
         if self.state in (SessionState.READY, SessionState.HANDSHAKE) and self._stream is None:
-            self._command(Ping(), now)
+            self._ping_id = self._command(Ping(), now)
+
+    def pong(self, request_id: int | None) -> None:
+        if request_id == self._ping_id:
+            self._ping_id = None
 
     def end(self, now: float, reason: str) -> None:
         """Send END: clamd answers what is pending, then closes."""
@@ -474,6 +521,7 @@ class Session:
         self.state = SessionState.CLOSED
         self._stream = None
         self._out.clear()
+        self._eicar_done()
         with contextlib.suppress(OSError):
             self.sock.close()
         lost = list(self.in_flight.values())
