@@ -1,9 +1,10 @@
 """Walking the trees named on the command line, without following links.
 
-A symbolic link named on the command line is followed, as clamdscan does and
-as clamscan does by default (``--follow-dir-symlinks=1``,
-``--follow-file-symlinks=1``: "direct" links only): the admin named it. Its
-files keep the name it was given by. No link found below it is followed.
+A symbolic link named on the command line is followed, as clamscan does by
+default (``--follow-dir-symlinks=1``, ``--follow-file-symlinks=1``: "direct"
+links only; clamdscan 1.4 prints such a link OK without scanning it): the
+admin named it. Its files keep the name it was given by. No link found below
+it is followed.
 
 Each directory below a named one is opened relative to its parent's
 descriptor, with O_NOFOLLOW (and O_NOATIME where the kernel allows it, so
