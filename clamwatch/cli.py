@@ -275,9 +275,9 @@ def _add_scan(commands: argparse._SubParsersAction[_Parser], *, with_options: bo
         "--no-eicar-check",
         dest="eicar_check",
         action="store_false",
-        help="do not have clamd scan the EICAR test file first and last (it must find it: clamd"
-        " 1.4 answers OK unscanned when its TemporaryDirectory is full); for a clamd whose"
-        " databases lack the EICAR signature",
+        help="do not have clamd scan the EICAR test file before OK is believed (it must find"
+        " it: clamd 1.4 answers OK unscanned when its TemporaryDirectory is full); for a clamd"
+        " whose databases lack the EICAR signature",
     )
     scan.add_argument("--json", action="store_true", help="print one JSON object per file")
     scan.add_argument("-i", "--infected", action="store_true", help="print infected files only")

@@ -141,7 +141,6 @@ def _run(options: ScanOptions, listing: BinaryIO | None, out: TextIO, err: TextI
     progress = options.progress if options.progress is not None else err.isatty()
     reporter = Reporter(out, err, options.json_lines, options.infected_only, progress)
     drain = 10.0  # seconds clamd gets to answer what is in flight at the end
-    untrusted: str | None = None  # why clamd failed the EICAR check at the end
     try:
         try:
             engine.wait_ready(options.connect_timeout)
@@ -150,10 +149,6 @@ def _run(options: ScanOptions, listing: BinaryIO | None, out: TextIO, err: TextI
             return 2
         items = _items(options.paths, listing, options.file_list or "")
         _scan_all(engine, items, reporter)
-        if settings.eicar_check and reporter.counts.scanned > reporter.counts.infected:
-            # clean verdicts came: was clamd still scanning at the end? (it
-            # was at the start: sessions begin with the same check)
-            untrusted = engine.verify_scanning(min(options.request_timeout, 30.0))
     except KeyboardInterrupt:
         drain = 0.0
         err.write("\nclamwatch scan: interrupted\n")
@@ -170,12 +165,6 @@ def _run(options: ScanOptions, listing: BinaryIO | None, out: TextIO, err: TextI
     if options.summary:
         reporter.summary()
     reporter.flush()
-    if untrusted is not None:
-        err.write(
-            f"clamwatch scan: at the end of the scan, {untrusted}; the OK verdicts above may"
-            " be false: scan those files again once clamd finds the EICAR test file\n"
-        )
-        return 1 if reporter.counts.infected else 2
     if reporter.output_error is not None:
         _output_failed(reporter.output_error, out, err)
         return 1 if reporter.counts.infected else 2  # stopped: not every file was scanned

@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 
-from clamwatch.clamd import engine as engine_module
 from clamwatch.clamd.address import parse_address
 from clamwatch.clamd.engine import ClamdUnavailableError, Engine
 from clamwatch.clamd.job import ScanJob, ScanOutcome, Transport, TransportChoice
@@ -442,70 +441,77 @@ def test_a_clamd_that_cannot_make_its_scan_folders_fails_the_eicar_check(
     assert "EICAR test file" in outcome.verdict.message
 
 
-def test_the_eicar_check_at_the_end_sees_a_clamd_that_stopped_scanning(
-    clamd_factory: ClamdFactory, tight_tmp: Path, tmp_path: Path
+def test_clean_replies_wait_for_a_check_so_none_comes_from_a_clamd_that_stopped_scanning(
+    clamd_factory: ClamdFactory, tight_tmp: Path, tmp_path: Path, eicar: bytes
 ) -> None:
+    """A clean reply is delivered only once a check sent after it passed. clamd
+    stops scanning (its TemporaryDirectory fills) after the handshake: its OKs
+    for the next files are never delivered; the files end as errors."""
     server = clamd_factory(max_threads=2, extra={"TemporaryDirectory": str(tight_tmp)})
-    clean = tmp_path / "clean.txt"
+    clean, virus = tmp_path / "clean.txt", tmp_path / "virus.com"
     clean.write_text("clean\n")
+    virus.write_bytes(eicar)
     fildes = TransportChoice.FILDES
-    with running(server.unix_address, inline=True, transport=fildes) as engine:
+    settings: dict[str, Any] = {"give_up_after": 2.0, "backoff_max": 0.1}
+    with running(server.unix_address, inline=True, transport=fildes, **settings) as engine:
         engine.wait_ready(30)
         assert isinstance(scan_files(engine, [clean], timeout=30)[clean].verdict, Clean)
-        assert engine.verify_scanning(30) is None
         fill_inodes(tight_tmp)
-        problem = engine.verify_scanning(30)
-    assert problem is not None and "EICAR test file" in problem, problem
+        outcomes = scan_files(engine, [clean, virus], timeout=60)
+    for path, outcome in outcomes.items():
+        assert isinstance(outcome.verdict, ScanError), (path, outcome)
+        assert "EICAR" in outcome.verdict.message
 
 
-def test_a_busy_session_checks_again_and_its_clamd_is_left_until_it_scans(
+def test_a_clamd_that_stops_scanning_mid_run_gets_no_verdict_through(
     clamd_factory: ClamdFactory,
     tight_tmp: Path,
     tmp_path: Path,
+    eicar: bytes,
     caplog: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A check fails mid-run: the clean verdicts since the last good one are
-    named as suspect, the session is dropped, what was in flight waits for a
-    clamd that passes the check again, and each file gets one verdict."""
-    monkeypatch.setattr(engine_module, "_EICAR_EVERY", 0.0)  # at every turn of the loop
+    """The TemporaryDirectory fills in the middle of a busy run: the held OKs
+    are not delivered, the session is dropped, and once clamd can scan again
+    every file gets its one right verdict, the EICAR files theirs too."""
     caplog.set_level(logging.ERROR, logger="clamwatch.clamd.engine")
     server = clamd_factory(max_threads=2, extra={"TemporaryDirectory": str(tight_tmp)})
-    files = []
-    for number in range(3000):
-        path = tmp_path / f"f{number:04}"
-        path.write_text(f"clean {number}\n")
-        files.append(path)
+    first, rest = tmp_path / "first", tmp_path / "rest"
+    make_tree(first, 100, eicar)
+    infected = make_tree(rest, 3000, eicar)
     fildes = TransportChoice.FILDES
     with running(server.unix_address, transport=fildes, backoff_max=0.2) as engine:
         engine.wait_ready(30)
-        scan_files(engine, files[:100], timeout=60)
+        scan_files(engine, sorted(p for p in first.rglob("*") if p.is_file()), timeout=60)
         made = fill_inodes(tight_tmp)
 
-        def free_when_the_check_fails() -> None:
-            wait_for(lambda: "may be false" in caplog.text, 60, "the failed check's error")
+        def free_when_a_check_fails() -> None:
+            wait_for(lambda: "held back" in caplog.text, 60, "a failed check")
             for path in made:
                 path.unlink()
 
-        freer = threading.Thread(target=free_when_the_check_fails)
+        freer = threading.Thread(target=free_when_a_check_fails)
         freer.start()
         try:
-            outcomes = scan_files(engine, files[100:], timeout=120)
+            paths = sorted(p for p in rest.rglob("*") if p.is_file())
+            outcomes = scan_files(engine, paths, timeout=120)
         finally:
             freer.join()
-        assert engine.eicar_problem is None  # passed again once clamd could scan
-    assert len(outcomes) == len(files) - 100  # one each (scan_files refuses a second)
-    assert re.search(r"\d+ clean verdict\(s\) from session \d+ since \S+ may be false", caplog.text)
+    wrong = {
+        path: outcome.verdict
+        for path, outcome in outcomes.items()
+        if not isinstance(outcome.verdict, Infected if path in infected else Clean)
+    }
+    assert wrong == {}
+    assert re.search(r"\d+ clean repl\(ies\) from session \d+ held back", caplog.text)
 
 
 def test_checks_and_pings_queued_in_a_busy_session_never_take_a_files_descriptor(
-    clamd: PrivateClamd, tmp_path: Path, eicar: bytes, monkeypatch: pytest.MonkeyPatch
+    clamd: PrivateClamd, tmp_path: Path, eicar: bytes
 ) -> None:
     """A descriptor rides on the first byte of what carries it: a FILDES queued
-    behind an EICAR check or a PING must go in a send of its own, or clamd
-    takes the descriptor for the check and the file gets "No file descriptor
-    received"."""
-    monkeypatch.setattr(engine_module, "_EICAR_EVERY", 0.0)  # at every turn while busy
+    behind an EICAR check (one goes every 128 clean replies or so while busy)
+    or a PING must go in a send of its own, or clamd takes the descriptor for
+    the check and the file gets "No file descriptor received"."""
     root = tmp_path / "tree"
     infected = make_tree(root, 3000, eicar)
     paths = sorted(p for p in root.rglob("*") if p.is_file())

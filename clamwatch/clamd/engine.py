@@ -36,7 +36,13 @@ from clamwatch.clamd.protocol import (
     ScanReply,
     SessionEnded,
 )
-from clamwatch.clamd.session import Capabilities, InFlight, Session, SessionState
+from clamwatch.clamd.session import (
+    CONFIRM_WAIT,
+    Capabilities,
+    InFlight,
+    Session,
+    SessionState,
+)
 from clamwatch.clamd.settings import EngineSettings
 from clamwatch.clamd.transport import ClamdConnectionError
 from clamwatch.eventkind import EventKind, emit
@@ -70,8 +76,6 @@ _CLAMD_MAX_QUEUE = 100
 # at the first denial: clamd creates its socket before it sets the mode and
 # group that LocalSocketMode and LocalSocketGroup ask for.
 _DENIED_FOR = 1.0
-# A busy session has clamd scan the EICAR test file this often (Session.check_eicar).
-_EICAR_EVERY = 10.0
 _EICAR_CLOSED = (
     " while scanning the EICAR test file: is its TemporaryDirectory full or not writable?"
     " (clamd's log says)"
@@ -312,6 +316,9 @@ class Engine:
                 for session in self._sessions:
                     if self._has_room(session):
                         self._service(session, selectors.EVENT_WRITE, now)
+        for session in self._sessions:
+            if session.wants_confirmation(now):
+                session.check_eicar(now)
         if now >= self._timers_due or self._stopping:
             # deadlines are seconds apart: a busy loop looks at them every
             # _TIMER_TICK, not at each of its thousands of turns
@@ -747,8 +754,13 @@ class Engine:
             self._eicar_reply(session, event, now)
             return
         verdict = entry.local_verdict or event.verdict
-        if type(verdict) is Clean:
-            session.clean_since_check += 1
+        if type(verdict) is Clean and session.eicar_check:
+            # delivered once a check sent after it passes: clamd 1.4 answers
+            # OK unscanned when it cannot make its per-scan folder
+            session.hold(entry, verdict, now)
+            if not session.eicar_pending:
+                self._reschedule()  # _next_wakeup: when the check is due
+            return
         self._backoff = self.settings.backoff_initial  # clamd works: reconnect at once
         version = session.capabilities.version if session.capabilities else None
         self._deliver(entry.job, verdict, entry.transport, version)
@@ -766,13 +778,17 @@ class Engine:
 
     def _eicar_reply(self, session: Session, event: ScanReply, now: float) -> None:
         was_ready = session.state is SessionState.READY
-        verdict = session.take_eicar_reply(event, now)
-        if verdict is None:
+        answer = session.take_eicar_reply(event, now)
+        if answer is None:
             raise RemoteProtocolError(f"reply for request {event.request_id} not in flight")
+        verdict, confirmed = answer
         if isinstance(verdict, Infected):
             self.eicar_problem = None
             if not was_ready and session.state is SessionState.READY:
                 self._session_ready(session, now)
+            version = session.capabilities.version if session.capabilities else None
+            for entry, clean in confirmed:
+                self._deliver(entry.job, clean, entry.transport, version)
             return
         if isinstance(verdict, NotScanned) and verdict.reason is NotScannedReason.UNSUPPORTED:
             problem = (
@@ -792,49 +808,18 @@ class Engine:
     def _eicar_failed(self, session: Session, problem: str, now: float) -> None:
         """clamd failed the EICAR check: drop the session as lost, never trust it.
 
-        A session that passed before (a busy one's periodic check) names the
-        clean verdicts since then: they may have come from a clamd that
-        answered without scanning.
+        Its held clean replies are never delivered: like what was in flight,
+        those files are scanned again once a clamd passes the check.
         """
         self.eicar_problem = problem
-        passed = session.eicar_passed_at
-        if session.state is SessionState.READY and passed is not None and session.clean_since_check:
-            since = time.strftime("%H:%M:%S", time.localtime(time.time() - (now - passed)))
+        if session.held:
             log.error(
-                "%s; %d clean verdict(s) from %s since %s may be false: scan those files again",
+                "%s; %d clean repl(ies) from %s held back, to be scanned again",
                 problem,
-                session.clean_since_check,
+                len(session.held),
                 session.name,
-                since,
             )
         self._session_lost(session, problem, now)
-
-    def verify_scanning(self, timeout: float) -> str | None:
-        """Inline engines: have clamd scan the EICAR test file now.
-
-        None when clamd found it; else why not. `clamwatch scan` asks at its
-        end, so that a clamd that stopped scanning during a short scan (no
-        periodic check came due) does not pass unnoticed.
-        """
-        deadline = time.monotonic() + timeout
-        while True:  # a session free for the check (one may be reconnecting)
-            session = next((s for s in self._sessions if s.accepting and not s.eicar_pending), None)
-            left = deadline - time.monotonic()
-            if session is not None or left <= 0:
-                break
-            self.step(min(left, 0.1))
-        if session is None:
-            return self.eicar_problem or f"clamd could not be asked within {timeout:g} s"
-        now = time.monotonic()
-        session.check_eicar(now)
-        while session.eicar_pending and session.state is not SessionState.CLOSED:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return f"no answer to the EICAR check within {timeout:g} s"
-            self.step(left)
-        if session.eicar_passed_at is not None and session.eicar_passed_at >= now:
-            return None
-        return self.eicar_problem or "the session to clamd was lost during the EICAR check"
 
     def _timers(self, now: float) -> None:
         timeout = self.settings.request_timeout
@@ -851,9 +836,7 @@ class Engine:
                 unanswered = f"no answer to the EICAR check within {timeout:g} s"
                 self._eicar_failed(session, unanswered, now)
                 continue
-            if session.wants_eicar_check(now, _EICAR_EVERY):
-                session.check_eicar(now)
-            elif now - session.last_send >= self._keepalive:
+            if now - session.last_send >= self._keepalive:
                 # an idle session: the check keeps it alive too, and sees a
                 # clamd that stopped scanning before the next files come
                 if session.eicar_check and session.accepting and not session.eicar_pending:
@@ -908,6 +891,9 @@ class Engine:
         give_up_at = self._give_up_at()
         if give_up_at is not None:
             candidates.append(give_up_at)
+        for session in self._sessions:
+            if session.held and not session.eicar_pending:
+                candidates.append(session.held_since + CONFIRM_WAIT)
         for session in self._sessions:
             candidates.append(session.last_send + self._keepalive)
             if session.state in (SessionState.CONNECTING, SessionState.HANDSHAKE):

@@ -60,6 +60,12 @@ _OUT_HIGH_WATER = 2 * STREAM_CHUNK
 # thousands per read without the mmap/munmap a larger buffer costs per recv.
 _RECV_SIZE = 64 * 1024
 _EICAR = eicar_bytes()
+# Held clean replies (Engine._scan_reply) get a check at once when the
+# session has nothing else in flight (clamd idle: a light load); while it is
+# busy, once this many wait or the oldest has waited this long: one check in
+# some hundred requests, and verdicts held some tens of milliseconds at most.
+_CONFIRM_BATCH = 128
+CONFIRM_WAIT = 0.02
 
 
 def _eicar_memfd() -> int | None:
@@ -165,7 +171,7 @@ class Session:
         # (disabled commands end the session in clamd 1.5+): skip them.
         self._probe = probe
         # The EICAR check (Engine): clamd must find the EICAR test file in
-        # the handshake, and again now and then while busy.
+        # the handshake, and again before held clean replies are delivered.
         self.eicar_check = eicar_check
         self._transport = transport  # the engine's choice: the check goes the same way
         self._eicar_id: int | None = None  # the check in flight
@@ -173,7 +179,11 @@ class Session:
         self._ping_id: int | None = None  # a keepalive PING not answered yet
         self.eicar_sent_at = now
         self.eicar_passed_at: float | None = None
-        self.clean_since_check = 0  # clean verdicts since the last check that passed
+        # Clean replies held back until a check sent after them passes
+        # (Engine._scan_reply); the pending check covers the first _covers.
+        self.held: list[tuple[InFlight, Verdict]] = []
+        self.held_since = now  # when the oldest of them came
+        self._covers = 0
         # set by the engine from clamd.conf or --max-stream-size
         self.stream_limit: int | None = None
         if connected:
@@ -251,6 +261,7 @@ class Session:
         self.last_send = self.eicar_sent_at = now
         self.requests += 1
         self._eicar_id = request_id
+        self._covers = len(self.held)
 
     def _eicar_done(self) -> None:
         self._eicar_id = None
@@ -262,30 +273,40 @@ class Session:
     def eicar_pending(self) -> bool:
         return self._eicar_id is not None
 
-    def wants_eicar_check(self, now: float, every: float) -> bool:
-        """A busy session's next check is due (one at a time, never inside a stream)."""
-        return (
-            self.eicar_check
-            and self._eicar_id is None
-            and self.state is SessionState.READY
-            and self._stream is None
-            and bool(self.in_flight)
-            and now - self.eicar_sent_at >= every
-        )
+    def hold(self, entry: InFlight, verdict: Verdict, now: float) -> None:
+        """Keep a clean reply back until a check sent after it passes."""
+        if not self.held:
+            self.held_since = now
+        self.held.append((entry, verdict))
 
-    def take_eicar_reply(self, event: ScanReply, now: float) -> Verdict | None:
-        """The verdict if ``event`` answers the EICAR check, else None.
+    def take_eicar_reply(
+        self, event: ScanReply, now: float
+    ) -> tuple[Verdict, list[tuple[InFlight, Verdict]]] | None:
+        """The check's verdict and the held replies it confirms; None: not the check.
 
-        A check that found it completes the handshake (see _ready_if_done).
+        A check that found EICAR confirms the clean replies held when it was
+        sent, and completes the handshake (see _ready_if_done).
         """
         if event.request_id != self._eicar_id:
             return None
         self._eicar_done()
+        confirmed: list[tuple[InFlight, Verdict]] = []
         if isinstance(event.verdict, Infected):
             self.eicar_passed_at = now
-            self.clean_since_check = 0
+            confirmed, self.held[: self._covers] = self.held[: self._covers], []
+            self.held_since = now  # the rest came while the check was out
             self._ready_if_done(now)
-        return event.verdict
+        return event.verdict, confirmed
+
+    def wants_confirmation(self, now: float) -> bool:
+        """Held replies wait, no check is out, and one is due (see _CONFIRM_BATCH)."""
+        if not self.held or self._eicar_id is not None or not self.accepting:
+            return False
+        return (
+            not self.in_flight
+            or len(self.held) >= _CONFIRM_BATCH
+            or now - self.held_since >= CONFIRM_WAIT
+        )
 
     def _send_now(self, data: bytes, fd: int) -> bool:
         """Write a whole small request at once, bypassing the out buffer; False if it did not go.
@@ -433,8 +454,14 @@ class Session:
             self._ping_id = None
 
     def end(self, now: float, reason: str) -> None:
-        """Send END: clamd answers what is pending, then closes."""
+        """Send END: clamd answers what is pending, then closes.
+
+        Held clean replies get a check before it; any a pending check does
+        not cover are handed back at close, to be scanned again.
+        """
         if self.state in (SessionState.READY, SessionState.HANDSHAKE) and self._stream is None:
+            if self.held and self._eicar_id is None and self.state is SessionState.READY:
+                self.check_eicar(now)
             self._queue(self.proto.send(End()).data)
             self.last_send = now
             self.state = SessionState.DRAINING
@@ -524,7 +551,9 @@ class Session:
         self._eicar_done()
         with contextlib.suppress(OSError):
             self.sock.close()
-        lost = list(self.in_flight.values())
+        # held replies were never confirmed: they go again like the unanswered
+        lost = [entry for entry, _ in self.held] + list(self.in_flight.values())
+        self.held.clear()
         self.in_flight.clear()
         return lost
 

@@ -133,10 +133,10 @@ class EngineSettings(Value):
         backoff_initial: float = 0.1,
         backoff_max: float = 10.0,
         # Each session starts by having clamd scan the EICAR test file, and
-        # does again every 10 s while busy: clamd that does not find it is
-        # not scanning (it answers OK unscanned when its TemporaryDirectory
-        # is full) and is treated as unreachable. False for a clamd whose
-        # databases lack the EICAR signature.
+        # clean replies are delivered once a later check passes: clamd that
+        # does not find it is not scanning (it answers OK unscanned when its
+        # TemporaryDirectory is full) and is treated as unreachable. False
+        # for a clamd whose databases lack the EICAR signature.
         eicar_check: bool = True,
     ) -> None:
         self.transport = transport
