@@ -26,9 +26,11 @@ if TYPE_CHECKING:
 log = lazylog.Logger(__name__)
 
 # Files opened and handed to the engine but not answered yet. Each holds a
-# descriptor; the engine keeps only a few dozen in flight, so a few hundred
-# waiting is plenty to keep clamd busy without nearing RLIMIT_NOFILE.
-_WINDOW = 256
+# descriptor; the engine keeps only a few dozen in flight and holds up to
+# some two hundred clean replies until an EICAR check confirms them
+# (Engine._scan_reply), so five hundred keep clamd busy without nearing
+# RLIMIT_NOFILE (256 starved clamd once replies were held: measured).
+_WINDOW = 512
 _FEED_EVERY = 32  # files opened between two turns of the engine's loop while walking
 _STEP_WAIT = 1.0  # longest wait for clamd in one turn (the engine keeps its own deadlines)
 STDIN_ARGUMENT = "-"  # standard input, as for clamdscan (stdin_copy.py)

@@ -88,11 +88,11 @@ def test_a_failure_inside_the_engine_is_exit_2_never_a_verdict(
 ) -> None:
     # The engine's loop runs on the command's thread: a bug in it must not
     # end the command with Python's status 1 ("found"), nor leave files
-    # without their line, nor call any of them clean. 300 files: the engine
-    # must read replies before the 257th is opened (scan_command._WINDOW),
+    # without their line, nor call any of them clean. 600 files: the engine
+    # must read replies before the 513th is opened (scan_command._WINDOW),
     # so the failure comes in the middle of the walk, and the files the walk
     # had yet to reach need their lines too.
-    for number in range(300):
+    for number in range(600):
         (tmp_path / f"f{number:03d}").write_text(f"clean {number}")
     real = Engine._scan_reply
     calls = 0
@@ -113,7 +113,7 @@ def test_a_failure_inside_the_engine_is_exit_2_never_a_verdict(
     assert run_scan(options, out, err) == 2
     assert "internal error: RuntimeError('injected engine bug')" in err.getvalue()
     found = lines(out.getvalue())
-    assert set(found) == {f"{tmp_path}/f{number:03d}" for number in range(300)}
+    assert set(found) == {f"{tmp_path}/f{number:03d}" for number in range(600)}
     clean = [path for path, status in found.items() if status == "OK"]
     assert len(clean) == 4, "only the replies read before the failure are verdicts"
     assert all(

@@ -757,9 +757,10 @@ class Engine:
         if type(verdict) is Clean and session.eicar_check:
             # delivered once a check sent after it passes: clamd 1.4 answers
             # OK unscanned when it cannot make its per-scan folder
+            if not session.held and not session.eicar_pending:
+                # the loop must wake when this one's check is due (_next_wakeup)
+                self._wakeup_at = min(self._wakeup_at, now + CONFIRM_WAIT)
             session.hold(entry, verdict, now)
-            if not session.eicar_pending:
-                self._reschedule()  # _next_wakeup: when the check is due
             return
         self._backoff = self.settings.backoff_initial  # clamd works: reconnect at once
         version = session.capabilities.version if session.capabilities else None
