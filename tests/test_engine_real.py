@@ -509,7 +509,7 @@ def test_checks_and_pings_queued_in_a_busy_session_never_take_a_files_descriptor
     clamd: PrivateClamd, tmp_path: Path, eicar: bytes
 ) -> None:
     """A descriptor rides on the first byte of what carries it: a FILDES queued
-    behind an EICAR check (one goes every 64 clean replies or so while busy)
+    behind an EICAR check (one goes every 128 clean replies or so while busy)
     or a PING must go in a send of its own, or clamd takes the descriptor for
     the check and the file gets "No file descriptor received"."""
     root = tmp_path / "tree"
