@@ -788,6 +788,7 @@ class Engine:
         verdict, confirmed = answer
         if isinstance(verdict, Infected):
             self.eicar_problem = None
+            self._backoff = self.settings.backoff_initial  # clamd works: reconnect at once
             if not was_ready and session.state is SessionState.READY:
                 self._session_ready(session, now)
             version = session.capabilities.version if session.capabilities else None
@@ -796,7 +797,7 @@ class Engine:
             return
         if isinstance(verdict, NotScanned) and verdict.reason is NotScannedReason.UNSUPPORTED:
             problem = (
-                f"clamd refused the EICAR check ({verdict.detail}): INSTREAM disabled in"
+                f"clamd refused the EICAR check ({verdict.detail}): a command disabled in"
                 " clamd.conf? Then set eicar_check = false"
             )
         else:
@@ -818,7 +819,7 @@ class Engine:
         self.eicar_problem = problem
         if session.held:
             log.error(
-                "%s; %d clean repl(ies) from %s held back, to be scanned again",
+                "%s; the %d file(s) %s had called clean since its last check will be scanned again",
                 problem,
                 len(session.held),
                 session.name,
