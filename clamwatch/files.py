@@ -152,6 +152,11 @@ def classify(mode: int) -> NotScanned | None:
     return NotScanned(NotScannedReason.NOT_REGULAR, f"{_kind_of(mode)}, not a regular file")
 
 
+def describe_os_error(exc: OSError) -> str:
+    """The system's words for ``exc`` ("No such file or directory"), else its text."""
+    return os.strerror(exc.errno) if exc.errno else str(exc)
+
+
 def os_error_verdict(exc: OSError, what: str) -> Verdict:
     """An OSError met while opening or reading, as a verdict (never clean)."""
     if exc.errno in (errno.ENOENT, errno.ENOTDIR):
@@ -161,7 +166,7 @@ def os_error_verdict(exc: OSError, what: str) -> Verdict:
         )
     if exc.errno == errno.ELOOP:
         return NotScanned(NotScannedReason.SYMLINK, "symbolic link not followed")
-    return ScanError(f"{what} failed: {os.strerror(exc.errno or 0) if exc.errno else exc}")
+    return ScanError(f"{what} failed: {describe_os_error(exc)}")
 
 
 def open_for_scan(

@@ -175,10 +175,9 @@ def _run(options: ScanOptions, listing: BinaryIO | None, out: TextIO, err: TextI
 
 def _same_file(fd: int, other: int) -> bool:
     try:
-        a, b = os.fstat(fd), os.fstat(other)
+        return os.path.samestat(os.fstat(fd), os.fstat(other))
     except OSError:
         return False
-    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def _output_failed(exc: OSError, out: TextIO, err: TextIO) -> None:

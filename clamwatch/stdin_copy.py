@@ -14,7 +14,7 @@ import os
 import select
 import tempfile
 
-from clamwatch.files import FileIdentity, OpenedFile
+from clamwatch.files import FileIdentity, OpenedFile, describe_os_error
 from clamwatch.verdict import ScanError, Verdict
 
 _CHUNK = 1 << 20
@@ -30,13 +30,15 @@ def copy_stdin(name: str, source: int = 0) -> OpenedFile | Verdict:
         with tempfile.TemporaryFile() as holder:
             fd = os.dup(holder.fileno())  # outlives the holder: no name, no clean-up
     except OSError as exc:
-        return ScanError(f"cannot make a temporary file for standard input: {_reason(exc)}")
+        return ScanError(
+            f"cannot make a temporary file for standard input: {describe_os_error(exc)}"
+        )
     try:
         error = _copy(source, fd)
         if error is None:
             return OpenedFile(name, fd, FileIdentity(os.fstat(fd)))
     except OSError as exc:  # fstat
-        error = ScanError(f"the temporary copy of standard input failed: {_reason(exc)}")
+        error = ScanError(f"the temporary copy of standard input failed: {describe_os_error(exc)}")
     os.close(fd)
     return error
 
@@ -46,7 +48,7 @@ def _copy(source: int, target: int) -> ScanError | None:
         try:
             chunk = _read(source)
         except OSError as exc:
-            return ScanError(f"reading standard input failed: {_reason(exc)}")
+            return ScanError(f"reading standard input failed: {describe_os_error(exc)}")
         if not chunk:
             return None
         view = memoryview(chunk)
@@ -55,7 +57,9 @@ def _copy(source: int, target: int) -> ScanError | None:
                 written = os.write(target, view)
             except OSError as exc:
                 where = tempfile.gettempdir()
-                return ScanError(f"copying standard input to {where} failed: {_reason(exc)}")
+                return ScanError(
+                    f"copying standard input to {where} failed: {describe_os_error(exc)}"
+                )
             view = view[written:]
 
 
@@ -65,7 +69,3 @@ def _read(source: int) -> bytes:
             return os.read(source, _CHUNK)
         except BlockingIOError:  # a nonblocking descriptor handed down to us
             select.select([source], [], [])
-
-
-def _reason(exc: OSError) -> str:
-    return os.strerror(exc.errno) if exc.errno else str(exc)

@@ -39,11 +39,11 @@ from clamwatch.clamd.protocol import (
 from clamwatch.clamd.transport import (
     ClamdConnectionError,
     acknowledge_now,
-    describe_os_error,
     finish_connect,
     open_socket,
     send_with_fd,
 )
+from clamwatch.files import describe_os_error
 from clamwatch.testsig import eicar_bytes
 from clamwatch.value import Value
 from clamwatch.verdict import Infected, NotScanned, NotScannedReason, ScanError, Verdict

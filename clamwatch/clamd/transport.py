@@ -13,6 +13,7 @@ import os
 import socket
 
 from clamwatch.clamd.address import ClamdAddress
+from clamwatch.files import describe_os_error
 
 
 class ClamdConnectionError(Exception):
@@ -23,10 +24,6 @@ class ClamdConnectionError(Exception):
         # the kernel refused us the socket (EACCES, EPERM): no wait fixes that
         # by itself, unless clamd is just setting its socket's mode (Engine)
         self.denied = denied
-
-
-def describe_os_error(exc: OSError) -> str:
-    return os.strerror(exc.errno) if exc.errno else str(exc)
 
 
 def describe_socket_access(path: str) -> str:
