@@ -24,11 +24,18 @@ from helpers import age_access_time, deny_root, fill_inodes, without_dac_overrid
 
 
 def clamwatch(
-    *args: str, timeout: float = 120, input: str | None = None, cwd: Path | None = None
+    *args: str,
+    timeout: float = 120,
+    input: str | None = None,
+    cwd: Path | None = None,
+    wrap: Callable[[list[str]], list[str]] = list,
 ) -> subprocess.CompletedProcess[str]:
-    """Run `clamwatch ARGS...`; standard input is ``input``, else empty."""
+    """Run `clamwatch ARGS...`; standard input is ``input``, else empty.
+
+    ``wrap`` turns the command into the one run (without_dac_override).
+    """
     return subprocess.run(
-        [sys.executable, "-m", "clamwatch", *args],
+        wrap([sys.executable, "-m", "clamwatch", *args]),
         capture_output=True,
         text=True,
         errors="surrogateescape",
@@ -564,15 +571,11 @@ def test_a_socket_this_user_may_not_use_fails_at_once_naming_owner_and_mode(
     server = clamd_factory(max_threads=1)
     owner = deny_root(server.socket_path)
     (tmp_path / "f").write_text("f")
-    command = [sys.executable, "-m", "clamwatch", "scan", "--timeout", "120s"]
-    result = subprocess.run(
-        without_dac_override([*command, "--address", server.unix_address, str(tmp_path)]),
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
+    result = clamwatch(
+        *("scan", "--timeout", "120s", "--address", server.unix_address, str(tmp_path)),
+        wrap=without_dac_override,
         # far below --timeout: a denial is not waited out like an absent clamd
         timeout=60,
-        check=False,
     )
     assert result.returncode == 2, result.stderr
     assert f"cannot reach clamd at {server.unix_address}: Permission denied" in result.stderr

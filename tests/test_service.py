@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -125,13 +125,16 @@ def test_ready_waits_for_clamd(tmp_path: Path, clamd_factory: object, notify: No
         daemon.wait_event("ready")
 
 
-def run_check(*args: str) -> subprocess.CompletedProcess[str]:
+def run_check(
+    *args: str, timeout: float = 60, wrap: Callable[[list[str]], list[str]] = list
+) -> subprocess.CompletedProcess[str]:
+    """Run `clamwatch check-config ARGS...`, turned by ``wrap`` (without_dac_override)."""
     return subprocess.run(
-        [sys.executable, "-m", "clamwatch", "check-config", *args],
+        wrap([sys.executable, "-m", "clamwatch", "check-config", *args]),
         capture_output=True,
         text=True,
         check=False,
-        timeout=60,
+        timeout=timeout,
     )
 
 
@@ -192,15 +195,8 @@ def test_check_config_names_a_socket_it_may_not_use(tmp_path: Path, clamd_factor
     owner = deny_root(server.socket_path)
     config = tmp_path / "clamwatch.toml"
     config.write_text(f'[clamd]\naddress = "{server.unix_address}"\n[[watch]]\npath = "/srv"\n')
-    command = [sys.executable, "-m", "clamwatch", "check-config", "--config", str(config)]
-    result = subprocess.run(
-        without_dac_override([*command, "--clamd"]),
-        capture_output=True,
-        text=True,
-        check=False,
-        # below check-config's 10 s for clamd: a denial is not waited out
-        timeout=9,
-    )
+    # below check-config's 10 s for clamd: a denial is not waited out
+    result = run_check("--config", str(config), "--clamd", wrap=without_dac_override, timeout=9)
     assert result.returncode == 1
     assert f"cannot reach clamd at {server.unix_address}: Permission denied" in result.stderr
     assert f"{server.socket_path} is srw------- {owner}" in result.stderr
