@@ -157,8 +157,6 @@ class Engine:
         self._gather_replies = 0  # replies' worth of time a saturated loop waits (_set_caps)
         self._down_since: float | None = None
         self._denied_since: float | None = None  # connecting denied since then, without a break
-        # why clamd failed the last EICAR check (Session.check_eicar); None once one passes
-        self.eicar_problem: str | None = None
         self._keepalive = self.settings.keepalive
         self._gave_up = False
         self._probe = True  # ask VERSIONCOMMANDS and STATS at the start of each session
@@ -787,7 +785,6 @@ class Engine:
             raise RemoteProtocolError(f"reply for request {event.request_id} not in flight")
         verdict, confirmed = answer
         if isinstance(verdict, Infected):
-            self.eicar_problem = None
             self._backoff = self.settings.backoff_initial  # clamd works: reconnect at once
             if not was_ready and session.state is SessionState.READY:
                 self._session_ready(session, now)
@@ -816,7 +813,6 @@ class Engine:
         Its held clean replies are never delivered: like what was in flight,
         those files are scanned again once a clamd passes the check.
         """
-        self.eicar_problem = problem
         if session.held:
             log.error(
                 "%s; the %d file(s) %s had called clean since its last check will be scanned again",

@@ -180,7 +180,7 @@ class Session:
         self._eicar_fd: int | None = None  # its memfd, over FILDES
         self._ping_id: int | None = None  # a keepalive PING not answered yet
         self.eicar_sent_at = now
-        self.eicar_passed_at: float | None = None
+        self._eicar_passed = False  # the handshake's check passed
         # Clean replies held back until a check sent after them passes
         # (Engine._scan_reply); the pending check covers the first _covers.
         self.held: list[tuple[InFlight, Verdict]] = []
@@ -231,7 +231,7 @@ class Session:
         """
         if self.state is not SessionState.HANDSHAKE or self._handshake or self.refused:
             return
-        if self.eicar_check and self.eicar_passed_at is None:
+        if self.eicar_check and not self._eicar_passed:
             if self._eicar_id is None:
                 self.check_eicar(now)
             return
@@ -294,7 +294,7 @@ class Session:
         self._eicar_done()
         confirmed: list[tuple[InFlight, Verdict]] = []
         if isinstance(event.verdict, Infected):
-            self.eicar_passed_at = now
+            self._eicar_passed = True
             confirmed, self.held[: self._covers] = self.held[: self._covers], []
             self.held_since = now  # the rest came while the check was out
             self._ready_if_done(now)
