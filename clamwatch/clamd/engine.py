@@ -808,19 +808,25 @@ class Engine:
         self._eicar_failed(session, problem, now)
 
     def _eicar_failed(self, session: Session, problem: str, now: float) -> None:
-        """clamd failed the EICAR check: drop the session as lost, never trust it.
+        """clamd failed the EICAR check: drop every session to it as lost.
 
-        Its held clean replies are never delivered: like what was in flight,
-        those files are scanned again once a clamd passes the check.
+        One clamd serves them all, so no session's held clean replies are
+        delivered: like what was in flight, those files are scanned again
+        once a clamd passes the check. (Dropping only this session let
+        another's check pass once the TemporaryDirectory was freed, and
+        confirm OKs clamd gave while it was full: measured, an EICAR file
+        reported clean.)
         """
-        if session.held:
+        held = sum(len(s.held) for s in self._sessions)
+        if held:
             log.error(
-                "%s; the %d file(s) %s had called clean since its last check will be scanned again",
+                "%s; the %d file(s) clamd called clean since the last checks will be scanned again",
                 problem,
-                len(session.held),
-                session.name,
+                held,
             )
-        self._session_lost(session, problem, now)
+        for lost in [session, *(s for s in self._sessions if s is not session)]:
+            if lost.state is not SessionState.CLOSED:
+                self._session_lost(lost, problem, now)
 
     def _timers(self, now: float) -> None:
         timeout = self.settings.request_timeout
