@@ -152,6 +152,17 @@ def classify(mode: int) -> NotScanned | None:
     return NotScanned(NotScannedReason.NOT_REGULAR, f"{_kind_of(mode)}, not a regular file")
 
 
+# Why the daemon, which names files by path and has inotify watch directories
+# by path, can do neither below a directory whose path is too long
+# (ENAMETOOLONG). `clamwatch scan` opens each directory relative to its
+# parent's descriptor and has no such limit.
+PATH_TOO_LONG = (
+    "its path is longer than the kernel's PATH_MAX (4096 bytes), so inotify cannot watch it"
+    " and the daemon cannot open files by it until it is moved to a shorter path"
+    " (clamwatch scan, which walks by descriptor, can scan it)"
+)
+
+
 def describe_os_error(exc: OSError) -> str:
     """The system's words for ``exc`` ("No such file or directory"), else its text."""
     return os.strerror(exc.errno) if exc.errno else str(exc)

@@ -423,3 +423,58 @@ def test_a_watch_root_that_cannot_be_watched_is_an_error_until_the_limit_is_rais
     assert found[str(before)]["event"] == found[str(after)]["event"] == "detection"
     assert found[str(before)]["reason"].startswith("startup scan")
     assert found[str(after)]["reason"] == "closed after write"
+
+
+def test_a_tree_deeper_than_path_max_is_an_error_that_says_so_until_moved_up(
+    start_daemon: StartDaemon, watched: Path, eicar: bytes
+) -> None:
+    """Directories whose paths pass PATH_MAX (4096 bytes): inotify cannot watch them by
+    path, nor the daemon open files there. It says why, at error level, and scans
+    what is moved from there to a shorter path; the rest of the tree is watched."""
+    daemon = start_daemon(startup_scan="none")
+    component = "d" * 200
+    depth = 4200 // (len(component) + 1) + 1
+    assert len(str(watched)) + depth * (len(component) + 1) > 4096
+    top = os.open(watched, os.O_RDONLY | os.O_DIRECTORY)
+    fds = [top]
+    try:
+        for _ in range(depth):
+            os.mkdir(component, dir_fd=fds[-1])
+            fds.append(os.open(component, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fds[-1]))
+        deepest = os.open("deep.com", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=fds[-1])
+        try:
+            os.write(deepest, eicar)
+        finally:
+            os.close(deepest)
+
+        def too_long(events: list[dict[str, Any]]) -> bool:
+            return any(e["event"] == "watch-failed" and "PATH_MAX" in e["message"] for e in events)
+
+        daemon.wait_until(too_long, 30, "watch-failed naming PATH_MAX")
+        failed = next(e for e in daemon.events if too_long([e]))
+        assert failed["level"] == "error" and failed["watch"] == str(watched)
+        assert "moved to a shorter path" in failed["message"]
+
+        def walk_failed(events: list[dict[str, Any]]) -> bool:
+            messages = (e["message"] for e in events if e["level"] == "error")
+            return any("cannot walk" in m and "PATH_MAX" in m for m in messages)
+
+        # the walk of the first directory past PATH_MAX, which its parent's watch saw made
+        daemon.wait_until(walk_failed, 30, "an error naming PATH_MAX for the walk")
+        # the rest of the tree still works, and the deep file got no verdict:
+        # the kernel's queue is ordered, so it came before this one's
+        beside = watched / "beside.com"
+        beside.write_bytes(eicar)
+        daemon.wait_verdicts([beside], timeout=30)
+        assert all(e["event"] == "detection" for e in daemon.events if e.get("path") == str(beside))
+        assert not any(
+            e["event"] in VERDICT_EVENTS and e["path"].endswith("/deep.com") for e in daemon.events
+        )
+        # the deepest directory moved up under the root: watched, walked, found
+        os.rename(component, "moved-up", src_dir_fd=fds[-2], dst_dir_fd=top)
+        moved = watched / "moved-up" / "deep.com"
+        daemon.wait_verdicts([moved], timeout=30)
+        assert only_once(daemon, [moved])[str(moved)]["event"] == "detection"
+    finally:
+        for fd in reversed(fds):
+            os.close(fd)

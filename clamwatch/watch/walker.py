@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 
 from clamwatch.dispatch import Dispatcher, Rescan, Work
-from clamwatch.files import list_directory
+from clamwatch.files import PATH_TOO_LONG, list_directory
 from clamwatch.threadnames import name_this_thread
 from clamwatch.watch.filters import WatchFilter
 
@@ -87,6 +87,9 @@ class Walker:
                     if self._stop.wait(_RETRY_FOR_NOW):
                         return False
                     stack.append((directory, newer_than))
+                    continue
+                if exc.errno == errno.ENAMETOOLONG:
+                    log.error("cannot walk %s: %s", directory, PATH_TOO_LONG)
                     continue
                 log.warning(
                     "cannot walk %s: %s; the files in it are not scanned until it can be"

@@ -50,7 +50,7 @@ from watchdog.observers.inotify_c import (
 
 from clamwatch.dispatch import CLOSED_AFTER_WRITE, Dispatcher, Mode, Rescan, Work
 from clamwatch.eventkind import EventKind, emit
-from clamwatch.files import list_directory
+from clamwatch.files import PATH_TOO_LONG, list_directory
 from clamwatch.threadnames import name_this_thread
 from clamwatch.watch.filters import WatchFilter
 
@@ -651,4 +651,6 @@ def _explain(exc: OSError) -> str:
             "the kernel's limit on inotify instances is reached; raise"
             " fs.inotify.max_user_instances"
         )
+    if exc.errno == errno.ENAMETOOLONG:
+        return PATH_TOO_LONG
     return exc.strerror or str(exc)
