@@ -523,3 +523,33 @@ def test_checks_and_pings_queued_in_a_busy_session_never_take_a_files_descriptor
         if not isinstance(outcome.verdict, Infected if path in infected else Clean)
     }
     assert wrong == {}
+
+
+@pytest.mark.parametrize("inline", [False, True], ids=["thread", "inline"])
+def test_a_rotated_session_confirms_its_last_clean_replies_and_resends_nothing(
+    clamd: PrivateClamd, tmp_path: Path, eicar: bytes, inline: bool
+) -> None:
+    """A session ends after max_requests_per_session, with clean replies held for
+    the EICAR check: END goes once its last reply came, after a check that covers
+    them all, so none is scanned again and no session counts as lost."""
+    root = tmp_path / "tree"
+    infected = make_tree(root, 600, eicar)
+    paths = sorted(p for p in root.rglob("*") if p.is_file())
+    with running(
+        clamd.unix_address,
+        transport=TransportChoice.FILDES,
+        sessions=2,
+        max_requests_per_session=100,
+        inline=inline,
+    ) as engine:
+        outcomes = scan_files(engine, paths, timeout=120)
+        stats = engine.stats
+    wrong = {
+        path: outcome.verdict
+        for path, outcome in outcomes.items()
+        if not isinstance(outcome.verdict, Infected if path in infected else Clean)
+    }
+    assert wrong == {}
+    assert stats.sessions_opened >= 7  # 600 files and their checks, 100 requests a session
+    assert stats.requests_resent == 0 and stats.sessions_lost == 0
+    assert {o.attempts for o in outcomes.values()} == {1}

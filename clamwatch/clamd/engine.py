@@ -317,6 +317,7 @@ class Engine:
         for session in self._sessions:
             if session.wants_confirmation(now):
                 session.check_eicar(now)
+            session.finish_retiring(now)
         if now >= self._timers_due or self._stopping:
             # deadlines are seconds apart: a busy loop looks at them every
             # _TIMER_TICK, not at each of its thousands of turns
@@ -387,7 +388,7 @@ class Engine:
     # -- sessions ---------------------------------------------------------------------
 
     def _maintain(self, now: float) -> None:
-        live = [s for s in self._sessions if s.state is not SessionState.DRAINING]
+        live = [s for s in self._sessions if not s.ending]
         if len(live) >= self.settings.sessions or now < self._next_connect:
             return
         self._session_number += 1
@@ -568,7 +569,7 @@ class Engine:
                 session.close()
                 self._sessions.remove(session)
             else:
-                session.end(now, "closing")
+                session.retire(now, "closing")
 
     # -- work -------------------------------------------------------------------------
 
@@ -609,7 +610,7 @@ class Engine:
                 room -= 1
         if session.requests >= self.settings.max_requests_per_session:
             # clamd's request ids are C ints: start afresh long before.
-            session.end(now, "rotated")
+            session.retire(now, "rotated")
 
     def _refuse(self, job: ScanJob, transport: Transport, caps: Capabilities) -> Verdict | None:
         if transport is Transport.FILDES and caps.commands and "FILDES" not in caps.commands:
@@ -892,7 +893,7 @@ class Engine:
         candidates = [now + self._keepalive]
         if drain_deadline is not None:
             candidates.append(drain_deadline)
-        live = sum(s.state is not SessionState.DRAINING for s in self._sessions)
+        live = sum(not s.ending for s in self._sessions)
         if live < self.settings.sessions and not self._stopping:
             candidates.append(self._next_connect)
         give_up_at = self._give_up_at()

@@ -179,6 +179,7 @@ class Session:
         self._eicar_id: int | None = None  # the check in flight
         self._eicar_fd: int | None = None  # its memfd, over FILDES
         self._ping_id: int | None = None  # a keepalive PING not answered yet
+        self._retiring: str | None = None  # why END goes once the last reply came (retire)
         self.eicar_sent_at = now
         self._eicar_passed = False  # the handshake's check passed
         # Clean replies held back until a check sent after them passes
@@ -302,7 +303,7 @@ class Session:
 
     def wants_confirmation(self, now: float) -> bool:
         """Held replies wait, no check is out, and one is due (see _CONFIRM_BATCH)."""
-        if not self.held or self._eicar_id is not None or not self.accepting:
+        if not self.held or self._eicar_id is not None or not self._can_send:
             return False
         return (
             not self.in_flight
@@ -387,8 +388,19 @@ class Session:
     # -- requests ---------------------------------------------------------------
 
     @property
-    def accepting(self) -> bool:
+    def _can_send(self) -> bool:
+        """A command may go now: no stream is being sent, no PING waits for its PONG."""
         return self.state is SessionState.READY and self._stream is None and self._ping_id is None
+
+    @property
+    def accepting(self) -> bool:
+        """New scan requests may go."""
+        return self._can_send and self._retiring is None
+
+    @property
+    def ending(self) -> bool:
+        """END sent or due: the engine connects another session in its place."""
+        return self.state is SessionState.DRAINING or self._retiring is not None
 
     def begin(self, job: ScanJob, transport: Transport, now: float) -> None:
         """Send one scan request for ``job``."""
@@ -454,6 +466,29 @@ class Session:
     def pong(self, request_id: int | None) -> None:
         if request_id == self._ping_id:
             self._ping_id = None
+
+    def retire(self, now: float, reason: str) -> None:
+        """Take no new requests; send END once the last reply came (finish_retiring).
+
+        The check that goes before END then covers every clean reply held.
+        With END sent at once, the replies to what was in flight would come
+        after the last check the session can send, and go again.
+        """
+        if self.state is not SessionState.READY:
+            self.end(now, reason)
+            return
+        self._retiring = reason
+        self.finish_retiring(now)
+
+    def finish_retiring(self, now: float) -> None:
+        """END a retiring session whose requests all have their replies and no check is out."""
+        if (
+            self._retiring is not None
+            and not self.in_flight
+            and self._eicar_id is None
+            and self._can_send
+        ):
+            self.end(now, self._retiring)
 
     def end(self, now: float, reason: str) -> None:
         """Send END: clamd answers what is pending, then closes.
