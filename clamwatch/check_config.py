@@ -47,6 +47,8 @@ def run_check(path: Path, *, check_clamd: bool) -> int:
     print(
         f"  clamd at {address}: {caps.version or 'version unknown'}, MaxThreads {threads},"
         f" files passed by {'descriptor (FILDES)' if fildes else 'stream (INSTREAM)'},"
-        f" at most {in_flight} scans in flight{checked}"
+        f" at most {in_flight} scans in flight{checked}; files over"
+        f" {settings.max_file_size} bytes ({settings.max_file_size_from}) are not sent,"
+        " since clamd answers OK without scanning them"
     )
     return 0

@@ -53,8 +53,10 @@ is ./-.
 
 clamd is found from --address, else from LocalSocket or TCPSocket/TCPAddr in
 --clamd-conf. A file is never reported OK unless clamd scanned all of it: a
-file over clamd's StreamMaxLength is "not scanned", never truncated; a lost
-connection to clamd is retried on a new session, never taken as a verdict."""
+file over clamd's StreamMaxLength is "not scanned", never truncated; so is a
+file over its MaxFileSize or MaxScanSize, which clamd would answer OK without
+scanning; a lost connection to clamd is retried on a new session, never taken
+as a verdict."""
 
 _SCAN_EPILOG = """\
 exit status:
@@ -96,6 +98,13 @@ def _size(text: str) -> int:
         return parse_size(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _positive_size(text: str) -> int:
+    size = _size(text)
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a size of 1 byte or more")
+    return size
 
 
 def _duration(text: str) -> float:
@@ -245,8 +254,9 @@ def _add_scan(commands: argparse._SubParsersAction[_Parser], *, with_options: bo
         "--config-file",
         default=DEFAULT_CLAMD_CONF,
         metavar="FILE",
-        help="clamd.conf to read the socket, StreamMaxLength and MaxQueue from"
-        f" (default: {DEFAULT_CLAMD_CONF}; --config-file is clamdscan's name for it)",
+        help="clamd.conf to read the socket and clamd's limits (StreamMaxLength, MaxFileSize,"
+        " MaxScanSize, MaxQueue) from; without --address, or when it configures the clamd at"
+        f" --address (default: {DEFAULT_CLAMD_CONF}; --config-file is clamdscan's name for it)",
     )
     scan.add_argument(
         "--max-stream-size",
@@ -254,6 +264,15 @@ def _add_scan(commands: argparse._SubParsersAction[_Parser], *, with_options: bo
         metavar="SIZE",
         help="clamd's StreamMaxLength, e.g. 100M, when it cannot be read from --clamd-conf;"
         " larger files are reported as not scanned without sending them",
+    )
+    scan.add_argument(
+        "--max-file-size",
+        type=_positive_size,
+        metavar="SIZE",
+        help="the largest file clamd scans, when --clamd-conf does not say: clamd answers OK"
+        " without scanning a file over its MaxFileSize or MaxScanSize (default: the smaller of"
+        " the two, from --clamd-conf or clamd's defaults, 100M); larger files are reported as"
+        " not scanned without sending them",
     )
     scan.add_argument(
         "--timeout",
@@ -564,6 +583,7 @@ def main(argv: Sequence[str] | None = None, *, exit_when_scanned: bool = False) 
                 summary=not args.no_summary,
                 progress=args.progress,
                 max_stream_size=args.max_stream_size,
+                max_file_size=args.max_file_size,
                 connect_timeout=args.timeout,
                 request_timeout=args.request_timeout,
                 eicar_check=args.eicar_check,

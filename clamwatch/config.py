@@ -93,6 +93,13 @@ def _size(value: object) -> int:
     return parse_size(_string(value))
 
 
+def _positive_size(value: object) -> int:
+    size = _size(value)
+    if size < 1:
+        raise ValueError("expected a size of 1 byte or more")
+    return size
+
+
 def _duration(value: object) -> float:
     if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
         return float(value)
@@ -176,6 +183,7 @@ _CLAMD_KEYS: dict[str, Callable[[object], Any]] = {
     "request_timeout": _duration,
     "keepalive": _optional(_duration),
     "max_stream_size": _optional(_size),
+    "max_file_size": _optional(_positive_size),
     "eicar_check": _boolean,
 }
 

@@ -57,6 +57,7 @@ class ScanOptions:
         "summary",
         "progress",
         "max_stream_size",
+        "max_file_size",
         "connect_timeout",
         "request_timeout",
         "eicar_check",
@@ -75,6 +76,7 @@ class ScanOptions:
         summary: bool = True,
         progress: bool | None = None,  # None: when stderr is a terminal
         max_stream_size: int | None = None,
+        max_file_size: int | None = None,
         connect_timeout: float = 30.0,
         request_timeout: float = 180.0,
         eicar_check: bool = True,
@@ -89,6 +91,7 @@ class ScanOptions:
         self.summary = summary
         self.progress = progress
         self.max_stream_size = max_stream_size
+        self.max_file_size = max_file_size
         self.connect_timeout = connect_timeout
         self.request_timeout = request_timeout
         self.eicar_check = eicar_check
@@ -128,6 +131,7 @@ def _run(options: ScanOptions, listing: BinaryIO | None, out: TextIO, err: TextI
         transport=options.transport,
         request_timeout=options.request_timeout,
         max_stream_size=options.max_stream_size,
+        max_file_size=options.max_file_size,
         eicar_check=options.eicar_check,
     )
     try:

@@ -97,6 +97,8 @@ MaxQueue 100
 ReadTimeout 180
 MaxThreads 12
 StreamMaxLength 25M
+MaxScanSize 100M
+MaxFileSize 25M
 """
 
 
@@ -107,6 +109,8 @@ def test_debian_clamd_conf(tmp_path: Path) -> None:
         path=str(path),
         local_socket="/var/run/clamav/clamd.ctl",
         stream_max_length=25 * 1024 * 1024,
+        max_file_size=25 * 1024 * 1024,
+        max_scan_size=100 * 1024 * 1024,
         read_timeout=180.0,
         max_queue=100,
     )

@@ -98,13 +98,13 @@ def test_values_the_human_way(tmp_path: Path) -> None:
     path = tmp_path / "clamwatch.toml"
     path.write_text(
         "[clamd]\ntransport = 'instream'\nrequest_timeout = '2m'\nmax_stream_size = '25M'\n"
-        "eicar_check = false\n[daemon]\nsettle_time = 1.5\n"
+        "max_file_size = '25M'\neicar_check = false\n[daemon]\nsettle_time = 1.5\n"
         "[[watch]]\npath = '/srv/up'\nexclude = ['*.part']\nmin_size = '1K'\nskip_uids = [33]\n"
     )
     loaded = load_config(path)
     assert loaded.clamd.transport is TransportChoice.INSTREAM
     assert loaded.clamd.request_timeout == 120.0
-    assert loaded.clamd.max_stream_size == 25 << 20
+    assert loaded.clamd.max_stream_size == loaded.clamd.max_file_size == 25 << 20
     assert loaded.clamd.eicar_check is False
     assert loaded.daemon.settle_time == 1.5
     (watch,) = loaded.watches

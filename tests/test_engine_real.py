@@ -19,7 +19,7 @@ import pytest
 from clamwatch.clamd.address import parse_address
 from clamwatch.clamd.engine import ClamdUnavailableError, Engine
 from clamwatch.clamd.job import ScanJob, ScanOutcome, Transport, TransportChoice
-from clamwatch.clamd.settings import EngineSettings
+from clamwatch.clamd.settings import ClamdSettings, EngineSettings, resolve_engine
 from clamwatch.files import OpenedFile, open_for_scan
 from clamwatch.privateclamd import PrivateClamd
 from clamwatch.testsig import EICAR_SIGNATURE
@@ -553,3 +553,53 @@ def test_a_rotated_session_confirms_its_last_clean_replies_and_resends_nothing(
     assert stats.sessions_opened >= 7  # 600 files and their checks, 100 requests a session
     assert stats.requests_resent == 0 and stats.sessions_lost == 0
     assert {o.attempts for o in outcomes.values()} == {1}
+
+
+@pytest.mark.parametrize(
+    ("extra", "key"),
+    [({"MaxFileSize": "1M"}, "MaxFileSize"), ({"MaxScanSize": "1M"}, "MaxScanSize")],
+    ids=["MaxFileSize", "MaxScanSize"],
+)
+@pytest.mark.parametrize("transport", ["fildes", "instream-tcp"])
+def test_a_file_over_clamds_scan_limits_is_not_scanned_not_clean(  # noqa: PLR0917 - parameters
+    clamd_factory: ClamdFactory,
+    tmp_path: Path,
+    eicar: bytes,
+    extra: dict[str, str],
+    key: str,
+    transport: str,
+) -> None:
+    """clamd answers OK, unscanned, for a file over MaxFileSize or MaxScanSize: shown
+    first with the limit kept from the engine. With the limit read from clamd.conf,
+    such a file is "not scanned: too large" and never sent; one of the limit's exact
+    size is scanned."""
+    server = clamd_factory(extra=extra)
+    limit = 1 << 20
+    exact = tmp_path / "exact.com"
+    exact.write_bytes(eicar + b"x" * (limit - len(eicar)))
+    over = tmp_path / "over.com"
+    over.write_bytes(eicar + b"y" * (limit + 1 - len(eicar)))
+    address = server.unix_address if transport == "fildes" else server.tcp_address
+    unlimited: dict[str, Any] = {"max_file_size": 2**40, "max_file_size_from": "no limit"}
+    with running(address, **unlimited) as engine:
+        blind = scan_files(engine, [exact, over])
+    assert blind[exact].verdict == Infected(EICAR_SIGNATURE)
+    assert blind[over].verdict == Clean()  # the hazard: clamd never looked
+    _, settings = resolve_engine(
+        ClamdSettings(address=address, clamd_conf=server.conf_path), give_up_after=None
+    )
+    assert settings.max_file_size == limit
+    learned: dict[str, Any] = {
+        "max_file_size": limit,
+        "max_file_size_from": settings.max_file_size_from,
+    }
+    with running(address, **learned) as engine:
+        outcomes = scan_files(engine, [exact, over])
+    assert outcomes[exact].verdict == Infected(EICAR_SIGNATURE)
+    verdict = outcomes[over].verdict
+    assert isinstance(verdict, NotScanned) and verdict.reason is NotScannedReason.TOO_LARGE
+    assert verdict.detail == (
+        f"{limit + 1} bytes, larger than the {limit} bytes clamd scans"
+        f" ({key} in {server.conf_path})"
+    )
+    assert outcomes[over].transport is None  # never sent

@@ -20,7 +20,13 @@ from clamwatch.clamd.engine import Engine
 from clamwatch.privateclamd import PrivateClamd
 from clamwatch.scan_command import ScanOptions, run_scan
 from clamwatch.testsig import EICAR_SIGNATURE
-from helpers import age_access_time, deny_root, fill_inodes, without_dac_override
+from helpers import (
+    ClamdFactory,
+    age_access_time,
+    deny_root,
+    fill_inodes,
+    without_dac_override,
+)
 
 
 def clamwatch(
@@ -292,6 +298,7 @@ def test_unreachable_clamd_exits_2_naming_the_address(tmp_path: Path) -> None:
         (["--address", "http://x"], "is not a clamd address"),
         (["--address", "tcp://host"], "needs a host and a port"),
         (["--max-stream-size", "lots"], "is not a size"),
+        (["--max-file-size", "0"], "--max-file-size: '0': expected a size of 1 byte or more"),
         (["--timeout", "soon"], "is not a duration"),
         (["--clamd-conf", "/nonexistent/clamd.conf"], "/nonexistent/clamd.conf"),
         (["--quiet"], "clamwatch scan: error: unrecognized arguments: --quiet"),
@@ -420,6 +427,33 @@ def test_standard_input_over_the_stream_limit_is_not_scanned(
     assert lines(result.stdout.decode()) == {
         "stdin": "Not scanned: 2116 bytes, larger than clamd's StreamMaxLength (1024 bytes) ERROR"
     }
+
+
+def test_a_file_larger_than_clamd_scans_is_not_scanned_and_the_limit_named(
+    clamd_factory: ClamdFactory, tmp_path: Path, eicar: bytes
+) -> None:
+    """MaxFileSize 1M in the clamd.conf named: clamd would answer OK, unscanned."""
+    server = clamd_factory(extra={"MaxFileSize": "1M"})
+    over = tmp_path / "over.com"
+    over.write_bytes(eicar + b"x" * (1 << 20))
+    small = tmp_path / "small.com"
+    small.write_bytes(eicar)
+    address = ["--address", server.unix_address, "--no-summary"]
+    conf = ["--clamd-conf", str(server.conf_path)]
+    result = clamwatch("scan", *address, *conf, str(over), str(small))
+    assert result.returncode == 1  # found in small, over not scanned: 1 wins, as in clamdscan
+    size = (1 << 20) + len(eicar)
+    assert lines(result.stdout) == {
+        str(over): f"Not scanned: {size} bytes, larger than the 1048576 bytes clamd scans"
+        f" (MaxFileSize in {server.conf_path}) ERROR",
+        str(small): f"{EICAR_SIGNATURE} FOUND",
+    }
+    stated = clamwatch("scan", *address, "--max-file-size", "50", str(small))
+    assert lines(stated.stdout) == {
+        str(small): "Not scanned: 68 bytes, larger than the 50 bytes clamd scans"
+        " (as given to clamwatch) ERROR"
+    }
+    assert stated.returncode == 2
 
 
 def test_standard_input_that_cannot_be_read_or_copied_is_an_error(

@@ -82,6 +82,8 @@ class ClamdConf(Value):
         "tcp_socket",
         "tcp_addr",
         "stream_max_length",
+        "max_file_size",
+        "max_scan_size",
         "read_timeout",
         "max_queue",
     )
@@ -90,6 +92,8 @@ class ClamdConf(Value):
     tcp_socket: Final[int | None]
     tcp_addr: Final[str | None]
     stream_max_length: Final[int | None]
+    max_file_size: Final[int | None]  # as written; 0: no limit; None: not set
+    max_scan_size: Final[int | None]
     read_timeout: Final[float | None]
     max_queue: Final[int | None]
 
@@ -101,6 +105,8 @@ class ClamdConf(Value):
         tcp_socket: int | None = None,
         tcp_addr: str | None = None,
         stream_max_length: int | None = None,
+        max_file_size: int | None = None,
+        max_scan_size: int | None = None,
         read_timeout: float | None = None,
         max_queue: int | None = None,
     ) -> None:
@@ -109,6 +115,8 @@ class ClamdConf(Value):
         self.tcp_socket = tcp_socket
         self.tcp_addr = tcp_addr
         self.stream_max_length = stream_max_length
+        self.max_file_size = max_file_size
+        self.max_scan_size = max_scan_size
         self.read_timeout = read_timeout
         self.max_queue = max_queue
 
@@ -150,6 +158,8 @@ def read_clamd_conf(file: str | os.PathLike[str] = DEFAULT_CLAMD_CONF) -> ClamdC
             stream_max_length=(
                 parse_size(values["StreamMaxLength"]) if "StreamMaxLength" in values else None
             ),
+            max_file_size=parse_size(values["MaxFileSize"]) if "MaxFileSize" in values else None,
+            max_scan_size=parse_size(values["MaxScanSize"]) if "MaxScanSize" in values else None,
             read_timeout=float(values["ReadTimeout"]) if "ReadTimeout" in values else None,
             max_queue=int(values["MaxQueue"]) if "MaxQueue" in values else None,
         )

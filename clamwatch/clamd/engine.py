@@ -594,14 +594,22 @@ class Engine:
             assert caps is not None
             transport = self._transport_for(caps)
             queue = self._queue
-            # what _refuse looks at is fixed for the session, but for a stream's size
-            if transport is Transport.FILDES:
-                check = bool(caps.commands) and "FILDES" not in caps.commands
-            else:
-                check = self.settings.max_stream_size is not None
+            # what _refuse looks at is fixed for the session, but for the size
+            unoffered = (
+                transport is Transport.FILDES
+                and bool(caps.commands)
+                and "FILDES" not in caps.commands
+            )
+            limit = self.settings.max_file_size
+            if transport is Transport.INSTREAM and self.settings.max_stream_size is not None:
+                limit = min(limit, self.settings.max_stream_size)
             while queue and room > 0 and session.accepting:
                 job = queue.popleft()
-                refused = self._refuse(job, transport, caps) if check else None
+                refused = (
+                    self._refuse(job, transport)
+                    if unoffered or job.file.identity.size > limit
+                    else None
+                )
                 if refused is not None:
                     self._deliver(job, refused, None, caps.version)
                     continue
@@ -612,19 +620,26 @@ class Engine:
             # clamd's request ids are C ints: start afresh long before.
             session.retire(now, "rotated")
 
-    def _refuse(self, job: ScanJob, transport: Transport, caps: Capabilities) -> Verdict | None:
-        if transport is Transport.FILDES and caps.commands and "FILDES" not in caps.commands:
-            return NotScanned(
-                NotScannedReason.UNSUPPORTED, f"clamd at {self.address} does not offer FILDES"
-            )
-        limit = self.settings.max_stream_size
+    def _refuse(self, job: ScanJob, transport: Transport) -> Verdict:
+        """Why ``job`` is not sent: larger than clamd takes, or FILDES not offered."""
         size = job.file.identity.size
+        limit = self.settings.max_stream_size
         if transport is Transport.INSTREAM and limit is not None and size > limit:
             return NotScanned(
                 NotScannedReason.TOO_LARGE,
                 f"{size} bytes, larger than clamd's StreamMaxLength ({limit} bytes)",
             )
-        return None
+        limit = self.settings.max_file_size
+        if size > limit:
+            # clamd 1.4 would answer OK without scanning it (settings.py)
+            return NotScanned(
+                NotScannedReason.TOO_LARGE,
+                f"{size} bytes, larger than the {limit} bytes clamd scans"
+                f" ({self.settings.max_file_size_from})",
+            )
+        return NotScanned(
+            NotScannedReason.UNSUPPORTED, f"clamd at {self.address} does not offer FILDES"
+        )
 
     def _deliver(
         self, job: ScanJob, verdict: Verdict, transport: Transport | None, version: str | None
