@@ -26,6 +26,7 @@ class NotScannedReason(enum.Enum):
     VANISHED = "vanished"  # not there to be opened: removed meanwhile, or never there
     UNSUPPORTED = "unsupported"  # clamd cannot do what was asked (command unavailable)
     EXCLUDED = "excluded"  # clamd's own ExcludePath matched
+    TIME_LIMIT = "time-limit"  # clamd's OK came as late as its MaxScanTime: perhaps cut short
 
 
 class Clean(Value):

@@ -109,3 +109,15 @@ def test_a_clamd_conf_named_by_the_admin_is_read_with_an_address(tmp_path: Path)
         ClamdSettings(address="unix:///run/c.ctl", clamd_conf=path), give_up_after=None
     )
     assert (engine.max_file_size, engine.max_file_size_from) == (7 * M, f"MaxScanSize in {path}")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [("", 120.0), ("MaxScanTime 30000\n", 30.0), ("MaxScanTime 0\n", None)]
+)
+def test_max_scan_time_comes_from_clamd_conf_in_milliseconds(
+    tmp_path: Path, text: str, expected: float | None
+) -> None:
+    path = tmp_path / "clamd.conf"
+    path.write_text("LocalSocket /run/c.ctl\n" + text)
+    _, engine = resolve_engine(ClamdSettings(clamd_conf=path), give_up_after=None)
+    assert engine.max_scan_time == expected

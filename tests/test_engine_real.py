@@ -603,3 +603,32 @@ def test_a_file_over_clamds_scan_limits_is_not_scanned_not_clean(  # noqa: PLR09
         f" ({key} in {server.conf_path})"
     )
     assert outcomes[over].transport is None  # never sent
+
+
+def test_an_ok_as_late_as_clamds_max_scan_time_is_not_scanned(
+    clamd_factory: ClamdFactory, tmp_path: Path, eicar: bytes
+) -> None:
+    """clamd stops a scan at MaxScanTime and answers OK: an 80 MB file that starts
+    with EICAR, under MaxScanTime 50 (ms). Shown first with the limit kept from the
+    engine; with it read from clamd.conf, that OK is "not scanned"."""
+    server = clamd_factory(extra={"MaxScanTime": "50"})
+    slow = tmp_path / "slow.com"
+    with slow.open("wb") as file:
+        file.write(eicar)
+        file.truncate(80 << 20)  # sparse: clamd still reads (hashes) all of it
+    small = tmp_path / "small.com"
+    small.write_bytes(eicar)
+    with running(server.unix_address, max_scan_time=None) as engine:
+        blind = scan_files(engine, [slow, small])
+    assert blind[slow].verdict == Clean()  # the hazard: the scan was cut short
+    _, settings = resolve_engine(
+        ClamdSettings(address=server.unix_address, clamd_conf=server.conf_path),
+        give_up_after=None,
+    )
+    assert settings.max_scan_time == 0.05
+    with running(server.unix_address, max_scan_time=settings.max_scan_time) as engine:
+        outcomes = scan_files(engine, [slow, small])
+    verdict = outcomes[slow].verdict
+    assert isinstance(verdict, NotScanned) and verdict.reason is NotScannedReason.TIME_LIMIT
+    assert "as late as its MaxScanTime (0.05 s)" in verdict.detail
+    assert outcomes[small].verdict == Infected(EICAR_SIGNATURE)  # a detection stands

@@ -84,6 +84,7 @@ class ClamdConf(Value):
         "stream_max_length",
         "max_file_size",
         "max_scan_size",
+        "max_scan_time",
         "read_timeout",
         "max_queue",
     )
@@ -94,6 +95,7 @@ class ClamdConf(Value):
     stream_max_length: Final[int | None]
     max_file_size: Final[int | None]  # as written; 0: no limit; None: not set
     max_scan_size: Final[int | None]
+    max_scan_time: Final[float | None]  # seconds (milliseconds in the file); 0: no limit
     read_timeout: Final[float | None]
     max_queue: Final[int | None]
 
@@ -107,6 +109,7 @@ class ClamdConf(Value):
         stream_max_length: int | None = None,
         max_file_size: int | None = None,
         max_scan_size: int | None = None,
+        max_scan_time: float | None = None,
         read_timeout: float | None = None,
         max_queue: int | None = None,
     ) -> None:
@@ -117,6 +120,7 @@ class ClamdConf(Value):
         self.stream_max_length = stream_max_length
         self.max_file_size = max_file_size
         self.max_scan_size = max_scan_size
+        self.max_scan_time = max_scan_time
         self.read_timeout = read_timeout
         self.max_queue = max_queue
 
@@ -160,6 +164,7 @@ def read_clamd_conf(file: str | os.PathLike[str] = DEFAULT_CLAMD_CONF) -> ClamdC
             ),
             max_file_size=parse_size(values["MaxFileSize"]) if "MaxFileSize" in values else None,
             max_scan_size=parse_size(values["MaxScanSize"]) if "MaxScanSize" in values else None,
+            max_scan_time=(int(values["MaxScanTime"]) / 1000 if "MaxScanTime" in values else None),
             read_timeout=float(values["ReadTimeout"]) if "ReadTimeout" in values else None,
             max_queue=int(values["MaxQueue"]) if "MaxQueue" in values else None,
         )

@@ -768,6 +768,17 @@ class Engine:
             self._eicar_reply(session, event, now)
             return
         verdict = entry.local_verdict or event.verdict
+        if type(verdict) is Clean:
+            took = now - entry.sent_at
+            limit = self.settings.max_scan_time
+            if limit is not None and took >= limit:
+                # clamd 1.4 answers OK for a scan it stops at MaxScanTime
+                # (settings.py); one that took less was not stopped
+                verdict = NotScanned(
+                    NotScannedReason.TIME_LIMIT,
+                    f"clamd answered OK after {took:.3g} s, as late as its MaxScanTime"
+                    f" ({limit:g} s), when it stops a scan and answers OK",
+                )
         if type(verdict) is Clean and session.eicar_check and entry.transport is Transport.FILDES:
             # delivered once a check sent after it passes: clamd 1.4 answers
             # OK unscanned when it cannot make its per-scan folder. A stream

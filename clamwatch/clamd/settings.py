@@ -38,6 +38,9 @@ _DEFAULT_KEEPALIVE = 30.0
 CLAMD_MAX_FILE_SIZE = 100 * 1024 * 1024  # clamd's default MaxFileSize
 CLAMD_MAX_SCAN_SIZE = 400 * 1024 * 1024  # clamd's default MaxScanSize
 CLAMD_LARGEST_SCANNED = 2**31 - 3  # whatever its settings say
+# And for a scan it stops at MaxScanTime (120 s by default; 0: no limit):
+# measured with MaxScanTime 5 (ms), an 80 MB file starting with EICAR.
+CLAMD_MAX_SCAN_TIME = 120.0
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
@@ -145,6 +148,7 @@ class EngineSettings(Value):
         "max_stream_size",
         "max_file_size",
         "max_file_size_from",
+        "max_scan_time",
         "clamd_max_queue",
         "max_requests_per_session",
         "backoff_initial",
@@ -162,6 +166,7 @@ class EngineSettings(Value):
     max_stream_size: Final[int | None]
     max_file_size: Final[int]
     max_file_size_from: Final[str]
+    max_scan_time: Final[float | None]
     clamd_max_queue: Final[int | None]
     max_requests_per_session: Final[int]
     backoff_initial: Final[float]
@@ -190,6 +195,9 @@ class EngineSettings(Value):
         # that comes from, for the message: a larger one is "not scanned".
         max_file_size: int = CLAMD_MAX_FILE_SIZE,
         max_file_size_from: str = "clamd's default MaxFileSize",
+        # clamd's MaxScanTime in seconds (None: no limit): a clean reply that
+        # took as long is "not scanned" (Engine._scan_reply)
+        max_scan_time: float | None = CLAMD_MAX_SCAN_TIME,
         # clamd's MaxQueue, when known (clamd.conf); None: its default, 100.
         # Requests in flight stay below it (see Engine._cap_total).
         clamd_max_queue: int | None = None,
@@ -214,6 +222,7 @@ class EngineSettings(Value):
         self.max_stream_size = max_stream_size
         self.max_file_size = max_file_size
         self.max_file_size_from = max_file_size_from
+        self.max_scan_time = max_scan_time
         self.clamd_max_queue = clamd_max_queue
         self.max_requests_per_session = max_requests_per_session
         self.backoff_initial = backoff_initial
@@ -229,8 +238,8 @@ def resolve_engine(
     clamd.conf is read when no address is given (LocalSocket first, else
     TCPSocket/TCPAddr), or when the admin named one other than the default,
     or when the default one configures the clamd at the address given; its
-    StreamMaxLength, MaxFileSize, MaxScanSize, ReadTimeout and MaxQueue then
-    set our limits. Raises AddressError.
+    StreamMaxLength, MaxFileSize, MaxScanSize, MaxScanTime, ReadTimeout and
+    MaxQueue then set our limits. Raises AddressError.
     """
     conf_given = clamd.clamd_conf != DEFAULT_CLAMD_CONF
     conf = read_clamd_conf(clamd.clamd_conf) if clamd.address is None or conf_given else None
@@ -243,6 +252,9 @@ def resolve_engine(
         max_file_size, max_file_size_from = clamd.max_file_size, "as given to clamwatch"
     else:
         max_file_size, max_file_size_from = scanned_size_limit(conf)
+    max_scan_time = CLAMD_MAX_SCAN_TIME
+    if conf is not None and conf.max_scan_time is not None:
+        max_scan_time = conf.max_scan_time
     max_stream = clamd.max_stream_size
     keepalive = clamd.keepalive or _DEFAULT_KEEPALIVE
     if conf is not None:
@@ -259,6 +271,7 @@ def resolve_engine(
         max_stream_size=max_stream,
         max_file_size=max_file_size,
         max_file_size_from=max_file_size_from,
+        max_scan_time=max_scan_time or None,  # 0: no limit
         clamd_max_queue=conf.max_queue if conf is not None else None,
         eicar_check=clamd.eicar_check,
     )
