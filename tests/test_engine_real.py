@@ -205,6 +205,28 @@ def test_a_file_that_grew_after_its_open_is_streamed_whole(
     assert outcome.verdict == Infected(EICAR_SIGNATURE)
 
 
+def test_a_stream_that_grows_past_the_size_clamd_scans_is_cut_and_not_scanned(
+    clamd: PrivateClamd, tmp_path: Path, eicar: bytes
+) -> None:
+    """A file checked against the limit at its open, then grown past it: streamed
+    only up to the limit (clamd would answer OK, unscanned, for the whole), and
+    reported as not scanned."""
+    path = tmp_path / "grows.com"
+    path.write_bytes(eicar)
+    opened = open_for_scan(str(path))
+    assert isinstance(opened, OpenedFile)
+    with path.open("ab") as more:
+        more.write(b"x" * (256 << 10))
+    done: queue.SimpleQueue[ScanOutcome] = queue.SimpleQueue()
+    with running(clamd.tcp_address, max_file_size=128 << 10) as engine:
+        engine.submit(ScanJob(opened, lambda job, outcome: done.put(outcome)))
+        outcome = done.get(timeout=30)
+    opened.close()
+    assert outcome.verdict == NotScanned(
+        NotScannedReason.TOO_LARGE, "grew past the 131072 bytes clamd takes while it was sent"
+    )
+
+
 @pytest.mark.parametrize("known_limit", [True, False], ids=["limit-known", "limit-from-clamd"])
 def test_file_over_stream_max_length_is_not_scanned_over_tcp(
     clamd_factory: ClamdFactory, tmp_path: Path, eicar: bytes, known_limit: bool

@@ -404,7 +404,11 @@ class Engine:
         except ClamdConnectionError as exc:
             self._connect_failed(now, str(exc), denied=exc.denied)
             return
-        session.stream_limit = self.settings.max_stream_size
+        # a stream that grows while it is sent stops at what clamd takes
+        stream_limit = self.settings.max_stream_size
+        session.stream_limit = min(
+            stream_limit or self.settings.max_file_size, self.settings.max_file_size
+        )
         self._sessions.append(session)
         self._reschedule()
         self._interest[session] = selectors.EVENT_READ | selectors.EVENT_WRITE
@@ -656,7 +660,9 @@ class Engine:
         try:
             if mask & selectors.EVENT_READ:
                 self._read(session, now)
-                if self._queue and self._has_room(session):
+                # a retiring session's last reply: its END goes in this same turn
+                session.finish_retiring(now)
+                if (self._queue and self._has_room(session)) or session.wants_write:
                     # replies freed room: send the next requests in this same turn
                     mask |= selectors.EVENT_WRITE
                 elif session.in_flight and session.state is not SessionState.CLOSED:

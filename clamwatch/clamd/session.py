@@ -368,10 +368,11 @@ class Session:
             limit = self.stream_limit
             if chunk and limit is not None and stream.offset + len(chunk) > limit:
                 # The file grew past the limit after it was checked: clamd would
-                # cut the session; end the stream here and never call it clean.
+                # cut the session (StreamMaxLength) or answer OK unscanned
+                # (MaxFileSize); end the stream here and never call it clean.
                 entry.local_verdict = NotScanned(
                     NotScannedReason.TOO_LARGE,
-                    f"larger than clamd's StreamMaxLength ({limit} bytes)",
+                    f"grew past the {limit} bytes clamd takes while it was sent",
                 )
                 chunk = b""
             if chunk:

@@ -64,7 +64,7 @@ def scanned_size_limit(conf: ClamdConf | None) -> tuple[int, str]:
 
 
 def _describes(conf: ClamdConf, address: ClamdAddress) -> bool:
-    """Whether the clamd ``conf`` configures listens at ``address``."""
+    """Whether the clamd that ``conf`` configures listens at ``address``."""
     if address.path is not None:
         return conf.local_socket is not None and os.path.realpath(
             conf.local_socket
