@@ -510,3 +510,29 @@ def test_a_low_open_files_limit_shrinks_the_window_not_the_verdicts(
     verdicts = daemon.verdicts()
     wrong = [e for path in paths for e in verdicts[str(path)] if e["verdict"] != "clean"]
     assert not wrong, wrong[:3]
+
+
+def test_a_file_larger_than_clamd_scans_is_not_scanned_and_tagged_not_clean(
+    start_daemon: StartDaemon, clamd_factory: ClamdFactory, watched: Path, eicar: bytes
+) -> None:
+    """clamd's MaxFileSize 1M, read from its clamd.conf: a 2 MB upload that starts
+    with EICAR is a not-scanned event naming the limit (clamd would answer OK
+    without scanning it), never clean; a small EICAR file beside it is found."""
+    server = clamd_factory(extra={"MaxFileSize": "1M"})
+    daemon = start_daemon(
+        address=server.unix_address, clamd_options={"clamd_conf": str(server.conf_path)}
+    )
+    big = watched / "big.iso"
+    big.write_bytes(eicar + b"x" * (2 << 20))
+    small = watched / "small.com"
+    small.write_bytes(eicar)
+    daemon.wait_verdicts([big, small], timeout=30)
+    found = only_once(daemon, [big, small])
+    assert found[str(big)]["event"] == "not-scanned"
+    assert found[str(big)]["not_scanned"] == "too-large"
+    assert (
+        f"larger than the 1048576 bytes clamd scans (MaxFileSize in {server.conf_path})"
+        in (found[str(big)]["message"])
+    )
+    assert found[str(small)]["event"] == "detection"
+    assert big.exists()  # not-scanned is tagged, not moved (on_not_scanned's default)
