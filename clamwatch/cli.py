@@ -285,10 +285,10 @@ def _add_scan(commands: argparse._SubParsersAction[_Parser], *, with_options: bo
     scan.add_argument(
         "--request-timeout",
         type=_duration,
-        default=180.0,
         metavar="DURATION",
         help="how long one file may take in clamd before its session is dropped and the file"
-        " sent again (default: 180s, above clamd's MaxScanTime)",
+        " sent again (default: 60s above clamd's MaxScanTime from --clamd-conf, at least 180s;"
+        " 1h when MaxScanTime is 0)",
     )
     scan.add_argument(
         "--no-eicar-check",

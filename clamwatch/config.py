@@ -180,7 +180,7 @@ _CLAMD_KEYS: dict[str, Callable[[object], Any]] = {
     "transport": lambda v: TransportChoice(_choice("auto", "fildes", "instream")(v)),
     "sessions": _positive_int,
     "max_in_flight": _optional(_positive_int, 0),
-    "request_timeout": _duration,
+    "request_timeout": _optional(_duration),
     "keepalive": _optional(_duration),
     "max_stream_size": _optional(_size),
     "max_file_size": _optional(_positive_size),

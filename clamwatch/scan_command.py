@@ -78,7 +78,7 @@ class ScanOptions:
         max_stream_size: int | None = None,
         max_file_size: int | None = None,
         connect_timeout: float = 30.0,
-        request_timeout: float = 180.0,
+        request_timeout: float | None = None,
         eicar_check: bool = True,
     ) -> None:
         self.paths = paths

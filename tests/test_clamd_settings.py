@@ -121,3 +121,24 @@ def test_max_scan_time_comes_from_clamd_conf_in_milliseconds(
     path.write_text("LocalSocket /run/c.ctl\n" + text)
     _, engine = resolve_engine(ClamdSettings(clamd_conf=path), give_up_after=None)
     assert engine.max_scan_time == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "given", "expected"),
+    [
+        ("", None, 180.0),  # clamd's default MaxScanTime, 120 s
+        ("MaxScanTime 600000\n", None, 660.0),
+        ("MaxScanTime 30000\n", None, 180.0),
+        ("MaxScanTime 0\n", None, 3600.0),  # no limit in clamd
+        ("MaxScanTime 600000\n", 90.0, 90.0),
+    ],
+)
+def test_a_requests_deadline_stays_above_clamds_max_scan_time(
+    tmp_path: Path, text: str, given: float | None, expected: float
+) -> None:
+    path = tmp_path / "clamd.conf"
+    path.write_text("LocalSocket /run/c.ctl\n" + text)
+    _, engine = resolve_engine(
+        ClamdSettings(clamd_conf=path, request_timeout=given), give_up_after=None
+    )
+    assert engine.request_timeout == expected

@@ -41,6 +41,12 @@ CLAMD_LARGEST_SCANNED = 2**31 - 3  # whatever its settings say
 # And for a scan it stops at MaxScanTime (120 s by default; 0: no limit):
 # measured with MaxScanTime 5 (ms), an 80 MB file starting with EICAR.
 CLAMD_MAX_SCAN_TIME = 120.0
+# A request's own deadline, when not set: this much above MaxScanTime, so a
+# scan clamd allows is not cut short here, and at least the minimum; with no
+# MaxScanTime, an hour.
+_REQUEST_SLACK = 60.0
+_REQUEST_TIMEOUT_MIN = 180.0
+_REQUEST_TIMEOUT_UNLIMITED = 3600.0
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
@@ -102,7 +108,7 @@ class ClamdSettings(Value):
     transport: Final[TransportChoice]
     sessions: Final[int]
     max_in_flight: Final[int | None]
-    request_timeout: Final[float]
+    request_timeout: Final[float | None]
     keepalive: Final[float | None]
     max_stream_size: Final[int | None]
     max_file_size: Final[int | None]
@@ -116,7 +122,7 @@ class ClamdSettings(Value):
         transport: TransportChoice = TransportChoice.AUTO,
         sessions: int = 2,
         max_in_flight: int | None = None,  # None: from clamd's MaxThreads (EngineSettings)
-        request_timeout: float = 180.0,
+        request_timeout: float | None = None,  # None: above clamd's MaxScanTime (resolve_engine)
         keepalive: float | None = None,  # None: a third of clamd's ReadTimeout, at most 30 s
         max_stream_size: int | None = None,  # None: clamd.conf's StreamMaxLength
         # None: from MaxFileSize and MaxScanSize in clamd.conf (scanned_size_limit)
@@ -255,6 +261,13 @@ def resolve_engine(
     max_scan_time = CLAMD_MAX_SCAN_TIME
     if conf is not None and conf.max_scan_time is not None:
         max_scan_time = conf.max_scan_time
+    request_timeout = clamd.request_timeout
+    if request_timeout is None:
+        request_timeout = (
+            max(_REQUEST_TIMEOUT_MIN, max_scan_time + _REQUEST_SLACK)
+            if max_scan_time
+            else _REQUEST_TIMEOUT_UNLIMITED
+        )
     max_stream = clamd.max_stream_size
     keepalive = clamd.keepalive or _DEFAULT_KEEPALIVE
     if conf is not None:
@@ -265,7 +278,7 @@ def resolve_engine(
         transport=clamd.transport,
         sessions=clamd.sessions,
         max_in_flight=clamd.max_in_flight,
-        request_timeout=clamd.request_timeout,
+        request_timeout=request_timeout,
         keepalive=keepalive,
         give_up_after=give_up_after,
         max_stream_size=max_stream,
