@@ -255,8 +255,9 @@ def _add_scan(commands: argparse._SubParsersAction[_Parser], *, with_options: bo
         default=DEFAULT_CLAMD_CONF,
         metavar="FILE",
         help="clamd.conf to read the socket and clamd's limits (StreamMaxLength, MaxFileSize,"
-        " MaxScanSize, MaxQueue) from; without --address, or when it configures the clamd at"
-        f" --address (default: {DEFAULT_CLAMD_CONF}; --config-file is clamdscan's name for it)",
+        " MaxScanSize, MaxScanTime, MaxQueue) from: read without --address, when named here,"
+        " or when it configures the clamd at --address (default:"
+        f" {DEFAULT_CLAMD_CONF}; --config-file is clamdscan's name for it)",
     )
     scan.add_argument(
         "--max-stream-size",
