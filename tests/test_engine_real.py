@@ -630,14 +630,16 @@ def test_a_file_over_clamds_scan_limits_is_not_scanned_not_clean(  # noqa: PLR09
 def test_an_ok_as_late_as_clamds_max_scan_time_is_not_scanned(
     clamd_factory: ClamdFactory, tmp_path: Path, eicar: bytes
 ) -> None:
-    """clamd stops a scan at MaxScanTime and answers OK: an 80 MB file that starts
+    """clamd stops a scan at MaxScanTime and answers OK: a 95 MB file that starts
     with EICAR, under MaxScanTime 50 (ms). Shown first with the limit kept from the
     engine; with it read from clamd.conf, that OK is "not scanned"."""
     server = clamd_factory(extra={"MaxScanTime": "50"})
     slow = tmp_path / "slow.com"
     with slow.open("wb") as file:
         file.write(eicar)
-        file.truncate(80 << 20)  # sparse: clamd still reads (hashes) all of it
+        # sparse, and under clamd's default MaxFileSize (100M); clamd still
+        # reads (hashes) all of it: some 200 ms here, four times the limit
+        file.truncate(95 << 20)
     small = tmp_path / "small.com"
     small.write_bytes(eicar)
     with running(server.unix_address, max_scan_time=None) as engine:
