@@ -7,7 +7,7 @@ from pathlib import Path
 
 from clamwatch.clamd.address import AddressError
 from clamwatch.clamd.engine import ClamdUnavailableError, Engine
-from clamwatch.clamd.settings import resolve_engine
+from clamwatch.clamd.settings import UNLIMITED, EngineSettings, resolve_engine
 from clamwatch.config import ConfigError, load_config
 
 _CLAMD_TIMEOUT = 10.0  # seconds to wait for clamd's answer
@@ -47,8 +47,15 @@ def run_check(path: Path, *, check_clamd: bool) -> int:
     print(
         f"  clamd at {address}: {caps.version or 'version unknown'}, MaxThreads {threads},"
         f" files passed by {'descriptor (FILDES)' if fildes else 'stream (INSTREAM)'},"
-        f" at most {in_flight} scans in flight{checked}; files over"
-        f" {settings.max_file_size} bytes ({settings.max_file_size_from}) are not sent,"
-        " since clamd answers OK without scanning them"
+        f" at most {in_flight} scans in flight{checked}; {_size_limit(settings)}"
     )
     return 0
+
+
+def _size_limit(settings: EngineSettings) -> str:
+    if settings.max_file_size == UNLIMITED:
+        return f"clamd reports the files it does not scan ({settings.max_file_size_from})"
+    return (
+        f"files over {settings.max_file_size} bytes ({settings.max_file_size_from}) are not"
+        " sent, since clamd answers OK without scanning them"
+    )

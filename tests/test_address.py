@@ -214,3 +214,19 @@ def test_bad_values_name_the_file(tmp_path: Path, text: str, key: str) -> None:
         read_clamd_conf(path)
     assert str(path) in str(info.value)
     assert key in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("", False), ("AlertExceedsMax yes\n", True), ("AlertExceedsMax True\n", True),
+     ("AlertExceedsMax 1\n", True), ("AlertExceedsMax no\n", False)],
+)  # fmt: skip
+def test_alert_exceeds_max(tmp_path: Path, text: str, expected: bool) -> None:
+    conf = read_clamd_conf(write_conf(tmp_path, "LocalSocket /run/c.ctl\n" + text))
+    assert conf.alert_exceeds_max is expected
+
+
+def test_a_bad_boolean_names_the_file(tmp_path: Path) -> None:
+    path = write_conf(tmp_path, "LocalSocket /run/c.ctl\nAlertExceedsMax maybe\n")
+    with pytest.raises(AddressError, match=r"'maybe' is not yes or no"):
+        read_clamd_conf(path)

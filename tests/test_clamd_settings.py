@@ -10,6 +10,7 @@ from clamwatch.clamd import settings as settings_module
 from clamwatch.clamd.address import ClamdConf
 from clamwatch.clamd.settings import (
     CLAMD_LARGEST_SCANNED,
+    UNLIMITED,
     ClamdSettings,
     resolve_engine,
     scanned_size_limit,
@@ -142,3 +143,21 @@ def test_a_requests_deadline_stays_above_clamds_max_scan_time(
         ClamdSettings(clamd_conf=path, request_timeout=given), give_up_after=None
     )
     assert engine.request_timeout == expected
+
+
+def test_with_alert_exceeds_max_clamd_reports_its_limits_itself(tmp_path: Path) -> None:
+    path = tmp_path / "clamd.conf"
+    path.write_text(
+        "LocalSocket /run/c.ctl\nMaxFileSize 1M\nMaxScanTime 5000\nAlertExceedsMax yes\n"
+    )
+    _, engine = resolve_engine(ClamdSettings(clamd_conf=path), give_up_after=None)
+    assert (engine.max_file_size, engine.max_file_size_from) == (
+        UNLIMITED,
+        f"AlertExceedsMax in {path}",
+    )
+    assert engine.max_scan_time is None
+    # a limit the admin states still holds
+    _, engine = resolve_engine(
+        ClamdSettings(clamd_conf=path, max_file_size=5 * M), give_up_after=None
+    )
+    assert engine.max_file_size == 5 * M

@@ -627,6 +627,28 @@ def test_a_file_over_clamds_scan_limits_is_not_scanned_not_clean(  # noqa: PLR09
     assert outcomes[over].transport is None  # never sent
 
 
+def test_with_alert_exceeds_max_a_file_over_the_limit_is_sent_and_clamd_reports_it(
+    clamd_factory: ClamdFactory, tmp_path: Path, eicar: bytes
+) -> None:
+    """AlertExceedsMax yes: clamd answers Heuristics.Limits.Exceeded.MaxFileSize FOUND
+    for a file over MaxFileSize, as the admin asked, so it is sent and that stands."""
+    server = clamd_factory(extra={"MaxFileSize": "1M", "AlertExceedsMax": "yes"})
+    over = tmp_path / "over.bin"
+    over.write_bytes(b"x" * (2 << 20))
+    _, settings = resolve_engine(
+        ClamdSettings(address=server.unix_address, clamd_conf=server.conf_path),
+        give_up_after=None,
+    )
+    learned: dict[str, Any] = {
+        "max_file_size": settings.max_file_size,
+        "max_scan_time": settings.max_scan_time,
+    }
+    with running(server.unix_address, **learned) as engine:
+        outcomes = scan_files(engine, [over])
+    assert outcomes[over].verdict == Infected("Heuristics.Limits.Exceeded.MaxFileSize")
+    assert outcomes[over].transport is Transport.FILDES
+
+
 def test_an_ok_as_late_as_clamds_max_scan_time_is_not_scanned(
     clamd_factory: ClamdFactory, tmp_path: Path, eicar: bytes
 ) -> None:

@@ -85,6 +85,7 @@ class ClamdConf(Value):
         "max_file_size",
         "max_scan_size",
         "max_scan_time",
+        "alert_exceeds_max",
         "read_timeout",
         "max_queue",
     )
@@ -96,6 +97,7 @@ class ClamdConf(Value):
     max_file_size: Final[int | None]  # as written; 0: no limit; None: not set
     max_scan_size: Final[int | None]
     max_scan_time: Final[float | None]  # seconds (milliseconds in the file); 0: no limit
+    alert_exceeds_max: Final[bool]  # clamd reports each limit it meets as a FOUND
     read_timeout: Final[float | None]
     max_queue: Final[int | None]
 
@@ -110,6 +112,7 @@ class ClamdConf(Value):
         max_file_size: int | None = None,
         max_scan_size: int | None = None,
         max_scan_time: float | None = None,
+        alert_exceeds_max: bool = False,
         read_timeout: float | None = None,
         max_queue: int | None = None,
     ) -> None:
@@ -121,6 +124,7 @@ class ClamdConf(Value):
         self.max_file_size = max_file_size
         self.max_scan_size = max_scan_size
         self.max_scan_time = max_scan_time
+        self.alert_exceeds_max = alert_exceeds_max
         self.read_timeout = read_timeout
         self.max_queue = max_queue
 
@@ -135,6 +139,17 @@ class ClamdConf(Value):
 
 
 _LINE = re.compile(r"^\s*(\w+)(?:\s+(.*?))?\s*$")
+# clamd.conf's booleans
+_TRUE = frozenset({"yes", "true", "1"})
+_FALSE = frozenset({"no", "false", "0"})
+
+
+def _boolean(text: str) -> bool:
+    if text.lower() in _TRUE:
+        return True
+    if text.lower() in _FALSE:
+        return False
+    raise ValueError(f"{text!r} is not yes or no")
 
 
 def read_clamd_conf(file: str | os.PathLike[str] = DEFAULT_CLAMD_CONF) -> ClamdConf:
@@ -165,6 +180,7 @@ def read_clamd_conf(file: str | os.PathLike[str] = DEFAULT_CLAMD_CONF) -> ClamdC
             max_file_size=parse_size(values["MaxFileSize"]) if "MaxFileSize" in values else None,
             max_scan_size=parse_size(values["MaxScanSize"]) if "MaxScanSize" in values else None,
             max_scan_time=(int(values["MaxScanTime"]) / 1000 if "MaxScanTime" in values else None),
+            alert_exceeds_max=_boolean(values.get("AlertExceedsMax", "no")),
             read_timeout=float(values["ReadTimeout"]) if "ReadTimeout" in values else None,
             max_queue=int(values["MaxQueue"]) if "MaxQueue" in values else None,
         )

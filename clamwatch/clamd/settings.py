@@ -41,6 +41,10 @@ CLAMD_LARGEST_SCANNED = 2**31 - 3  # whatever its settings say
 # And for a scan it stops at MaxScanTime (120 s by default; 0: no limit):
 # measured with MaxScanTime 5 (ms), an 80 MB file starting with EICAR.
 CLAMD_MAX_SCAN_TIME = 120.0
+# With AlertExceedsMax yes, clamd itself answers each of those with a
+# Heuristics.Limits.Exceeded.* FOUND (measured, the 2 GiB limit included):
+# every file is sent, and clamd's verdict stands.
+UNLIMITED = 2**63 - 1
 # A request's own deadline, when not set: this much above MaxScanTime, so a
 # scan clamd allows is not cut short here, and at least the minimum; with no
 # MaxScanTime, an hour.
@@ -254,8 +258,11 @@ def resolve_engine(
     )
     if conf is None:
         conf = _conf_for(address)
+    alerts = conf is not None and conf.alert_exceeds_max
     if clamd.max_file_size is not None:
         max_file_size, max_file_size_from = clamd.max_file_size, "as given to clamwatch"
+    elif conf is not None and alerts:
+        max_file_size, max_file_size_from = UNLIMITED, f"AlertExceedsMax in {conf.path}"
     else:
         max_file_size, max_file_size_from = scanned_size_limit(conf)
     max_scan_time = CLAMD_MAX_SCAN_TIME
@@ -284,7 +291,8 @@ def resolve_engine(
         max_stream_size=max_stream,
         max_file_size=max_file_size,
         max_file_size_from=max_file_size_from,
-        max_scan_time=max_scan_time or None,  # 0: no limit
+        # 0: no limit; AlertExceedsMax: clamd says when it stopped a scan
+        max_scan_time=None if alerts else max_scan_time or None,
         clamd_max_queue=conf.max_queue if conf is not None else None,
         eicar_check=clamd.eicar_check,
     )
