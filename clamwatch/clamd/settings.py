@@ -39,7 +39,7 @@ CLAMD_MAX_FILE_SIZE = 100 * 1024 * 1024  # clamd's default MaxFileSize
 CLAMD_MAX_SCAN_SIZE = 400 * 1024 * 1024  # clamd's default MaxScanSize
 CLAMD_LARGEST_SCANNED = 2**31 - 3  # whatever its settings say
 # And for a scan it stops at MaxScanTime (120 s by default; 0: no limit):
-# measured with MaxScanTime 5 (ms), an 80 MB file starting with EICAR.
+# measured with MaxScanTime 5 (ms), 10 and 90 MB files starting with EICAR.
 CLAMD_MAX_SCAN_TIME = 120.0
 # With AlertExceedsMax yes, clamd itself answers each of those with a
 # Heuristics.Limits.Exceeded.* FOUND (measured, the 2 GiB limit included):
