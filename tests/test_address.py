@@ -219,7 +219,7 @@ def test_bad_values_name_the_file(tmp_path: Path, text: str, key: str) -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [("", False), ("AlertExceedsMax yes\n", True), ("AlertExceedsMax True\n", True),
-     ("AlertExceedsMax 1\n", True), ("AlertExceedsMax no\n", False)],
+     ("AlertExceedsMax 1\n", True), ("AlertExceedsMax no\n", False), ("BlockMax yes\n", True)],
 )  # fmt: skip
 def test_alert_exceeds_max(tmp_path: Path, text: str, expected: bool) -> None:
     conf = read_clamd_conf(write_conf(tmp_path, "LocalSocket /run/c.ctl\n" + text))

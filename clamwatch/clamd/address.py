@@ -180,7 +180,9 @@ def read_clamd_conf(file: str | os.PathLike[str] = DEFAULT_CLAMD_CONF) -> ClamdC
             max_file_size=parse_size(values["MaxFileSize"]) if "MaxFileSize" in values else None,
             max_scan_size=parse_size(values["MaxScanSize"]) if "MaxScanSize" in values else None,
             max_scan_time=(int(values["MaxScanTime"]) / 1000 if "MaxScanTime" in values else None),
-            alert_exceeds_max=_boolean(values.get("AlertExceedsMax", "no")),
+            # BlockMax: its deprecated name, which clamd 1.4 still honours
+            alert_exceeds_max=_boolean(values.get("AlertExceedsMax", "no"))
+            or _boolean(values.get("BlockMax", "no")),
             read_timeout=float(values["ReadTimeout"]) if "ReadTimeout" in values else None,
             max_queue=int(values["MaxQueue"]) if "MaxQueue" in values else None,
         )
