@@ -405,10 +405,7 @@ class Engine:
             self._connect_failed(now, str(exc), denied=exc.denied)
             return
         # a stream that grows while it is sent stops at what clamd takes
-        stream_limit = self.settings.max_stream_size
-        session.stream_limit = min(
-            stream_limit or self.settings.max_file_size, self.settings.max_file_size
-        )
+        session.stream_limit = self.settings.stream_limit
         self._sessions.append(session)
         self._reschedule()
         self._interest[session] = selectors.EVENT_READ | selectors.EVENT_WRITE
@@ -604,9 +601,10 @@ class Engine:
                 and bool(caps.commands)
                 and "FILDES" not in caps.commands
             )
-            limit = self.settings.max_file_size
-            if transport is Transport.INSTREAM and self.settings.max_stream_size is not None:
-                limit = min(limit, self.settings.max_stream_size)
+            if transport is Transport.INSTREAM:
+                limit = self.settings.stream_limit
+            else:
+                limit = self.settings.max_file_size
             while queue and room > 0 and session.accepting:
                 job = queue.popleft()
                 refused = (
@@ -785,17 +783,18 @@ class Engine:
                     f"clamd answered OK after {took:.3g} s, as late as its MaxScanTime"
                     f" ({limit:g} s), when it stops a scan and answers OK",
                 )
-        if type(verdict) is Clean and session.eicar_check and entry.transport is Transport.FILDES:
-            # delivered once a check sent after it passes: clamd 1.4 answers
-            # OK unscanned when it cannot make its per-scan folder. A stream
-            # needs a temporary file before that, and clamd closes the
-            # connection when it cannot write one: streams are not held (the
-            # checks cost `scan --stream` 6% of its time, measured).
-            if not session.held and not session.eicar_pending:
-                # the loop must wake when this one's check is due (_next_wakeup)
-                self._wakeup_at = min(self._wakeup_at, now + CONFIRM_WAIT)
-            session.hold(entry, verdict, now)
-            return
+            elif session.eicar_check and entry.transport is Transport.FILDES:
+                # delivered once a check sent after it passes: clamd 1.4
+                # answers OK unscanned when it cannot make its per-scan
+                # folder. A stream needs a temporary file before that, and
+                # clamd closes the connection when it cannot write one:
+                # streams are not held (the checks cost `scan --stream` 6% of
+                # its time, measured).
+                if not session.held and not session.eicar_pending:
+                    # the loop must wake when this one's check is due (_next_wakeup)
+                    self._wakeup_at = min(self._wakeup_at, now + CONFIRM_WAIT)
+                session.hold(entry, verdict, now)
+                return
         self._backoff = self.settings.backoff_initial  # clamd works: reconnect at once
         version = session.capabilities.version if session.capabilities else None
         self._deliver(entry.job, verdict, entry.transport, version)

@@ -81,8 +81,9 @@ def _describes(conf: ClamdConf, address: ClamdAddress) -> bool:
         ) == os.path.realpath(address.path)
     if conf.tcp_socket != address.port:
         return False
-    listening = conf.tcp_addr or "127.0.0.1"  # clamd's default: every interface
-    return address.host == listening or (address.host in _LOOPBACK and conf.tcp_addr is None)
+    if conf.tcp_addr is None:  # clamd's default: every interface, loopback among them
+        return address.host in _LOOPBACK
+    return address.host == conf.tcp_addr
 
 
 def _conf_for(address: ClamdAddress) -> ClamdConf | None:
@@ -238,6 +239,14 @@ class EngineSettings(Value):
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.eicar_check = eicar_check
+
+    @property
+    def stream_limit(self) -> int:
+        """The most a stream may carry: StreamMaxLength when known, and never more than
+        clamd scans (a larger one it would answer OK unscanned)."""
+        if self.max_stream_size is None:
+            return self.max_file_size
+        return min(self.max_stream_size, self.max_file_size)
 
 
 def resolve_engine(
