@@ -227,6 +227,38 @@ def test_a_stream_that_grows_past_the_size_clamd_scans_is_cut_and_not_scanned(
     )
 
 
+def test_a_file_that_grows_past_the_size_clamd_scans_after_its_open_is_not_scanned(
+    clamd_factory: ClamdFactory, tmp_path: Path, eicar: bytes
+) -> None:
+    """Over FILDES clamd sizes the file when it scans it: one under MaxFileSize at
+    its open here, and over it by then, is answered OK unscanned (shown with the
+    limit kept from the engine). The engine looks at the size again for an OK."""
+    server = clamd_factory(extra={"MaxFileSize": "1M"})
+    limit = 1 << 20
+    outcomes = []
+    done: queue.SimpleQueue[ScanOutcome] = queue.SimpleQueue()
+    for known in (None, limit):
+        path = tmp_path / f"grows-{known}.com"
+        path.write_bytes(eicar)
+        opened = open_for_scan(str(path))
+        assert isinstance(opened, OpenedFile) and opened.identity.size == len(eicar)
+        with path.open("ab") as more:
+            more.write(b"x" * limit)  # after the open: the engine sends it
+        settings: dict[str, Any] = {"max_file_size": known or 2**40, "max_file_size_from": "test"}
+        with running(server.unix_address, transport=TransportChoice.FILDES, **settings) as engine:
+            engine.submit(ScanJob(opened, lambda job, outcome: done.put(outcome)))
+            outcomes.append(done.get(timeout=30))
+        opened.close()
+    blind, known_limit = outcomes
+    assert blind.verdict == Clean()  # the hazard: clamd never looked
+    assert known_limit.transport is Transport.FILDES
+    assert known_limit.verdict == NotScanned(
+        NotScannedReason.TOO_LARGE,
+        f"grew to {limit + len(eicar)} bytes while clamd had it, larger than the {limit}"
+        " bytes clamd scans (test)",
+    )
+
+
 @pytest.mark.parametrize("known_limit", [True, False], ids=["limit-known", "limit-from-clamd"])
 def test_file_over_stream_max_length_is_not_scanned_over_tcp(
     clamd_factory: ClamdFactory, tmp_path: Path, eicar: bytes, known_limit: bool

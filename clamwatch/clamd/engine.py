@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import math
+import os
 import selectors
 import socket
 import threading
@@ -43,7 +44,7 @@ from clamwatch.clamd.session import (
     Session,
     SessionState,
 )
-from clamwatch.clamd.settings import EngineSettings
+from clamwatch.clamd.settings import UNLIMITED, EngineSettings
 from clamwatch.clamd.transport import ClamdConnectionError
 from clamwatch.eventkind import EventKind, emit
 from clamwatch.threadnames import name_this_thread
@@ -783,6 +784,10 @@ class Engine:
                     f"clamd answered OK after {took:.3g} s, as late as its MaxScanTime"
                     f" ({limit:g} s), when it stops a scan and answers OK",
                 )
+            elif entry.transport is Transport.FILDES and (
+                grown := self._grown_past_limit(entry.job)
+            ):
+                verdict = grown
             elif session.eicar_check and entry.transport is Transport.FILDES:
                 # delivered once a check sent after it passes: clamd 1.4
                 # answers OK unscanned when it cannot make its per-scan
@@ -798,6 +803,23 @@ class Engine:
         self._backoff = self.settings.backoff_initial  # clamd works: reconnect at once
         version = session.capabilities.version if session.capabilities else None
         self._deliver(entry.job, verdict, entry.transport, version)
+
+    def _grown_past_limit(self, job: ScanJob) -> NotScanned | None:
+        """Why an OK to a FILDES does not count: the file grew past the size clamd
+        scans after its open here (a log being written), and clamd 1.4 answers OK
+        without scanning a file over its limit (settings.py). It may have grown
+        only after clamd scanned it: then this errs towards "not scanned"."""
+        limit = self.settings.max_file_size
+        if limit >= UNLIMITED or job.file.fd < 0:
+            return None  # AlertExceedsMax: clamd reports such a file itself
+        size = os.fstat(job.file.fd).st_size
+        if size <= limit:
+            return None
+        return NotScanned(
+            NotScannedReason.TOO_LARGE,
+            f"grew to {size} bytes while clamd had it, larger than the {limit} bytes clamd"
+            f" scans ({self.settings.max_file_size_from})",
+        )
 
     def _update_interest(self) -> None:
         for session in self._sessions:
