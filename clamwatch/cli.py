@@ -55,8 +55,8 @@ clamd is found from --address, else from LocalSocket or TCPSocket/TCPAddr in
 --clamd-conf. A file is never reported OK unless clamd scanned all of it: a
 file over clamd's StreamMaxLength is "not scanned", never truncated; so is a
 file over its MaxFileSize or MaxScanSize (or grown past them while clamd had
-it), which clamd would answer OK without scanning; a lost connection to clamd is retried on a new session, never taken
-as a verdict."""
+it), which clamd would answer OK without scanning; a lost connection to clamd
+is retried on a new session, never taken as a verdict."""
 
 _SCAN_EPILOG = """\
 exit status:
