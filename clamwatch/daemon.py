@@ -109,7 +109,11 @@ class Daemon:
         self.config = config
         settings = config.daemon
         address, engine_settings = resolve_engine(config.clamd, give_up_after=None)
-        self.engine = Engine(address, engine_settings)
+        self.engine = Engine(
+            address,
+            engine_settings,
+            relearn=lambda: resolve_engine(config.clamd, give_up_after=None)[1],
+        )
         self.dispatcher = Dispatcher(settings.max_pending, settings.settle_time)
         self.backlog = BacklogReport(self.dispatcher)
         own = (str(settings.state_directory), str(config.quarantine.directory))

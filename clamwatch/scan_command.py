@@ -139,7 +139,12 @@ def _run(options: ScanOptions, listing: BinaryIO | None, out: TextIO, err: TextI
             clamd,
             give_up_after=options.connect_timeout,
         )
-        engine = Engine(address, settings, inline=True)
+        engine = Engine(
+            address,
+            settings,
+            inline=True,
+            relearn=lambda: resolve_engine(clamd, give_up_after=None)[1],
+        )
     except (AddressError, ValueError) as exc:
         err.write(f"clamwatch scan: {exc}\n")
         return 2

@@ -1,4 +1,4 @@
-"""From the admin's clamd settings and clamd.conf to the engine's: clamd's scan size limit."""
+"""From the admin's clamd settings and clamd.conf to the engine's: clamd's limits."""
 
 from __future__ import annotations
 
@@ -161,3 +161,18 @@ def test_with_alert_exceeds_max_clamd_reports_its_limits_itself(tmp_path: Path) 
         ClamdSettings(clamd_conf=path, max_file_size=5 * M), give_up_after=None
     )
     assert engine.max_file_size == 5 * M
+
+
+def test_limits_read_again_replace_only_the_limits(tmp_path: Path) -> None:
+    """With clamd restarted, its limits (and the request deadline MaxScanTime sets)
+    come from clamd.conf again; what the admin set for clamwatch stays."""
+    path = tmp_path / "clamd.conf"
+    path.write_text("LocalSocket /run/c.ctl\nMaxFileSize 50M\nMaxScanTime 600000\n")
+    _, before = resolve_engine(ClamdSettings(clamd_conf=path, sessions=3), give_up_after=None)
+    path.write_text("LocalSocket /run/c.ctl\nMaxFileSize 5M\nStreamMaxLength 2M\n")
+    _, fresh = resolve_engine(ClamdSettings(clamd_conf=path), give_up_after=None)
+    after = before.with_limits_of(fresh)
+    assert after.limits == fresh.limits == (2 * M, 5 * M, f"MaxFileSize in {path}", 120.0, 180.0)
+    assert before.limits == (None, 50 * M, f"MaxFileSize in {path}", 600.0, 660.0)
+    assert after.sessions == 3
+    assert after.with_limits_of(before) == before  # every other field kept

@@ -536,3 +536,30 @@ def test_a_file_larger_than_clamd_scans_is_not_scanned_and_tagged_not_clean(
     )
     assert found[str(small)]["event"] == "detection"
     assert big.exists()  # not-scanned is tagged, not moved (on_not_scanned's default)
+
+
+def test_a_limit_lowered_with_a_restart_of_clamd_is_followed(
+    start_daemon: StartDaemon, clamd_factory: ClamdFactory, watched: Path, eicar: bytes
+) -> None:
+    """clamd restarted with MaxFileSize lowered from 4M to 1M in its clamd.conf: a
+    2 MB upload that starts with EICAR, found before, is now not scanned (clamd
+    would answer OK without scanning it), never clean."""
+    server = clamd_factory(extra={"MaxFileSize": "4M"})
+    daemon = start_daemon(
+        address=server.unix_address, clamd_options={"clamd_conf": str(server.conf_path)}
+    )
+    before = watched / "before.iso"
+    before.write_bytes(eicar + b"x" * (2 << 20))
+    daemon.wait_verdicts([before], timeout=30)
+    assert only_once(daemon, [before])[str(before)]["event"] == "detection"
+    server.settings["MaxFileSize"] = "1M"
+    server.restart()
+    after = watched / "after.iso"
+    after.write_bytes(eicar + b"x" * (2 << 20))
+    daemon.wait_verdicts([after], timeout=60)
+    found = only_once(daemon, [after])[str(after)]
+    assert found["event"] == "not-scanned" and found["not_scanned"] == "too-large"
+    assert (
+        f"larger than the 1048576 bytes clamd scans (MaxFileSize in {server.conf_path})"
+        in (found["message"])
+    )

@@ -659,6 +659,44 @@ def test_a_file_over_clamds_scan_limits_is_not_scanned_not_clean(  # noqa: PLR09
     assert outcomes[over].transport is None  # never sent
 
 
+def test_limits_lowered_with_a_restart_of_clamd_are_read_again(
+    clamd_factory: ClamdFactory, tmp_path: Path, eicar: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """clamd reads clamd.conf when it starts: MaxFileSize lowered there and clamd
+    restarted, a file between the two limits is answered OK unscanned. An engine
+    that reads the limits again once clamd dropped its sessions reports it "not
+    scanned"; one that kept the old limit calls it clean."""
+    server = clamd_factory(extra={"MaxFileSize": "2M"})
+    middle = tmp_path / "middle.com"
+    middle.write_bytes(eicar + b"x" * ((3 << 19) - len(eicar)))  # 1.5 MiB
+    clamd = ClamdSettings(address=server.unix_address, clamd_conf=server.conf_path)
+    address, settings = resolve_engine(clamd, give_up_after=None)
+    assert settings.max_file_size == 2 << 20
+    learning = Engine(
+        address, settings, relearn=lambda: resolve_engine(clamd, give_up_after=None)[1]
+    ).start()
+    blind = Engine(address, settings).start()
+    try:
+        for engine in (learning, blind):
+            assert scan_files(engine, [middle])[middle].verdict == Infected(EICAR_SIGNATURE)
+        server.settings["MaxFileSize"] = "1M"
+        server.restart()  # same socket, another process
+        with caplog.at_level(logging.WARNING, logger="clamwatch.clamd.engine"):
+            learned = scan_files(learning, [middle])[middle]
+        kept = scan_files(blind, [middle])[middle]
+    finally:
+        learning.close()
+        blind.close()
+    assert kept.verdict == Clean()  # the hazard: clamd never looked
+    assert learned.verdict == NotScanned(
+        NotScannedReason.TOO_LARGE,
+        f"{3 << 19} bytes, larger than the {1 << 20} bytes clamd scans"
+        f" (MaxFileSize in {server.conf_path})",
+    )
+    assert learned.transport is None  # never sent
+    assert f"the largest file it scans is {1 << 20} bytes" in caplog.text
+
+
 def test_with_alert_exceeds_max_a_file_over_the_limit_is_sent_and_clamd_reports_it(
     clamd_factory: ClamdFactory, tmp_path: Path, eicar: bytes
 ) -> None:

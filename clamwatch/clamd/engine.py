@@ -22,10 +22,10 @@ import selectors
 import socket
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from clamwatch import lazylog
-from clamwatch.clamd.address import ClamdAddress
+from clamwatch.clamd.address import AddressError, ClamdAddress
 from clamwatch.clamd.job import ScanJob, ScanOutcome, Transport, TransportChoice, choose_transport
 from clamwatch.clamd.protocol import (
     CommandFailed,
@@ -118,11 +118,20 @@ class Engine:
     """
 
     def __init__(
-        self, address: ClamdAddress, settings: EngineSettings | None = None, *, inline: bool = False
+        self,
+        address: ClamdAddress,
+        settings: EngineSettings | None = None,
+        *,
+        inline: bool = False,
+        relearn: Callable[[], EngineSettings] | None = None,
     ) -> None:
+        """``relearn`` reads clamd's limits again (from clamd.conf) when clamd has
+        ended or dropped a session, as it does when it restarts (_relearn_limits)."""
         self.address = address
         self.inline = inline  # the caller turns the loop with step(); never start()ed
         self.settings = settings or EngineSettings()
+        self._relearn = relearn
+        self._relearn_due = False  # clamd ended or dropped a session since they were read
         if self.settings.transport is TransportChoice.FILDES and not address.is_unix:
             raise ValueError(f"FILDES needs a Unix socket; {address} is TCP")
         self._selector = selectors.DefaultSelector()
@@ -441,6 +450,8 @@ class Engine:
     def _session_ready(self, session: Session, now: float) -> None:
         caps = session.capabilities
         assert caps is not None
+        if self._relearn_due:
+            self._relearn_limits()  # before anything is sent on it
         if self._down_since is not None:
             waiting = len(self._queue) + self._in_flight()
             emit(
@@ -468,6 +479,45 @@ class Engine:
                 self._transport_for(caps).value,
                 self._cap,
             )
+
+    def _relearn_limits(self) -> None:
+        """clamd ended or dropped a session: read its limits again.
+
+        clamd reads clamd.conf when it starts, and answers OK unscanned over
+        its limits (settings.py): a MaxFileSize lowered there with a restart
+        of clamd would otherwise let larger files be called clean. A restart
+        ends every session; so do other faults, which cost a read of
+        clamd.conf. (The peer's pid does not tell a restart: under systemd's
+        socket activation it is always systemd's.)
+        """
+        self._relearn_due = False
+        if self._relearn is None:
+            return
+        try:
+            fresh = self._relearn()
+        except AddressError as exc:
+            log.warning(
+                "clamd's limits could not be read again after a session to %s ended: %s;"
+                " those read before stay",
+                self.address,
+                exc,
+            )
+            return
+        if fresh.limits == self.settings.limits:
+            return
+        self.settings = self.settings.with_limits_of(fresh)
+        for other in self._sessions:
+            other.stream_limit = self.settings.stream_limit
+        scan_time = self.settings.max_scan_time
+        log.warning(
+            "clamd at %s (restarted?) has other limits in its clamd.conf now: the largest file"
+            " it scans is %d bytes (%s), StreamMaxLength %s, MaxScanTime %s",
+            self.address,
+            self.settings.max_file_size,
+            self.settings.max_file_size_from,
+            self.settings.max_stream_size or "unknown",
+            "none" if scan_time is None else f"{scan_time:g} s",
+        )
 
     def _transport_for(self, caps: Capabilities) -> Transport:
         return choose_transport(self.settings.transport, self.address.is_unix, caps.commands)
@@ -512,6 +562,8 @@ class Engine:
 
     def _session_lost(self, session: Session, reason: str, now: float) -> None:
         was_ready = session.capabilities is not None
+        if was_ready and not session.retiring:
+            self._relearn_due = True  # clamd ended it: restarted, perhaps
         self._unregister(session)
         lost = session.close()
         self._sessions.remove(session)

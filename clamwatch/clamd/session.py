@@ -399,6 +399,11 @@ class Session:
         return self._can_send and self._retiring is None
 
     @property
+    def retiring(self) -> bool:
+        """The engine is ending this session (rotated, or closing)."""
+        return self._retiring is not None
+
+    @property
     def ending(self) -> bool:
         """END sent or due: the engine connects another session in its place."""
         return self.state is SessionState.DRAINING or self._retiring is not None

@@ -241,6 +241,40 @@ class EngineSettings(Value):
         self.eicar_check = eicar_check
 
     @property
+    def limits(self) -> tuple[int | None, int, str, float | None, float]:
+        """What clamd.conf says of clamd's limits, as :meth:`with_limits_of` takes them."""
+        return (
+            self.max_stream_size,
+            self.max_file_size,
+            self.max_file_size_from,
+            self.max_scan_time,
+            self.request_timeout,
+        )
+
+    def with_limits_of(self, other: EngineSettings) -> EngineSettings:
+        """These settings with clamd's limits (and the request deadline they set) from
+        ``other``: read again from clamd.conf once clamd restarted."""
+        return EngineSettings(
+            transport=self.transport,
+            sessions=self.sessions,
+            max_in_flight=self.max_in_flight,
+            request_timeout=other.request_timeout,
+            keepalive=self.keepalive,
+            connect_timeout=self.connect_timeout,
+            give_up_after=self.give_up_after,
+            max_attempts=self.max_attempts,
+            max_stream_size=other.max_stream_size,
+            max_file_size=other.max_file_size,
+            max_file_size_from=other.max_file_size_from,
+            max_scan_time=other.max_scan_time,
+            clamd_max_queue=self.clamd_max_queue,
+            max_requests_per_session=self.max_requests_per_session,
+            backoff_initial=self.backoff_initial,
+            backoff_max=self.backoff_max,
+            eicar_check=self.eicar_check,
+        )
+
+    @property
     def stream_limit(self) -> int:
         """The most a stream may carry: StreamMaxLength when known, and never more than
         clamd scans (a larger one it would answer OK unscanned)."""
