@@ -254,10 +254,11 @@ def _add_scan(commands: argparse._SubParsersAction[_Parser], *, with_options: bo
         "--config-file",
         default=DEFAULT_CLAMD_CONF,
         metavar="FILE",
-        help="clamd.conf to read the socket and clamd's limits (StreamMaxLength, MaxFileSize,"
-        " MaxScanSize, MaxScanTime, MaxQueue) from: read without --address, when named here,"
-        " or when it configures the clamd at --address (default:"
-        f" {DEFAULT_CLAMD_CONF}; --config-file is clamdscan's name for it)",
+        help="clamd.conf to read the socket, clamd's limits (StreamMaxLength, MaxFileSize,"
+        " MaxScanSize, MaxScanTime, MaxQueue) and ExcludePath (what to leave out, as"
+        " clamdscan does) from: read without --address, when named here, or when it"
+        f" configures the clamd at --address (default: {DEFAULT_CLAMD_CONF}; --config-file"
+        " is clamdscan's name for it)",
     )
     scan.add_argument(
         "--max-stream-size",

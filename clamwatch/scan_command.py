@@ -12,7 +12,7 @@ from clamwatch import lazylog
 from clamwatch.clamd.address import DEFAULT_CLAMD_CONF, AddressError
 from clamwatch.clamd.engine import ClamdUnavailableError, Engine
 from clamwatch.clamd.job import ScanJob, ScanOutcome, TransportChoice
-from clamwatch.clamd.settings import ClamdSettings, resolve_engine
+from clamwatch.clamd.settings import ClamdSettings, engine_settings, resolve_clamd, resolve_engine
 from clamwatch.files import OpenedFile, open_for_scan, raise_nofile_limit
 from clamwatch.report import Reporter
 from clamwatch.verdict import ScanError
@@ -22,6 +22,8 @@ TYPE_CHECKING = False  # typing's own, without importing typing (see value.py)
 
 if TYPE_CHECKING:
     from typing import BinaryIO, TextIO
+
+    from clamwatch.excludepath import ExcludePaths
 
 log = lazylog.Logger(__name__)
 
@@ -135,10 +137,8 @@ def _run(options: ScanOptions, listing: BinaryIO | None, out: TextIO, err: TextI
         eicar_check=options.eicar_check,
     )
     try:
-        address, settings = resolve_engine(
-            clamd,
-            give_up_after=options.connect_timeout,
-        )
+        address, conf = resolve_clamd(clamd)
+        settings = engine_settings(clamd, conf, give_up_after=options.connect_timeout)
         engine = Engine(
             address,
             settings,
@@ -148,6 +148,14 @@ def _run(options: ScanOptions, listing: BinaryIO | None, out: TextIO, err: TextI
     except (AddressError, ValueError) as exc:
         err.write(f"clamwatch scan: {exc}\n")
         return 2
+    exclude = None
+    if conf is not None and conf.exclude_paths:
+        # imported here: most clamd.conf files set no ExcludePath
+        from clamwatch.excludepath import ExcludePaths
+
+        exclude = ExcludePaths(conf.exclude_paths, conf.path)
+        for problem in exclude.problems:
+            err.write(f"clamwatch scan: warning: {problem}\n")
     raise_nofile_limit()
     progress = options.progress if options.progress is not None else err.isatty()
     reporter = Reporter(out, err, options.json_lines, options.infected_only, progress)
@@ -158,7 +166,7 @@ def _run(options: ScanOptions, listing: BinaryIO | None, out: TextIO, err: TextI
         except ClamdUnavailableError as exc:
             err.write(f"clamwatch scan: {exc}\n")
             return 2
-        items = _items(options.paths, listing, options.file_list or "")
+        items = _items(options.paths, listing, options.file_list or "", exclude or None)
         _scan_all(engine, items, reporter)
     except KeyboardInterrupt:
         drain = 0.0
@@ -247,19 +255,22 @@ def _scan_all(
 
 
 def _items(
-    paths: list[str], listing: BinaryIO | None, list_name: str
+    paths: list[str],
+    listing: BinaryIO | None,
+    list_name: str,
+    exclude: ExcludePaths | None = None,
 ) -> Iterator[WalkItem | _StandardInput]:
     """What walk() finds below each path, with standard input in place of -.
 
     Then below each path named in ``listing``, read as it goes: one per
     line, as bytes (a name need not be UTF-8), empty lines skipped; a - there
-    is a file named -.
+    is a file named -. Leaves out what ``exclude`` matches.
     """
     for path in paths:
         if path == STDIN_ARGUMENT:
             yield _StandardInput()
         else:
-            yield from walk([path])
+            yield from walk([path], exclude)
     if listing is None:
         return
     number = 0  # lines read
@@ -275,7 +286,7 @@ def _items(
         number += 1
         name = line[:-1] if line.endswith(b"\n") else line
         if name:
-            yield from walk([os.fsdecode(name)])
+            yield from walk([os.fsdecode(name)], exclude)
 
 
 def _feed(

@@ -14,6 +14,10 @@ symbolic link while the walk runs is therefore reported as a link, not
 followed, and a directory renamed away meanwhile is still the one walked:
 the walk never leaves the trees it was given, whatever happens to their
 paths.
+
+With clamd.conf's ExcludePath patterns (:mod:`clamwatch.excludepath`), a
+file or directory whose real path matches one is left out, silently, as
+clamdscan leaves it out; ``-v`` logs each.
 """
 
 from __future__ import annotations
@@ -23,8 +27,18 @@ import os
 import stat
 from collections.abc import Generator, Iterable, Iterator
 
+from clamwatch import lazylog
 from clamwatch.files import DIRECTORY_FLAGS, open_noatime, os_error_verdict
 from clamwatch.verdict import NotScanned, NotScannedReason, Verdict
+
+TYPE_CHECKING = False  # typing's own, without importing typing (see value.py)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from clamwatch.excludepath import ExcludePaths
+
+log = lazylog.Logger(__name__)
 
 
 class ListedFile:
@@ -50,15 +64,21 @@ class ListedFile:
 WalkItem = str | ListedFile | tuple[str, Verdict]
 
 
-def walk(paths: Iterable[str]) -> Generator[WalkItem, None, None]:
+def walk(
+    paths: Iterable[str], exclude: ExcludePaths | None = None
+) -> Generator[WalkItem, None, None]:
     """Every file below ``paths``: a path to open, a listed file, or a path with why it is skipped.
 
     A named path that is neither a directory nor a link comes as it is; a
     named link as what it points to (see above). Each directory's files come
     in name order, then its subdirectories. Closing the iterator early
-    closes every directory it holds open.
+    closes every directory it holds open. What ``exclude`` matches is left
+    out.
     """
     for top in paths:
+        skip = _excluder(top, exclude) if exclude else None
+        if skip is not None and skip(top):
+            continue
         try:
             mode = os.lstat(top).st_mode
         except OSError as exc:
@@ -68,7 +88,7 @@ def walk(paths: Iterable[str]) -> Generator[WalkItem, None, None]:
                 continue
             mode = 0  # the open says what is wrong, as for any file
         if stat.S_ISLNK(mode):
-            yield from _named_link(top)
+            yield from _named_link(top, skip)
             continue
         if not stat.S_ISDIR(mode):
             yield top
@@ -78,10 +98,31 @@ def walk(paths: Iterable[str]) -> Generator[WalkItem, None, None]:
         except OSError as exc:
             yield top, os_error_verdict(exc, "reading the directory")
             continue
-        yield from _tree(top, fd)
+        yield from _tree(top, fd, skip)
 
 
-def _named_link(top: str) -> Generator[WalkItem, None, None]:
+def _excluder(top: str, exclude: ExcludePaths) -> Callable[[str], bool]:
+    """Whether ``exclude`` leaves out a path at or below ``top``, by its real path.
+
+    No link below ``top`` is followed, so a path's real path is the real
+    path of ``top`` (links in it and above resolved) and the rest as it is.
+    """
+    given = top.rstrip("/")
+    real = os.path.realpath(top).rstrip("/")
+
+    def skip(path: str) -> bool:
+        pattern = exclude.match(real + path[len(given) :] or "/")
+        if pattern is None:
+            return False
+        log.info("%s: excluded (ExcludePath %s in %s)", path, pattern, exclude.source)
+        return True
+
+    return skip
+
+
+def _named_link(
+    top: str, skip: Callable[[str], bool] | None = None
+) -> Generator[WalkItem, None, None]:
     """A link named on the command line: the tree or file it points to, under its name.
 
     What it points to is opened by its real path, its last part without
@@ -106,7 +147,7 @@ def _named_link(top: str) -> Generator[WalkItem, None, None]:
         yield top, os_error_verdict(exc, "reading the directory")
         return
     if is_dir:
-        yield from _tree(top, fd)
+        yield from _tree(top, fd, skip)
         return
     try:
         yield ListedFile(top, name, fd, stat.S_ISREG(target.st_mode))
@@ -114,7 +155,9 @@ def _named_link(top: str) -> Generator[WalkItem, None, None]:
         os.close(fd)
 
 
-def _tree(top: str, top_fd: int) -> Generator[WalkItem, None, None]:
+def _tree(
+    top: str, top_fd: int, skip: Callable[[str], bool] | None
+) -> Generator[WalkItem, None, None]:
     """The walk below one named directory, open as ``top_fd`` (closed here)."""
     # the directories on the way down: path, descriptor, subdirectories not visited yet
     stack: list[tuple[str, int, Iterator[str]]] = []
@@ -122,7 +165,7 @@ def _tree(top: str, top_fd: int) -> Generator[WalkItem, None, None]:
     try:
         while True:
             try:
-                subdirs = yield from _listing(directory, fd)
+                subdirs = yield from _listing(directory, fd, skip)
             except BaseException:
                 os.close(fd)
                 raise
@@ -136,7 +179,9 @@ def _tree(top: str, top_fd: int) -> Generator[WalkItem, None, None]:
             os.close(held)
 
 
-def _listing(directory: str, fd: int) -> Generator[WalkItem, None, list[str]]:
+def _listing(
+    directory: str, fd: int, skip: Callable[[str], bool] | None
+) -> Generator[WalkItem, None, list[str]]:
     """Yield the files of the directory open as ``fd``; return its subdirectories' names."""
     try:
         with os.scandir(fd) as entries:  # a duplicate of fd, rewound: fd stays usable
@@ -145,6 +190,8 @@ def _listing(directory: str, fd: int) -> Generator[WalkItem, None, list[str]]:
         yield directory, os_error_verdict(exc, "reading the directory")
         return []
     prefix = _prefix(directory)
+    if skip is not None:
+        listed = [entry for entry in listed if not skip(prefix + entry.name)]
     subdirs: list[str] = []
     for entry in listed:
         try:

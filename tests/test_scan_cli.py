@@ -382,6 +382,51 @@ def test_clamd_conf_discovery_and_its_stream_limit(
     }
 
 
+@pytest.mark.parametrize("transport", ["--fdpass", "--stream"])
+def test_exclude_path_in_clamd_conf_leaves_out_what_clamdscan_does(
+    clamd: PrivateClamd, tmp_path: Path, eicar: bytes, transport: str
+) -> None:
+    """clamdscan skips, silently, what ExcludePath in its clamd.conf matches by the
+    real path, when it walks the tree itself; so does `clamwatch scan`. The same
+    tree, named as a relative path, and clamd.conf through both: the same files
+    found, and nothing else printed; through a symbolic link to the tree (which
+    clamdscan 1.4 prints OK unscanned) the same again."""
+    root = tmp_path / "tree"
+    for name in ("skip/a.com", "skip/deep/b.com", "keep/c.com", "keep/d.iso", "keep/e.com",
+                 "keep/digit7.com", "top.com"):  # fmt: skip
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(eicar)
+    (tmp_path / "link").symlink_to(root)
+    conf = tmp_path / "clamd.conf"
+    conf.write_text(
+        f"LocalSocket {clamd.socket_path}\nTCPSocket {clamd.tcp_port}\nTCPAddr 127.0.0.1\n"
+        f"ExcludePath ^{root}/skip/\n"  # a directory: pruned
+        "ExcludePath \\.iso$\n"
+        'ExcludePath "[[:digit:]]\\.com$"\n'  # POSIX bracket class, quoted
+    )
+    kept = ("keep/c.com", "keep/e.com", "top.com")
+    clamdscan = subprocess.run(
+        ["clamdscan", f"--config-file={conf}", "--multiscan", transport, "--no-summary", "tree"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120, check=False,
+    )  # fmt: skip
+    # clamdscan prints real paths
+    assert lines(clamdscan.stdout) == {
+        f"{root}/{name}": f"{EICAR_SIGNATURE} FOUND" for name in kept
+    }
+    for top in ("tree", "link"):
+        result = clamwatch(
+            "scan", "--clamd-conf", str(conf), transport, "--no-summary", top, cwd=tmp_path
+        )
+        expected = {f"{top}/{name}": f"{EICAR_SIGNATURE} FOUND" for name in kept}
+        assert (result.returncode, lines(result.stdout), result.stderr) == (1, expected, "")
+    # -v says what was left out, and why
+    verbose = clamwatch(
+        "-v", "scan", "--clamd-conf", str(conf), transport, "link/keep/d.iso", cwd=tmp_path
+    )
+    assert "link/keep/d.iso: excluded (ExcludePath \\.iso$ in " in verbose.stderr
+    assert verbose.returncode == 0 and "Scanned files: 0" in verbose.stdout
+
+
 def scan_stdin(
     stdin: bytes | int, *args: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[bytes]:

@@ -88,6 +88,7 @@ class ClamdConf(Value):
         "alert_exceeds_max",
         "read_timeout",
         "max_queue",
+        "exclude_paths",
     )
     path: Final[str]
     local_socket: Final[str | None]
@@ -100,6 +101,7 @@ class ClamdConf(Value):
     alert_exceeds_max: Final[bool]  # clamd reports each limit it meets as a FOUND
     read_timeout: Final[float | None]
     max_queue: Final[int | None]
+    exclude_paths: Final[tuple[str, ...]]  # every ExcludePath, in order (for scan's walk)
 
     def __init__(
         self,
@@ -115,6 +117,7 @@ class ClamdConf(Value):
         alert_exceeds_max: bool = False,
         read_timeout: float | None = None,
         max_queue: int | None = None,
+        exclude_paths: tuple[str, ...] = (),
     ) -> None:
         self.path = path
         self.local_socket = local_socket
@@ -127,6 +130,7 @@ class ClamdConf(Value):
         self.alert_exceeds_max = alert_exceeds_max
         self.read_timeout = read_timeout
         self.max_queue = max_queue
+        self.exclude_paths = exclude_paths
 
     def address(self) -> ClamdAddress:
         """LocalSocket first (it allows FILDES), else TCPSocket on TCPAddr."""
@@ -161,13 +165,19 @@ def read_clamd_conf(file: str | os.PathLike[str] = DEFAULT_CLAMD_CONF) -> ClamdC
     except OSError as exc:
         raise AddressError(f"{path}: {os.strerror(exc.errno or 0) or exc}") from exc
     values: dict[str, str] = {}
+    excludes: list[str] = []
     for line in text.splitlines():
         if line.lstrip().startswith("#"):
             continue
         match = _LINE.match(line)
-        if match and match.group(2) is not None and match.group(1) not in values:
+        if match is None or match.group(2) is None:
+            continue
+        value = match.group(2).strip().strip('"')
+        if match.group(1) == "ExcludePath":  # the one key clamd takes many times
+            excludes.append(value)
+        elif match.group(1) not in values:
             # clamd takes the first TCPAddr as well; other keys appear once
-            values[match.group(1)] = match.group(2).strip().strip('"')
+            values[match.group(1)] = value
     try:
         return ClamdConf(
             path=path,
@@ -185,6 +195,7 @@ def read_clamd_conf(file: str | os.PathLike[str] = DEFAULT_CLAMD_CONF) -> ClamdC
             or _boolean(values.get("BlockMax", "no")),
             read_timeout=float(values["ReadTimeout"]) if "ReadTimeout" in values else None,
             max_queue=int(values["MaxQueue"]) if "MaxQueue" in values else None,
+            exclude_paths=tuple(excludes),
         )
     except ValueError as exc:
         raise AddressError(f"{path}: {exc}") from exc

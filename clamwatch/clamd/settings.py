@@ -288,19 +288,34 @@ def resolve_engine(
 ) -> tuple[ClamdAddress, EngineSettings]:
     """The address to use and the engine settings, from the settings and clamd.conf.
 
-    clamd.conf is read when no address is given (LocalSocket first, else
-    TCPSocket/TCPAddr), or when the admin named one other than the default,
-    or when the default one configures the clamd at the address given; its
+    See :func:`resolve_clamd` for when clamd.conf is read; its
     StreamMaxLength, MaxFileSize, MaxScanSize, MaxScanTime, ReadTimeout and
     MaxQueue then set our limits. Raises AddressError.
+    """
+    address, conf = resolve_clamd(clamd)
+    return address, engine_settings(clamd, conf, give_up_after=give_up_after)
+
+
+def resolve_clamd(clamd: ClamdSettings) -> tuple[ClamdAddress, ClamdConf | None]:
+    """The address to use, and the clamd.conf that configures that clamd, if any.
+
+    clamd.conf is read when no address is given (LocalSocket first, else
+    TCPSocket/TCPAddr), or when the admin named one other than the default,
+    or when the default one configures the clamd at the address given.
+    Raises AddressError.
     """
     conf_given = clamd.clamd_conf != DEFAULT_CLAMD_CONF
     conf = read_clamd_conf(clamd.clamd_conf) if clamd.address is None or conf_given else None
     address = (
         conf.address() if clamd.address is None and conf else parse_address(clamd.address or "")
     )
-    if conf is None:
-        conf = _conf_for(address)
+    return address, conf or _conf_for(address)
+
+
+def engine_settings(
+    clamd: ClamdSettings, conf: ClamdConf | None, *, give_up_after: float | None
+) -> EngineSettings:
+    """The engine settings, from the settings and the clamd.conf of that clamd."""
     alerts = conf is not None and conf.alert_exceeds_max
     if clamd.max_file_size is not None:
         max_file_size, max_file_size_from = clamd.max_file_size, "as given to clamwatch"
@@ -339,4 +354,4 @@ def resolve_engine(
         clamd_max_queue=conf.max_queue if conf is not None else None,
         eicar_check=clamd.eicar_check,
     )
-    return address, settings
+    return settings

@@ -1,0 +1,66 @@
+"""clamd.conf's ExcludePath, as clamdscan applies it to the trees it walks itself.
+
+clamdscan ``--fdpass`` and ``--stream`` walk the trees on the client and skip,
+silently, every file whose real path matches an ExcludePath of the
+clamd.conf it reads (clamdscan/proto.c, ``chkpath``); `clamwatch scan` is a
+drop-in for it, so it skips the same files, and prunes a directory that
+matches. The patterns are POSIX extended regular expressions, searched
+anywhere in the path; one that ends with "/" is matched against the path
+with a "/" appended, so that ``^/proc/`` names the directory /proc itself
+(common/misc.c, ``match_regex``).
+"""
+
+from __future__ import annotations
+
+import re
+
+# POSIX bracket classes, which Python's re does not know (it would read
+# "[[:digit:]]" as a set of the characters "[:digt" and a "]")
+_CLASSES = {
+    "alnum": "0-9A-Za-z",
+    "alpha": "A-Za-z",
+    "blank": " \\t",
+    "cntrl": "\\x00-\\x1f\\x7f",
+    "digit": "0-9",
+    "graph": "!-~",
+    "lower": "a-z",
+    "print": " -~",
+    "punct": "!-/:-@\\[-`{-~",
+    "space": " \\t\\n\\r\\f\\v",
+    "upper": "A-Z",
+    "xdigit": "0-9A-Fa-f",
+}
+_CLASS = re.compile(r"\[:(" + "|".join(_CLASSES) + r"):\]")
+
+
+class ExcludePaths:
+    """The ExcludePath patterns of one clamd.conf, compiled."""
+
+    __slots__ = ("source", "_patterns", "problems")
+
+    def __init__(self, patterns: tuple[str, ...], source: str) -> None:
+        self.source = source  # the clamd.conf they come from, for messages
+        self._patterns: list[tuple[str, re.Pattern[str], bool]] = []
+        # patterns Python cannot take: ignored, so their files are scanned
+        # (clamd, too, excludes nothing by a pattern it cannot compile)
+        self.problems: list[str] = []
+        for pattern in patterns:
+            try:
+                compiled = re.compile(_CLASS.sub(lambda m: _CLASSES[m.group(1)], pattern))
+            except re.error as exc:
+                self.problems.append(
+                    f"ExcludePath {pattern!r} in {source} is not a regular expression"
+                    f" clamwatch can use ({exc}): ignored, what it names is scanned"
+                )
+                continue
+            self._patterns.append((pattern, compiled, pattern.endswith("/")))
+
+    def __bool__(self) -> bool:
+        return bool(self._patterns)
+
+    def match(self, real_path: str) -> str | None:
+        """The first pattern that excludes ``real_path`` (absolute, no links), or None."""
+        for pattern, compiled, slash in self._patterns:
+            if compiled.search(real_path + "/" if slash else real_path):
+                return pattern
+        return None
