@@ -17,7 +17,11 @@ paths.
 
 With clamd.conf's ExcludePath patterns (:mod:`clamwatch.excludepath`), a
 file or directory whose real path matches one is left out, silently, as
-clamdscan leaves it out; ``-v`` logs each.
+clamdscan leaves it out; ``-v`` logs each. So is a directory on a procfs,
+as clamd's own walk leaves /proc out (clamd/scanner.c, ``procdev``): its
+files say they are empty, so clamd would scan nothing of them, and
+processes come and go while it is read. Named on the command line, such a
+directory or file is reported as not scanned.
 """
 
 from __future__ import annotations
@@ -75,20 +79,25 @@ def walk(
     closes every directory it holds open. What ``exclude`` matches is left
     out.
     """
+    procfs = _procfs_devices()  # read once: walk() runs for each line of a file list
     for top in paths:
         skip = _excluder(top, exclude) if exclude else None
         if skip is not None and skip(top):
             continue
         try:
-            mode = os.lstat(top).st_mode
+            st = os.lstat(top)
         except OSError as exc:
             if exc.errno in (errno.ENOENT, errno.ENOTDIR):
                 # named, never seen: "vanished" would suggest a race
                 yield top, NotScanned(NotScannedReason.VANISHED, "no such file or directory")
                 continue
-            mode = 0  # the open says what is wrong, as for any file
+            st = None  # the open says what is wrong, as for any file
+        mode = st.st_mode if st is not None else 0
         if stat.S_ISLNK(mode):
-            yield from _named_link(top, skip)
+            yield from _named_link(top, skip, procfs)
+            continue
+        if st is not None and st.st_dev in procfs:
+            yield top, _ON_PROC
             continue
         if not stat.S_ISDIR(mode):
             yield top
@@ -98,7 +107,45 @@ def walk(
         except OSError as exc:
             yield top, os_error_verdict(exc, "reading the directory")
             continue
-        yield from _tree(top, fd, skip)
+        yield from _tree(top, fd, skip, procfs)
+
+
+_ON_PROC = NotScanned(
+    NotScannedReason.EXCLUDED,
+    "on /proc, which clamd leaves out of its own scans: its files say they are empty,"
+    " so clamd would scan nothing of them",
+)
+
+
+_procfs: frozenset[int] | None = None
+
+
+def _procfs_devices() -> frozenset[int]:
+    """The devices of every procfs mounted, from /proc/self/mountinfo (proc(5)).
+
+    clamd looks at /proc alone; a container's own /proc, mounted elsewhere,
+    is a file system of its own with a device of its own (Linux 5.8 on).
+    Read once in a process.
+    """
+    global _procfs  # noqa: PLW0603 (the mounts, read once)
+    if _procfs is None:
+        _procfs = _read_procfs_devices()
+    return _procfs
+
+
+def _read_procfs_devices() -> frozenset[int]:
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as mounts:
+            lines = mounts.read().splitlines()
+    except OSError:
+        return frozenset()
+    devices = set()
+    for line in lines:
+        fields, _, rest = line.partition(" - ")
+        if rest.split(" ", 1)[0] == "proc":
+            major, _, minor = fields.split(" ")[2].partition(":")
+            devices.add(os.makedev(int(major), int(minor)))
+    return frozenset(devices)
 
 
 def _excluder(top: str, exclude: ExcludePaths) -> Callable[[str], bool]:
@@ -121,7 +168,7 @@ def _excluder(top: str, exclude: ExcludePaths) -> Callable[[str], bool]:
 
 
 def _named_link(
-    top: str, skip: Callable[[str], bool] | None = None
+    top: str, skip: Callable[[str], bool] | None, procfs: frozenset[int]
 ) -> Generator[WalkItem, None, None]:
     """A link named on the command line: the tree or file it points to, under its name.
 
@@ -138,6 +185,9 @@ def _named_link(
         else:
             yield top, os_error_verdict(exc, "following the symbolic link")
         return
+    if target.st_dev in procfs:
+        yield top, _ON_PROC
+        return
     real = os.path.realpath(top)
     is_dir = stat.S_ISDIR(target.st_mode)
     parent, name = (real, "") if is_dir else os.path.split(real)
@@ -147,7 +197,7 @@ def _named_link(
         yield top, os_error_verdict(exc, "reading the directory")
         return
     if is_dir:
-        yield from _tree(top, fd, skip)
+        yield from _tree(top, fd, skip, procfs)
         return
     try:
         yield ListedFile(top, name, fd, stat.S_ISREG(target.st_mode))
@@ -156,7 +206,7 @@ def _named_link(
 
 
 def _tree(
-    top: str, top_fd: int, skip: Callable[[str], bool] | None
+    top: str, top_fd: int, skip: Callable[[str], bool] | None, procfs: frozenset[int]
 ) -> Generator[WalkItem, None, None]:
     """The walk below one named directory, open as ``top_fd`` (closed here)."""
     # the directories on the way down: path, descriptor, subdirectories not visited yet
@@ -170,7 +220,7 @@ def _tree(
                 os.close(fd)
                 raise
             stack.append((directory, fd, iter(subdirs)))
-            below = yield from _next_directory(stack)
+            below = yield from _next_directory(stack, procfs)
             if below is None:
                 return
             directory, fd = below
@@ -210,7 +260,7 @@ def _listing(
 
 
 def _next_directory(
-    stack: list[tuple[str, int, Iterator[str]]],
+    stack: list[tuple[str, int, Iterator[str]]], procfs: frozenset[int]
 ) -> Generator[WalkItem, None, tuple[str, int] | None]:
     """Open the next subdirectory to walk, closing the directories that are done.
 
@@ -227,12 +277,18 @@ def _next_directory(
             continue
         path = _prefix(parent) + name
         try:
-            return path, open_noatime(name, DIRECTORY_FLAGS, dir_fd=parent_fd)
+            fd = open_noatime(name, DIRECTORY_FLAGS, dir_fd=parent_fd)
         except OSError as exc:
             if exc.errno in (errno.ENOTDIR, errno.ELOOP):  # no longer a directory
                 yield ListedFile(path, name, parent_fd, False)
             else:
                 yield path, os_error_verdict(exc, "reading the directory")
+            continue
+        if os.fstat(fd).st_dev in procfs:
+            os.close(fd)
+            log.info("%s: left out, as clamd leaves /proc out", path)
+            continue
+        return path, fd
     return None
 
 

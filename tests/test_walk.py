@@ -7,8 +7,12 @@ tree between two of them, exactly where a race would.
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
+import pytest
+
+from clamwatch import walk as walk_module
 from clamwatch.files import OpenedFile, open_for_scan
 from clamwatch.verdict import NotScanned, NotScannedReason, Verdict
 from clamwatch.walk import ListedFile, WalkItem, walk
@@ -189,3 +193,35 @@ def test_closing_the_walk_early_closes_every_directory_it_held(tmp_path: Path) -
     assert _open_fds() == before
     assert list(walk([str(tmp_path)])) != []  # a walk to its end closes them too
     assert _open_fds() == before
+
+
+def test_proc_is_left_out_of_a_tree_and_named_is_not_scanned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A procfs mounted inside the tree is not walked, as clamd's own walk skips it
+    (its files say size 0: clamd would scan nothing of them); a path on it named
+    on the command line is reported as not scanned, never OK."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a procfs needs root")
+    (tmp_path / "tree" / "proc").mkdir(parents=True)
+    (tmp_path / "tree" / "file").write_bytes(b"clean")
+    subprocess.run(["mount", "-t", "proc", "proc", str(tmp_path / "tree" / "proc")], check=True)
+    monkeypatch.setattr(walk_module, "_procfs", None)  # the mounts, read again
+    try:
+        items = list(walk([str(tmp_path / "tree")]))
+        named = list(walk([f"{tmp_path}/tree/proc/self/status", f"{tmp_path}/tree/proc/sys"]))
+    finally:
+        subprocess.run(["umount", "-l", str(tmp_path / "tree" / "proc")], check=False)
+    assert [item.path for item in items if isinstance(item, ListedFile)] == [
+        f"{tmp_path}/tree/file"
+    ]
+    assert [item for item in items if not isinstance(item, ListedFile)] == []
+    assert [item[0] for item in named if isinstance(item, tuple)] == [
+        f"{tmp_path}/tree/proc/self/status",
+        f"{tmp_path}/tree/proc/sys",
+    ]
+    for item in named:
+        assert isinstance(item, tuple)
+        _, verdict = item
+        assert isinstance(verdict, NotScanned) and verdict.reason is NotScannedReason.EXCLUDED
+        assert verdict.detail.startswith("on /proc, which clamd leaves out of its own scans")
