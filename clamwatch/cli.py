@@ -250,6 +250,7 @@ def _add_scan(commands: argparse._SubParsersAction[_Parser], *, with_options: bo
         help="accepted for clamdscan's command lines: clamwatch always has many files in flight",
     )
     scan.add_argument(
+        "-c",
         "--clamd-conf",
         "--config-file",
         default=DEFAULT_CLAMD_CONF,
@@ -257,8 +258,8 @@ def _add_scan(commands: argparse._SubParsersAction[_Parser], *, with_options: bo
         help="clamd.conf to read the socket, clamd's limits (StreamMaxLength, MaxFileSize,"
         " MaxScanSize, MaxScanTime, MaxQueue) and ExcludePath (what to leave out, as"
         " clamdscan does) from: read without --address, when named here, or when it"
-        f" configures the clamd at --address (default: {DEFAULT_CLAMD_CONF}; --config-file"
-        " is clamdscan's name for it)",
+        f" configures the clamd at --address (default: {DEFAULT_CLAMD_CONF}; -c and"
+        " --config-file are clamdscan's names for it)",
     )
     scan.add_argument(
         "--max-stream-size",
@@ -302,7 +303,40 @@ def _add_scan(commands: argparse._SubParsersAction[_Parser], *, with_options: bo
     )
     scan.add_argument("--json", action="store_true", help="print one JSON object per file")
     scan.add_argument("-i", "--infected", action="store_true", help="print infected files only")
+    scan.add_argument(
+        "--quiet",
+        action="store_true",
+        help="print no line for a file that is clean or infected, and no summary; the lines of"
+        " files not scanned go to stderr (the exit status tells the rest)",
+    )
+    scan.add_argument(
+        "-l",
+        "--log",
+        metavar="FILE",
+        dest="log_file",
+        help="also append every line, and the summary, to FILE (even with --quiet)",
+    )
     scan.add_argument("--no-summary", action="store_true", help="do not print the summary")
+    scan.add_argument(
+        "-v",
+        "--verbose",
+        dest="scan_verbose",
+        action="count",
+        default=0,
+        help="log more (as clamwatch -v)",
+    )
+    scan.add_argument(
+        "--stdout",
+        action="store_true",
+        help="accepted for clamdscan's command lines: the lines always go to stdout",
+    )
+    scan.add_argument(
+        "-w",
+        "--wait",
+        action="store_true",
+        help="accepted for clamdscan's command lines: clamwatch waits for clamd anyway,"
+        " up to --timeout",
+    )
     progress = scan.add_mutually_exclusive_group()
     progress.add_argument(
         "--progress", dest="progress", action="store_true", default=None,
@@ -567,7 +601,8 @@ def main(argv: Sequence[str] | None = None, *, exit_when_scanned: bool = False) 
         _subparser(parser, args.command).error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command == "scan" and not args.paths and args.file_list is None:
         _subparser(parser, "scan").error("give at least one PATH, or --file-list")
-    level = [lazylog.WARNING, lazylog.INFO, lazylog.DEBUG][min(args.verbose, 2)]
+    verbose = args.verbose + getattr(args, "scan_verbose", 0)
+    level = [lazylog.WARNING, lazylog.INFO, lazylog.DEBUG][min(verbose, 2)]
     if args.command == "scan":
         # set up at scan's first message, if any (see lazylog.py)
         lazylog.configure(level, _LOG_FORMAT)
@@ -582,6 +617,8 @@ def main(argv: Sequence[str] | None = None, *, exit_when_scanned: bool = False) 
                 transport=args.transport,
                 json_lines=args.json,
                 infected_only=args.infected,
+                quiet=args.quiet,
+                log_file=args.log_file,
                 summary=not args.no_summary,
                 progress=args.progress,
                 max_stream_size=args.max_stream_size,

@@ -79,12 +79,16 @@ def json_record(path: str, verdict: Verdict, outcome: ScanOutcome | None) -> dic
 
 
 class Reporter:
+    """Each file's line to ``out`` (None: --quiet, where only the lines of files not
+    scanned go, to ``err``), and every line to ``log`` as well when there is one."""
+
     __slots__ = (
         "out",
         "err",
         "json_lines",
         "infected_only",
         "progress",
+        "log",
         "counts",
         "started",
         "started_wall",
@@ -95,17 +99,20 @@ class Reporter:
 
     def __init__(
         self,
-        out: TextIO,
+        out: TextIO | None,
         err: TextIO,
         json_lines: bool = False,
         infected_only: bool = False,
         progress: bool = False,
+        *,
+        log: TextIO | None = None,
     ) -> None:
         self.out = out
         self.err = err
         self.json_lines = json_lines
         self.infected_only = infected_only
         self.progress = progress
+        self.log = log
         self.counts = Counts()
         self.started = time.monotonic()
         self.started_wall = time.time()
@@ -117,7 +124,9 @@ class Reporter:
         self.output_error: OSError | None = None
 
     def report(self, path: str, verdict: Verdict, outcome: ScanOutcome | None = None) -> None:
-        if type(verdict) is Clean and not (self.json_lines or self.infected_only or self.progress):
+        if type(verdict) is Clean and not (
+            self.json_lines or self.infected_only or self.progress or self.log
+        ):
             # the line nearly every file gets, without the general path's matching
             self.counts.scanned += 1
             self._write(f"{display_path(path)}: OK\n")
@@ -130,23 +139,34 @@ class Reporter:
         if self.json_lines:
             import json  # only with --json: see json_record
 
-            self._write(json.dumps(json_record(path, verdict, outcome)) + "\n")
+            line = json.dumps(json_record(path, verdict, outcome)) + "\n"
         else:
-            self._write(f"{display_path(path)}: {describe(verdict)}\n")
+            line = f"{display_path(path)}: {describe(verdict)}\n"
+        quiet_error = self.out is None and isinstance(verdict, NotScanned | ScanError)
+        self._write(line, self.err if quiet_error else None)
         self._tick()
 
     def _write(self, text: str, stream: TextIO | None = None) -> None:
+        """``text`` to ``stream``, else to ``out`` (if any), and to the log."""
         if self.output_error is not None:
             return
         try:
-            (stream or self.out).write(text)
+            if stream is not None:
+                stream.write(text)
+            elif self.out is not None:
+                self.out.write(text)
+            if self.log is not None:
+                self.log.write(text)
         except OSError as exc:
             self.output_error = exc
 
     def flush(self) -> None:
         if self.output_error is None:
             try:
-                self.out.flush()
+                if self.out is not None:
+                    self.out.flush()
+                if self.log is not None:
+                    self.log.flush()
             except OSError as exc:
                 self.output_error = exc
 
@@ -177,7 +197,7 @@ class Reporter:
         self._clear()
         c = self.counts
         elapsed = time.monotonic() - self.started
-        stream = self.err if self.json_lines else self.out
+        stream = self.err if self.json_lines and self.out is not None else None
         fmt = "%Y:%m:%d %H:%M:%S"
         minutes, seconds = divmod(int(elapsed), 60)
         self._write(

@@ -56,6 +56,8 @@ class ScanOptions:
         "transport",
         "json_lines",
         "infected_only",
+        "quiet",
+        "log_file",
         "summary",
         "progress",
         "max_stream_size",
@@ -75,6 +77,8 @@ class ScanOptions:
         transport: TransportChoice = TransportChoice.AUTO,
         json_lines: bool = False,
         infected_only: bool = False,
+        quiet: bool = False,  # no line on stdout; those of files not scanned on stderr
+        log_file: str | None = None,  # every line appended there too (clamdscan's --log)
         summary: bool = True,
         progress: bool | None = None,  # None: when stderr is a terminal
         max_stream_size: int | None = None,
@@ -90,6 +94,8 @@ class ScanOptions:
         self.transport = transport
         self.json_lines = json_lines
         self.infected_only = infected_only
+        self.quiet = quiet
+        self.log_file = log_file
         self.summary = summary
         self.progress = progress
         self.max_stream_size = max_stream_size
@@ -119,14 +125,34 @@ def run_scan(options: ScanOptions, out: TextIO = sys.stdout, err: TextIO = sys.s
                 " the PATH - names too\n"
             )
             return 2
+    report_log = None
+    if options.log_file is not None:
+        try:
+            # line by line, as clamdscan's log: what was written stays if the scan is killed
+            report_log = open(options.log_file, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+        except OSError as exc:
+            reason = exc.strerror or exc
+            err.write(f"clamwatch scan: cannot open the log {options.log_file}: {reason}\n")
+            if listing is not None:
+                listing.close()
+            return 2
     try:
-        return _run(options, listing, out, err)
+        return _run(options, listing, out, err, report_log)
     finally:
         if listing is not None:
             listing.close()
+        if report_log is not None:
+            with contextlib.suppress(OSError):  # what failed was said by _run
+                report_log.close()
 
 
-def _run(options: ScanOptions, listing: BinaryIO | None, out: TextIO, err: TextIO) -> int:
+def _run(
+    options: ScanOptions,
+    listing: BinaryIO | None,
+    out: TextIO,
+    err: TextIO,
+    report_log: TextIO | None,
+) -> int:
     clamd = ClamdSettings(
         address=options.address,
         clamd_conf=options.clamd_conf,
@@ -158,7 +184,14 @@ def _run(options: ScanOptions, listing: BinaryIO | None, out: TextIO, err: TextI
             err.write(f"clamwatch scan: warning: {problem}\n")
     raise_nofile_limit()
     progress = options.progress if options.progress is not None else err.isatty()
-    reporter = Reporter(out, err, options.json_lines, options.infected_only, progress)
+    reporter = Reporter(
+        None if options.quiet else out,
+        err,
+        options.json_lines,
+        options.infected_only,
+        progress and not options.quiet,
+        log=report_log,
+    )
     drain = 10.0  # seconds clamd gets to answer what is in flight at the end
     try:
         try:

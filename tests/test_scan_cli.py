@@ -301,7 +301,7 @@ def test_unreachable_clamd_exits_2_naming_the_address(tmp_path: Path) -> None:
         (["--max-file-size", "0"], "--max-file-size: '0': expected a size of 1 byte or more"),
         (["--timeout", "soon"], "is not a duration"),
         (["--clamd-conf", "/nonexistent/clamd.conf"], "/nonexistent/clamd.conf"),
-        (["--quiet"], "clamwatch scan: error: unrecognized arguments: --quiet"),
+        (["--allmatch"], "clamwatch scan: error: unrecognized arguments: --allmatch"),
         (["-f", "/nonexistent/list"], "cannot read the file list /nonexistent/list: No such"),
         (["-f", "/dev/stdin", "-"], "the file list /dev/stdin is standard input, which the PATH"),
     ],
@@ -361,6 +361,41 @@ def test_clamdscan_command_lines_work_with_a_file_list(
         f"{uploads}/sub/virus.com": f"{EICAR_SIGNATURE} FOUND",
         f"{uploads}/clean.txt": "OK",
     }
+
+
+def test_quiet_prints_only_what_was_not_scanned_and_a_log_gets_every_line(
+    clamd: PrivateClamd, uploads: Path, tmp_path: Path
+) -> None:
+    """A cron job's clamdscan command line: -c, -v, --stdout, -w, --quiet and
+    --log. --quiet: nothing on stdout, the lines of files not scanned on stderr,
+    the exit status as always; --log: every line and the summary appended."""
+    conf = tmp_path / "clamd.conf"
+    conf.write_text(f"LocalSocket {clamd.socket_path}\n")
+    log = tmp_path / "scan.log"
+    log.write_text("kept\n")
+    missing = tmp_path / "missing"
+    command = ["scan", "-c", str(conf), "-m", "--fdpass", "--stdout", "-w", "--quiet"]
+    quiet = clamwatch(*command, "-l", str(log), str(uploads), str(missing))
+    assert (quiet.returncode, quiet.stdout) == (1, "")
+    assert quiet.stderr == f"{missing}: Not scanned: no such file or directory ERROR\n"
+    logged = log.read_text()
+    assert logged.startswith("kept\n")  # appended
+    assert lines(logged.removeprefix("kept\n")) == {
+        f"{uploads}/clean.txt": "OK",
+        f"{uploads}/sub/virus.com": f"{EICAR_SIGNATURE} FOUND",
+        str(missing): "Not scanned: no such file or directory ERROR",
+    }
+    assert "Infected files: 1\nNot scanned: 1\n" in logged
+    clean = clamwatch(*command, "-v", str(uploads / "clean.txt"))
+    assert (clean.returncode, clean.stdout) == (0, "")
+    assert "transport fildes" in clean.stderr  # -v after scan, as clamdscan takes it
+    unwritable = clamwatch(
+        "scan", "-c", str(conf), "-l", str(tmp_path / "no" / "log"), str(uploads)
+    )
+    assert unwritable.returncode == 2 and unwritable.stdout == ""
+    assert unwritable.stderr == (
+        f"clamwatch scan: cannot open the log {tmp_path}/no/log: No such file or directory\n"
+    )
 
 
 def test_clamd_conf_discovery_and_its_stream_limit(
