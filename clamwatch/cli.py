@@ -316,6 +316,25 @@ def _add_scan(commands: argparse._SubParsersAction[_Parser], *, with_options: bo
         dest="log_file",
         help="also append every line, and the summary, to FILE (even with --quiet)",
     )
+    act = scan.add_mutually_exclusive_group()
+    act.add_argument(
+        "--move",
+        metavar="DIRECTORY",
+        help="move infected files into DIRECTORY, as clamdscan does (NAME, else NAME.001 to"
+        " NAME.999: nothing there is replaced); only if the path still names the very file"
+        " scanned, unchanged",
+    )
+    act.add_argument(
+        "--copy",
+        metavar="DIRECTORY",
+        help="copy infected files into DIRECTORY (mode 0600), from the descriptor scanned",
+    )
+    act.add_argument(
+        "--remove",
+        action="store_true",
+        help="remove infected files, as clamdscan does; only if the path still names the"
+        " very file scanned, unchanged. Be careful!",
+    )
     scan.add_argument("--no-summary", action="store_true", help="do not print the summary")
     scan.add_argument(
         "-v",
@@ -626,6 +645,15 @@ def main(argv: Sequence[str] | None = None, *, exit_when_scanned: bool = False) 
                 connect_timeout=args.timeout,
                 request_timeout=args.request_timeout,
                 eicar_check=args.eicar_check,
+                action=(
+                    ("move", args.move)
+                    if args.move is not None
+                    else ("copy", args.copy)
+                    if args.copy is not None
+                    else ("remove", None)
+                    if args.remove
+                    else None
+                ),
             )
         )
         if exit_when_scanned:

@@ -34,13 +34,14 @@ _CLASS = re.compile(r"\[:(" + "|".join(_CLASSES) + r"):\]")
 
 
 class ExcludePaths:
-    """The ExcludePath patterns of one clamd.conf, compiled."""
+    """The ExcludePath patterns of one clamd.conf, compiled; and directories to leave out."""
 
-    __slots__ = ("source", "_patterns", "problems")
+    __slots__ = ("_patterns", "_directories", "problems")
 
-    def __init__(self, patterns: tuple[str, ...], source: str) -> None:
-        self.source = source  # the clamd.conf they come from, for messages
+    def __init__(self, patterns: tuple[str, ...] = (), source: str = "") -> None:
+        # (what to say of it, the expression, whether it ends with "/")
         self._patterns: list[tuple[str, re.Pattern[str], bool]] = []
+        self._directories: list[tuple[str, str]] = []  # (real path + "/", what to say)
         # patterns Python cannot take: ignored, so their files are scanned
         # (clamd, too, excludes nothing by a pattern it cannot compile)
         self.problems: list[str] = []
@@ -53,14 +54,24 @@ class ExcludePaths:
                     f" clamwatch can use ({exc}): ignored, what it names is scanned"
                 )
                 continue
-            self._patterns.append((pattern, compiled, pattern.endswith("/")))
+            described = f"ExcludePath {pattern} in {source}"
+            self._patterns.append((described, compiled, pattern.endswith("/")))
+
+    def add_directory(self, real_path: str, why: str) -> None:
+        """Leave out the directory ``real_path`` (absolute, no links) and all below it,
+        where a walk meets it: a path named inside it is walked all the same."""
+        self._directories.append((real_path.rstrip("/") + "/", why))
 
     def __bool__(self) -> bool:
-        return bool(self._patterns)
+        return bool(self._patterns or self._directories)
 
-    def match(self, real_path: str) -> str | None:
-        """The first pattern that excludes ``real_path`` (absolute, no links), or None."""
-        for pattern, compiled, slash in self._patterns:
+    def match(self, real_path: str, named: str = "") -> str | None:
+        """What excludes ``real_path`` (absolute, no links), found below the named path
+        whose real path is ``named``, said for -v; or None."""
+        for described, compiled, slash in self._patterns:
             if compiled.search(real_path + "/" if slash else real_path):
-                return pattern
+                return described
+        for directory, why in self._directories:
+            if (real_path + "/").startswith(directory) and not (named + "/").startswith(directory):
+                return why
         return None

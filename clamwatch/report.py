@@ -50,7 +50,12 @@ class Counts:
         return 2 if self.not_scanned or self.errors else 0
 
 
-def json_record(path: str, verdict: Verdict, outcome: ScanOutcome | None) -> dict[str, object]:
+def json_record(
+    path: str,
+    verdict: Verdict,
+    outcome: ScanOutcome | None,
+    action: tuple[str, bool] | None = None,
+) -> dict[str, object]:
     record: dict[str, object] = {
         "path": path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"),
         "verdict": verdict.kind,
@@ -70,6 +75,8 @@ def json_record(path: str, verdict: Verdict, outcome: ScanOutcome | None) -> dic
             record["message"] = message
         case Clean():
             pass
+    if action is not None:  # --move, --copy, --remove (scan_actions.py)
+        record["action"], record["action_done"] = action
     if outcome is not None:
         record["transport"] = outcome.transport.value if outcome.transport else None
         record["attempts"] = outcome.attempts
@@ -123,7 +130,15 @@ class Reporter:
         # scan_command).
         self.output_error: OSError | None = None
 
-    def report(self, path: str, verdict: Verdict, outcome: ScanOutcome | None = None) -> None:
+    def report(
+        self,
+        path: str,
+        verdict: Verdict,
+        outcome: ScanOutcome | None = None,
+        action: tuple[str, bool] | None = None,
+    ) -> None:
+        """One file's line; ``action``: what --move, --copy or --remove did, and if it
+        could, as a line of its own after it (in the JSON record, two fields)."""
         if type(verdict) is Clean and not (
             self.json_lines or self.infected_only or self.progress or self.log
         ):
@@ -139,11 +154,19 @@ class Reporter:
         if self.json_lines:
             import json  # only with --json: see json_record
 
-            line = json.dumps(json_record(path, verdict, outcome)) + "\n"
+            line = json.dumps(json_record(path, verdict, outcome, action)) + "\n"
         else:
             line = f"{display_path(path)}: {describe(verdict)}\n"
         quiet_error = self.out is None and isinstance(verdict, NotScanned | ScanError)
         self._write(line, self.err if quiet_error else None)
+        if action is not None:
+            note, done = action
+            if not done:
+                self.counts.errors += 1
+            if not self.json_lines:
+                quiet_error = self.out is None and not done
+                text = f"{display_path(path)}: {note}" + ("\n" if done else " ERROR\n")
+                self._write(text, self.err if quiet_error else None)
         self._tick()
 
     def _write(self, text: str, stream: TextIO | None = None) -> None:

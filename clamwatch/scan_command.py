@@ -15,7 +15,7 @@ from clamwatch.clamd.job import ScanJob, ScanOutcome, TransportChoice
 from clamwatch.clamd.settings import ClamdSettings, engine_settings, resolve_clamd, resolve_engine
 from clamwatch.files import OpenedFile, open_for_scan, raise_nofile_limit
 from clamwatch.report import Reporter
-from clamwatch.verdict import ScanError
+from clamwatch.verdict import Infected, ScanError
 from clamwatch.walk import WalkItem, walk
 
 TYPE_CHECKING = False  # typing's own, without importing typing (see value.py)
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from typing import BinaryIO, TextIO
 
     from clamwatch.excludepath import ExcludePaths
+    from clamwatch.scan_actions import ScanAction
 
 log = lazylog.Logger(__name__)
 
@@ -65,6 +66,7 @@ class ScanOptions:
         "connect_timeout",
         "request_timeout",
         "eicar_check",
+        "action",
     )
 
     def __init__(
@@ -86,6 +88,8 @@ class ScanOptions:
         connect_timeout: float = 30.0,
         request_timeout: float | None = None,
         eicar_check: bool = True,
+        # clamdscan's --move DIR, --copy DIR, --remove: ("move", DIR), ("remove", None)
+        action: tuple[str, str | None] | None = None,
     ) -> None:
         self.paths = paths
         self.file_list = file_list
@@ -103,6 +107,7 @@ class ScanOptions:
         self.connect_timeout = connect_timeout
         self.request_timeout = request_timeout
         self.eicar_check = eicar_check
+        self.action = action
 
 
 def run_scan(options: ScanOptions, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
@@ -110,6 +115,16 @@ def run_scan(options: ScanOptions, out: TextIO = sys.stdout, err: TextIO = sys.s
     if options.paths.count(STDIN_ARGUMENT) > 1:
         err.write("clamwatch scan: standard input (-) can be named only once\n")
         return 2
+    action = None
+    if options.action is not None:
+        # imported here: safefs loads ctypes, which a scan without actions does not need
+        from clamwatch.scan_actions import ActionError, ScanAction
+
+        try:
+            action = ScanAction(*options.action)
+        except ActionError as exc:
+            err.write(f"clamwatch scan: {exc}\n")
+            return 2
     listing = None
     if options.file_list is not None:
         try:
@@ -137,7 +152,7 @@ def run_scan(options: ScanOptions, out: TextIO = sys.stdout, err: TextIO = sys.s
                 listing.close()
             return 2
     try:
-        return _run(options, listing, out, err, report_log)
+        return _run(options, listing, out, err, report_log=report_log, action=action)
     finally:
         if listing is not None:
             listing.close()
@@ -151,7 +166,9 @@ def _run(
     listing: BinaryIO | None,
     out: TextIO,
     err: TextIO,
+    *,
     report_log: TextIO | None,
+    action: ScanAction | None,
 ) -> int:
     clamd = ClamdSettings(
         address=options.address,
@@ -175,13 +192,21 @@ def _run(
         err.write(f"clamwatch scan: {exc}\n")
         return 2
     exclude = None
-    if conf is not None and conf.exclude_paths:
+    if (conf is not None and conf.exclude_paths) or (action and action.directory):
         # imported here: most clamd.conf files set no ExcludePath
         from clamwatch.excludepath import ExcludePaths
 
-        exclude = ExcludePaths(conf.exclude_paths, conf.path)
+        if conf is not None and conf.exclude_paths:
+            exclude = ExcludePaths(conf.exclude_paths, conf.path)
+        else:
+            exclude = ExcludePaths()
         for problem in exclude.problems:
             err.write(f"clamwatch scan: warning: {problem}\n")
+        if action is not None and action.directory is not None:
+            # what is moved or copied there is not found again further on
+            exclude.add_directory(
+                os.path.realpath(action.directory), f"the --{action.kind} directory"
+            )
     raise_nofile_limit()
     progress = options.progress if options.progress is not None else err.isatty()
     reporter = Reporter(
@@ -200,7 +225,7 @@ def _run(
             err.write(f"clamwatch scan: {exc}\n")
             return 2
         items = _items(options.paths, listing, options.file_list or "", exclude or None)
-        _scan_all(engine, items, reporter)
+        _scan_all(engine, items, reporter, action)
     except KeyboardInterrupt:
         drain = 0.0
         err.write("\nclamwatch scan: interrupted\n")
@@ -247,7 +272,10 @@ def _output_failed(exc: OSError, out: TextIO, err: TextIO) -> None:
 
 
 def _scan_all(
-    engine: Engine, items: Iterator[WalkItem | _StandardInput], reporter: Reporter
+    engine: Engine,
+    items: Iterator[WalkItem | _StandardInput],
+    reporter: Reporter,
+    action: ScanAction | None = None,
 ) -> None:
     """Walk, open and submit on this thread, turning the engine's loop in between.
 
@@ -261,6 +289,13 @@ def _scan_all(
 
     def done(job: ScanJob, outcome: ScanOutcome) -> None:
         outstanding.discard(job)
+        if action is not None and type(outcome.verdict) is Infected:
+            # while the scanned descriptor is open: a copy is made from it
+            stdin = isinstance(job.context, _StandardInput)
+            acted = action.apply(job.file, from_stdin=stdin)
+            job.file.close()
+            reporter.report(job.file.path, outcome.verdict, outcome, acted)
+            return
         job.file.close()
         reporter.report(job.file.path, outcome.verdict, outcome)
 
@@ -351,7 +386,7 @@ def _feed(
         if not isinstance(opened, OpenedFile):
             reporter.report(path, opened)
             continue
-        job = ScanJob(opened, done)
+        job = ScanJob(opened, done, context=item if isinstance(item, _StandardInput) else None)
         outstanding.add(job)
         engine.submit(job)
         opened_since_step += 1

@@ -158,10 +158,10 @@ def _excluder(top: str, exclude: ExcludePaths) -> Callable[[str], bool]:
     real = os.path.realpath(top).rstrip("/")
 
     def skip(path: str) -> bool:
-        pattern = exclude.match(real + path[len(given) :] or "/")
-        if pattern is None:
+        why = exclude.match(real + path[len(given) :] or "/", real)
+        if why is None:
             return False
-        log.info("%s: excluded (ExcludePath %s in %s)", path, pattern, exclude.source)
+        log.info("%s: excluded (%s)", path, why)
         return True
 
     return skip

@@ -34,16 +34,29 @@ from clamwatch.walk import ListedFile, walk
 )
 def test_clamds_matching_rules(pattern: str, path: str, excluded: bool) -> None:
     paths = ExcludePaths((pattern,), "/etc/clamav/clamd.conf")
-    assert (paths.match(path) == pattern) is excluded
+    said = f"ExcludePath {pattern} in /etc/clamav/clamd.conf"
+    assert (paths.match(path) == said) is excluded
 
 
 def test_a_pattern_python_cannot_take_is_ignored_and_said(tmp_path: Path) -> None:
     paths = ExcludePaths(("(unclosed", "^/ok/"), "/etc/clamav/clamd.conf")
-    assert paths.match("/ok/x") == "^/ok/" and paths.match("(unclosed") is None
+    assert paths.match("/ok/x") == "ExcludePath ^/ok/ in /etc/clamav/clamd.conf"
+    assert paths.match("(unclosed") is None
     (problem,) = paths.problems
     assert problem.startswith("ExcludePath '(unclosed' in /etc/clamav/clamd.conf is not a")
     assert problem.endswith("ignored, what it names is scanned")
     assert not ExcludePaths(("(",), "c")  # nothing left to exclude by
+
+
+def test_a_directory_left_out_with_what_is_below_it_where_a_walk_meets_it() -> None:
+    paths = ExcludePaths()
+    paths.add_directory("/srv/q[1]/", "the --move directory")
+    assert paths.match("/srv/q[1]", "/srv") == "the --move directory"
+    assert paths.match("/srv/q[1]/x", "/srv") == "the --move directory"
+    assert paths.match("/srv/q[1]x", "/srv") is None and paths.match("/srv/q1/x", "/") is None
+    # named inside it: walked all the same
+    assert paths.match("/srv/q[1]/x", "/srv/q[1]") is None
+    assert paths.match("/srv/q[1]/x/y", "/srv/q[1]/x") is None
 
 
 def test_every_exclude_path_line_is_read(tmp_path: Path) -> None:

@@ -398,6 +398,56 @@ def test_quiet_prints_only_what_was_not_scanned_and_a_log_gets_every_line(
     )
 
 
+def test_move_copy_and_remove_act_on_what_clamd_found(
+    clamd: PrivateClamd, uploads: Path, tmp_path: Path, eicar: bytes
+) -> None:
+    """clamdscan's --move, --copy and --remove: a line after each FOUND line; the
+    clean file stays; a --move directory inside the tree is not walked into, so
+    nothing moved there is found again; a directory that is not there ends the
+    scan before it starts."""
+    quarantine = uploads / "q"
+    quarantine.mkdir()
+    (quarantine / "virus.com").write_bytes(b"already there: kept")
+    (uploads / "zz.com").write_bytes(eicar)  # walked after q: q is left out all the same
+    moved = clamwatch("scan", "--address", clamd.unix_address, "--no-summary", "--move",
+                      str(quarantine), str(uploads))  # fmt: skip
+    assert moved.returncode == 1, moved.stderr
+    printed = moved.stdout.splitlines()  # in the order clamd answered
+    assert sorted(printed) == [
+        f"{uploads}/clean.txt: OK",
+        f"{uploads}/sub/virus.com: {EICAR_SIGNATURE} FOUND",
+        f"{uploads}/sub/virus.com: moved to '{quarantine}/virus.com.001'",
+        f"{uploads}/zz.com: {EICAR_SIGNATURE} FOUND",
+        f"{uploads}/zz.com: moved to '{quarantine}/zz.com'",
+    ]
+    for name in ("sub/virus.com", "zz.com"):  # each action's line right after its FOUND
+        found = printed.index(f"{uploads}/{name}: {EICAR_SIGNATURE} FOUND")
+        assert printed[found + 1].startswith(f"{uploads}/{name}: moved to ")
+    assert sorted(os.listdir(quarantine)) == ["virus.com", "virus.com.001", "zz.com"]
+    assert (quarantine / "virus.com").read_bytes() == b"already there: kept"
+    assert sorted(p.name for p in uploads.rglob("*") if p.is_file() and p.parent != quarantine) == [
+        "clean.txt"
+    ]
+    (uploads / "again.com").write_bytes(eicar)
+    copied = clamwatch("scan", "--address", clamd.unix_address, "--no-summary", "-i", "--copy",
+                       str(tmp_path), str(uploads / "again.com"))  # fmt: skip
+    assert copied.stdout.splitlines() == [
+        f"{uploads}/again.com: {EICAR_SIGNATURE} FOUND",
+        f"{uploads}/again.com: copied to '{tmp_path}/again.com'",
+    ]
+    assert (tmp_path / "again.com").read_bytes() == (uploads / "again.com").read_bytes() == eicar
+    removed = clamwatch("scan", "--address", clamd.unix_address, "--quiet", "--remove",
+                        str(uploads / "again.com"), str(uploads / "clean.txt"))  # fmt: skip
+    assert (removed.returncode, removed.stdout, removed.stderr) == (1, "", "")
+    assert not (uploads / "again.com").exists() and (uploads / "clean.txt").exists()
+    missing = clamwatch("scan", "--address", clamd.unix_address, "--move", str(tmp_path / "no"),
+                        str(uploads))  # fmt: skip
+    assert (missing.returncode, missing.stdout) == (2, "")
+    assert missing.stderr == (
+        f"clamwatch scan: cannot move infected files to {tmp_path}/no: no such directory\n"
+    )
+
+
 def test_clamd_conf_discovery_and_its_stream_limit(
     clamd: PrivateClamd, tmp_path: Path, eicar: bytes
 ) -> None:

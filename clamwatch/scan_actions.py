@@ -1,0 +1,106 @@
+"""clamdscan's --move, --copy and --remove for `clamwatch scan`: on the scanned inode only.
+
+As clamdscan does them (common/actions.c): an infected file is moved or
+copied into a directory under its own name, or ``NAME.001`` to ``NAME.999``
+when that is taken (nothing there is ever replaced), or removed; a line
+``PATH: moved to 'TARGET'`` (``copied to``, ``Removed.``) follows its FOUND
+line. Unlike clamdscan, the file acted on is the one scanned: the path must
+still name the scanned inode, unchanged (:mod:`clamwatch.safefs`), or
+nothing is done; a copy, and a move across file systems, is made from the
+scanned descriptor, and across file systems the original is removed only
+once the copy is on disk.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from clamwatch.files import OpenedFile, describe_os_error
+from clamwatch.safefs import move_if_same, remove_if_same
+
+_NUMBERED = 999  # NAME.001 to NAME.999, as clamdscan numbers them
+
+
+class ActionError(Exception):
+    """The action cannot be set up (its directory is missing, or not one)."""
+
+
+class ScanAction:
+    """What to do with each infected file: "move" or "copy" into ``directory``, or "remove"."""
+
+    __slots__ = ("kind", "directory")
+
+    def __init__(self, kind: str, directory: str | None = None) -> None:
+        self.kind = kind
+        self.directory = directory
+        if directory is not None and not os.path.isdir(directory):
+            problem = "not a directory" if os.path.exists(directory) else "no such directory"
+            raise ActionError(f"cannot {kind} infected files to {directory}: {problem}")
+
+    def apply(self, opened: OpenedFile, *, from_stdin: bool = False) -> tuple[str, bool]:
+        """Act on the scanned file; the note to print after its line, and whether it was done."""
+        if from_stdin and self.kind != "copy":
+            return f"not {self._done}: standard input is not a file to {self.kind}", False
+        try:
+            if self.kind == "remove":
+                if remove_if_same(opened.path, opened.identity):
+                    return "Removed.", True
+                return f"not {self._done}: {_CHANGED}", False
+            assert self.directory is not None
+            target = self._place(opened)
+        except OSError as exc:
+            return f"not {self._done}: {describe_os_error(exc)}", False
+        if target is None:
+            return f"not {self._done}: {_CHANGED}", False
+        return f"{self._done} to '{target}'", True
+
+    @property
+    def _done(self) -> str:
+        return {"move": "moved", "copy": "copied", "remove": "removed"}[self.kind]
+
+    def _place(self, opened: OpenedFile) -> str | None:
+        """Move or copy into the directory, under the first free name; None: changed."""
+        assert self.directory is not None
+        base = os.path.join(self.directory, os.path.basename(opened.path.rstrip("/")))
+        for number in range(_NUMBERED + 1):
+            target = f"{base}.{number:03}" if number else base
+            try:
+                if self.kind == "copy":
+                    _copy(opened, target)
+                    return target
+                try:
+                    return target if move_if_same(opened.path, opened.identity, target) else None
+                except OSError as exc:
+                    if exc.errno != errno.EXDEV:
+                        raise
+                _copy(opened, target)  # another file system: copy, then remove
+                if remove_if_same(opened.path, opened.identity):
+                    return target
+                os.unlink(target)  # the original changed meanwhile: nothing done
+                return None
+            except FileExistsError:
+                continue
+        raise OSError(errno.EEXIST, f"{base} and {_NUMBERED} numbered names after it exist")
+
+
+_CHANGED = "it changed or was moved since it was scanned"
+
+
+def _copy(opened: OpenedFile, target: str) -> None:
+    """The scanned content into a new file ``target`` (never replacing), on disk."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(target, flags, 0o600)
+    try:
+        offset = 0
+        while chunk := os.pread(opened.fd, 1 << 20, offset):
+            written = 0
+            while written < len(chunk):
+                written += os.write(fd, chunk[written:])
+            offset += len(chunk)
+        os.fsync(fd)
+    except OSError:
+        os.close(fd)
+        os.unlink(target)
+        raise
+    os.close(fd)

@@ -1,0 +1,92 @@
+"""--move, --copy and --remove of `clamwatch scan`: only ever the scanned inode."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from clamwatch.files import OpenedFile, open_for_scan
+from clamwatch.scan_actions import ActionError, ScanAction
+
+
+def opened(path: Path) -> OpenedFile:
+    result = open_for_scan(str(path))
+    assert isinstance(result, OpenedFile), result
+    return result
+
+
+def test_move_takes_the_first_free_name_and_never_replaces(tmp_path: Path) -> None:
+    (tmp_path / "q").mkdir()
+    (tmp_path / "q" / "x.com").write_bytes(b"taken")
+    (tmp_path / "q" / "x.com.001").write_bytes(b"taken too")
+    path = tmp_path / "x.com"
+    path.write_bytes(b"bad")
+    file = opened(path)
+    note = ScanAction("move", str(tmp_path / "q")).apply(file)
+    file.close()
+    assert note == (f"moved to '{tmp_path}/q/x.com.002'", True)
+    assert not path.exists() and (tmp_path / "q" / "x.com.002").read_bytes() == b"bad"
+    assert (tmp_path / "q" / "x.com").read_bytes() == b"taken"
+
+
+@pytest.mark.parametrize("kind", ["move", "remove"])
+def test_a_file_replaced_since_its_scan_is_left_alone(tmp_path: Path, kind: str) -> None:
+    (tmp_path / "q").mkdir()
+    path = tmp_path / "x.com"
+    path.write_bytes(b"bad")
+    file = opened(path)
+    path.unlink()
+    path.write_bytes(b"a new upload, not scanned")  # another inode under the name
+    action = ScanAction(kind, str(tmp_path / "q") if kind == "move" else None)
+    note = action.apply(file)
+    file.close()
+    done = "moved" if kind == "move" else "removed"
+    assert note == (f"not {done}: it changed or was moved since it was scanned", False)
+    assert path.read_bytes() == b"a new upload, not scanned"
+    assert os.listdir(tmp_path / "q") == []
+
+
+def test_copy_is_made_from_the_scanned_descriptor_private(tmp_path: Path) -> None:
+    (tmp_path / "q").mkdir()
+    path = tmp_path / "x.com"
+    path.write_bytes(b"bad")
+    path.chmod(0o755)
+    file = opened(path)
+    path.unlink()  # gone by name: the descriptor still holds what was scanned
+    note = ScanAction("copy", str(tmp_path / "q")).apply(file)
+    file.close()
+    copy = tmp_path / "q" / "x.com"
+    assert note == (f"copied to '{copy}'", True)
+    assert copy.read_bytes() == b"bad" and copy.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_move_to_another_file_system_copies_then_removes(
+    tmp_path: Path, tmpfs: Callable[..., None]
+) -> None:
+    tmpfs(tmp_path / "q", "1M")
+    path = tmp_path / "x.com"
+    path.write_bytes(b"bad")
+    file = opened(path)
+    note = ScanAction("move", str(tmp_path / "q")).apply(file)
+    file.close()
+    assert note == (f"moved to '{tmp_path}/q/x.com'", True)
+    assert not path.exists() and (tmp_path / "q" / "x.com").read_bytes() == b"bad"
+
+
+def test_standard_input_can_be_copied_only() -> None:
+    action = ScanAction("remove")
+    assert action.apply(OpenedFile("stdin", -1, None), from_stdin=True) == (  # type: ignore[arg-type]
+        "not removed: standard input is not a file to remove",
+        False,
+    )
+
+
+def test_a_directory_that_is_not_there_is_refused_at_once(tmp_path: Path) -> None:
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(ActionError, match=f"cannot move infected files to {tmp_path}/no: no such"):
+        ScanAction("move", str(tmp_path / "no"))
+    with pytest.raises(ActionError, match="file: not a directory"):
+        ScanAction("copy", str(tmp_path / "file"))
