@@ -27,7 +27,7 @@ from clamwatch.events import shown
 from clamwatch.files import OpenedFile
 from clamwatch.policy import FileAction, Rule
 from clamwatch.quarantine import QuarantineError, QuarantineStore
-from clamwatch.safefs import move_if_same, remove_if_same
+from clamwatch.safefs import copy_new, move_if_same, remove_if_same
 from clamwatch.threadnames import name_this_thread
 from clamwatch.verdict import Infected, Verdict
 
@@ -350,19 +350,7 @@ def _move_without_replacing(path: str, opened: OpenedFile, target: str) -> str |
 
 
 def _copy_then_remove(path: str, opened: OpenedFile, target: str) -> str | None:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(target, flags, opened.identity.mode & 0o7777)
-    try:
-        offset = 0
-        while chunk := os.pread(opened.fd, 1 << 20, offset):
-            os.write(fd, chunk)
-            offset += len(chunk)
-        os.fsync(fd)
-    except OSError:
-        os.close(fd)
-        os.unlink(target)
-        raise
-    os.close(fd)
+    copy_new(opened.fd, target, opened.identity.mode & 0o7777)
     if remove_if_same(path, opened.identity):
         return target
     # replaced meanwhile: the copy stays released, the new file is scanned anew

@@ -92,3 +92,23 @@ def remove_if_same(path: str, identity: FileIdentity) -> bool:
         return False
     os.unlink(staging)
     return True
+
+
+def copy_new(source_fd: int, target: str, mode: int) -> None:
+    """Copy what ``source_fd`` holds into a new file ``target`` (never replacing: it
+    raises FileExistsError), and sync it; on any error nothing is left at ``target``."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(target, flags, mode)
+    try:
+        offset = 0
+        while chunk := os.pread(source_fd, 1 << 20, offset):
+            written = 0
+            while written < len(chunk):
+                written += os.write(fd, chunk[written:])
+            offset += len(chunk)
+        os.fsync(fd)
+    except OSError:
+        os.close(fd)
+        os.unlink(target)
+        raise
+    os.close(fd)

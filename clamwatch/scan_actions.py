@@ -17,7 +17,7 @@ import errno
 import os
 
 from clamwatch.files import OpenedFile, describe_os_error
-from clamwatch.safefs import move_if_same, remove_if_same
+from clamwatch.safefs import copy_new, move_if_same, remove_if_same
 
 _NUMBERED = 999  # NAME.001 to NAME.999, as clamdscan numbers them
 
@@ -67,14 +67,14 @@ class ScanAction:
             target = f"{base}.{number:03}" if number else base
             try:
                 if self.kind == "copy":
-                    _copy(opened, target)
+                    copy_new(opened.fd, target, 0o600)
                     return target
                 try:
                     return target if move_if_same(opened.path, opened.identity, target) else None
                 except OSError as exc:
                     if exc.errno != errno.EXDEV:
                         raise
-                _copy(opened, target)  # another file system: copy, then remove
+                copy_new(opened.fd, target, 0o600)  # another file system: copy, then remove
                 if remove_if_same(opened.path, opened.identity):
                     return target
                 os.unlink(target)  # the original changed meanwhile: nothing done
@@ -85,22 +85,3 @@ class ScanAction:
 
 
 _CHANGED = "it changed or was moved since it was scanned"
-
-
-def _copy(opened: OpenedFile, target: str) -> None:
-    """The scanned content into a new file ``target`` (never replacing), on disk."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(target, flags, 0o600)
-    try:
-        offset = 0
-        while chunk := os.pread(opened.fd, 1 << 20, offset):
-            written = 0
-            while written < len(chunk):
-                written += os.write(fd, chunk[written:])
-            offset += len(chunk)
-        os.fsync(fd)
-    except OSError:
-        os.close(fd)
-        os.unlink(target)
-        raise
-    os.close(fd)
