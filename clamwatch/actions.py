@@ -339,13 +339,15 @@ def _move_without_replacing(path: str, opened: OpenedFile, target: str) -> str |
     for attempt in range(1000):
         candidate = target if attempt == 0 else f"{target}.{attempt}"
         try:
-            return candidate if move_if_same(path, opened.identity, candidate) else None
+            try:
+                return candidate if move_if_same(path, opened.identity, candidate) else None
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+            # the copy's own O_EXCL meets a name taken too: the next one, then
+            return _copy_then_remove(path, opened, candidate)
         except FileExistsError:
             continue
-        except OSError as exc:
-            if exc.errno != errno.EXDEV:
-                raise
-            return _copy_then_remove(path, opened, candidate)
     raise OSError(errno.EEXIST, f"{target} and 999 numbered names after it exist")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -150,6 +150,28 @@ def test_release_never_overwrites(tmp_path: Path, events: Events) -> None:
     assert (out / "report.pdf").read_bytes() == b"already there"
     assert (out / "report.pdf.1").read_bytes() == b"new"
     assert not path.exists()
+
+
+def test_release_to_another_file_system_copies_with_the_mode_then_removes(
+    tmp_path: Path, events: Events, tmpfs: Callable[..., None]
+) -> None:
+    root, out = tmp_path / "in", tmp_path / "out"
+    root.mkdir()
+    tmpfs(out, "1M")
+    (out / "report.pdf").write_bytes(b"already there")
+    path = root / "report.pdf"
+    path.write_bytes(b"new")
+    path.chmod(0o640)
+    watch = WatchConfig(root, "t", release_to=out)
+    runner = ActionRunner(None, lambda *a: None)
+    rule = parse_rule(["release"], for_clean=True)
+    runner.submit(ActionRequest(str(path), watch, Clean(), rule, None, scanned(path)))
+    runner.close()
+    assert (out / "report.pdf").read_bytes() == b"already there"
+    assert (out / "report.pdf.1").read_bytes() == b"new"
+    assert (out / "report.pdf.1").stat().st_mode & 0o777 == 0o640
+    assert not path.exists()
+    assert [e["action"] for e in events.of("action-done")] == ["release"]
 
 
 def test_tag_on_a_file_system_without_user_xattrs_is_reported_once(
