@@ -26,6 +26,7 @@ directory or file is reported as not scanned.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -143,8 +144,10 @@ def _read_procfs_devices() -> frozenset[int]:
     for line in lines:
         fields, _, rest = line.partition(" - ")
         if rest.split(" ", 1)[0] == "proc":
-            major, _, minor = fields.split(" ")[2].partition(":")
-            devices.add(os.makedev(int(major), int(minor)))
+            # a line not as proc(5) says is not ours to judge
+            with contextlib.suppress(ValueError, IndexError):
+                major, _, minor = fields.split(" ")[2].partition(":")
+                devices.add(os.makedev(int(major), int(minor)))
     return frozenset(devices)
 
 
