@@ -598,6 +598,15 @@ _SUBCOMMANDS = {
 }
 
 
+def _scan_action(args: argparse.Namespace) -> tuple[str, str | None] | None:
+    """--move DIR, --copy DIR or --remove (one at most: argparse sees to it)."""
+    if args.move is not None:
+        return "move", args.move
+    if args.copy is not None:
+        return "copy", args.copy
+    return ("remove", None) if args.remove else None
+
+
 def entry() -> NoReturn:
     """The ``clamwatch`` command (and ``python -m clamwatch``)."""
     sys.exit(main(exit_when_scanned=True))
@@ -645,15 +654,7 @@ def main(argv: Sequence[str] | None = None, *, exit_when_scanned: bool = False) 
                 connect_timeout=args.timeout,
                 request_timeout=args.request_timeout,
                 eicar_check=args.eicar_check,
-                action=(
-                    ("move", args.move)
-                    if args.move is not None
-                    else ("copy", args.copy)
-                    if args.copy is not None
-                    else ("remove", None)
-                    if args.remove
-                    else None
-                ),
+                action=_scan_action(args),
             )
         )
         if exit_when_scanned:
