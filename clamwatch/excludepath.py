@@ -31,6 +31,13 @@ _CLASSES = {
     "xdigit": "0-9A-Fa-f",
 }
 _CLASS = re.compile(r"\[:(" + "|".join(_CLASSES) + r"):\]")
+# What Python's re reads otherwise than glibc's regcomp(REG_EXTENDED): "\d"
+# is a digit to Python and a "d" to glibc, "(?" opens an extension Python
+# knows and POSIX refuses. Such a pattern could leave out files clamd would
+# scan, so it is ignored (and its files scanned). "\w \W \s \S \b \B" are
+# GNU extensions glibc reads as Python does; an escaped non-letter is itself
+# in both.
+_DIFFERENT = re.compile(r"\\(?![wWsSbB])[A-Za-z0-9]|\(\?")
 
 
 class ExcludePaths:
@@ -46,11 +53,18 @@ class ExcludePaths:
         # (clamd, too, excludes nothing by a pattern it cannot compile)
         self.problems: list[str] = []
         for pattern in patterns:
+            if different := _DIFFERENT.search(pattern.replace("\\\\", "")):
+                self.problems.append(
+                    f"ExcludePath {pattern} in {source}: {different.group()} means one"
+                    " thing to clamd (POSIX) and another to clamwatch (Python): ignored,"
+                    " what it names is scanned"
+                )
+                continue
             try:
                 compiled = re.compile(_CLASS.sub(lambda m: _CLASSES[m.group(1)], pattern))
             except re.error as exc:
                 self.problems.append(
-                    f"ExcludePath {pattern!r} in {source} is not a regular expression"
+                    f"ExcludePath {pattern} in {source} is not a regular expression"
                     f" clamwatch can use ({exc}): ignored, what it names is scanned"
                 )
                 continue

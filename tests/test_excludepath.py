@@ -43,7 +43,7 @@ def test_a_pattern_python_cannot_take_is_ignored_and_said(tmp_path: Path) -> Non
     assert paths.match("/ok/x") == "ExcludePath ^/ok/ in /etc/clamav/clamd.conf"
     assert paths.match("(unclosed") is None
     (problem,) = paths.problems
-    assert problem.startswith("ExcludePath '(unclosed' in /etc/clamav/clamd.conf is not a")
+    assert problem.startswith("ExcludePath (unclosed in /etc/clamav/clamd.conf is not a")
     assert problem.endswith("ignored, what it names is scanned")
     assert not ExcludePaths(("(",), "c")  # nothing left to exclude by
 
@@ -57,6 +57,19 @@ def test_a_directory_left_out_with_what_is_below_it_where_a_walk_meets_it() -> N
     # named inside it: walked all the same
     assert paths.match("/srv/q[1]/x", "/srv/q[1]") is None
     assert paths.match("/srv/q[1]/x/y", "/srv/q[1]/x") is None
+
+
+@pytest.mark.parametrize("pattern", [r"\d+\.log$", "(?i)^/srv/", r"^/srv/\Z", r"(a)\1"])
+def test_a_pattern_python_reads_otherwise_than_clamd_is_ignored(pattern: str) -> None:
+    """glibc reads "\\d" as "d" and refuses "(?": Python would leave out more."""
+    paths = ExcludePaths((pattern, r"\.iso$", r"^/srv/\w+/a\\d"), "c")
+    (problem,) = paths.problems
+    assert problem.startswith(f"ExcludePath {pattern} in c: ")
+    assert problem.endswith("means one thing to clamd (POSIX) and another to clamwatch"
+                            " (Python): ignored, what it names is scanned")  # fmt: skip
+    assert paths.match("/srv/123.log") is None and paths.match("/srv/A") is None
+    assert paths.match("/srv/x.iso") == r"ExcludePath \.iso$ in c"
+    assert paths.match("/srv/ab/a\\d") == r"ExcludePath ^/srv/\w+/a\\d in c"
 
 
 def test_every_exclude_path_line_is_read(tmp_path: Path) -> None:
