@@ -81,10 +81,16 @@ class ExcludePaths:
 
     def match(self, real_path: str, named: str = "") -> str | None:
         """What excludes ``real_path`` (absolute, no links), found below the named path
-        whose real path is ``named``, said for -v; or None."""
-        for described, compiled, slash in self._patterns:
-            if compiled.search(real_path + "/" if slash else real_path):
-                return described
+        whose real path is ``named``, said for -v; or None.
+
+        A path with a newline in it is never left out by a pattern: Python's "$"
+        matches before a last newline, POSIX's only at the end (so "\\.iso$"
+        would leave out "x.iso\\n", which clamd scans).
+        """
+        if "\n" not in real_path:
+            for described, compiled, slash in self._patterns:
+                if compiled.search(real_path + "/" if slash else real_path):
+                    return described
         for directory, why in self._directories:
             if (real_path + "/").startswith(directory) and not (named + "/").startswith(directory):
                 return why

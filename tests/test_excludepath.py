@@ -30,6 +30,9 @@ from clamwatch.walk import ListedFile, walk
         (r"^/srv/[[:upper:]][[:alnum:]_]*$", "/srv/Ab_1", True),
         (r"^/srv/[[:upper:]][[:alnum:]_]*$", "/srv/ab", False),
         ("/tmp/[^/]+/cache/", "/tmp/user/cache", True),
+        # Python's "$" matches before a last newline, POSIX's does not
+        (r"\.iso$", "/srv/x.iso\n", False),
+        ("x", "/srv/x\ny", False),
     ],
 )
 def test_clamds_matching_rules(pattern: str, path: str, excluded: bool) -> None:
