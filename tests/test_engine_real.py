@@ -517,6 +517,36 @@ def test_clean_replies_wait_for_a_check_so_none_comes_from_a_clamd_that_stopped_
         assert "EICAR" in outcome.verdict.message
 
 
+def test_a_stream_that_takes_clamds_last_inode_is_never_called_clean(
+    clamd_factory: ClamdFactory, tight_tmp: Path, tmp_path: Path, eicar: bytes
+) -> None:
+    """With no inode left in clamd's TemporaryDirectory a stream's connection is
+    closed; with one left, the stream's temporary file takes it, and clamd answers
+    OK without scanning (it cannot make its per-scan folder: measured, EICAR came
+    back OK). Streams' clean replies wait for a check as well, which then fails:
+    the file is not called clean, and ends as an error once clamd stays so."""
+    server = clamd_factory(max_threads=2, extra={"TemporaryDirectory": str(tight_tmp)})
+    clean, virus = tmp_path / "clean.txt", tmp_path / "virus.com"
+    clean.write_text("clean\n")
+    virus.write_bytes(eicar)
+    made = fill_inodes(tight_tmp)
+    made.pop().unlink()  # one inode left
+    with running(server.tcp_address, inline=True, eicar_check=False) as engine:
+        unchecked = scan_files(engine, [virus], timeout=30)[virus]
+    assert unchecked.transport is Transport.INSTREAM
+    assert isinstance(unchecked.verdict, Clean), unchecked  # the hazard
+    for path in made:
+        path.unlink()
+    settings: dict[str, Any] = {"give_up_after": 2.0, "backoff_max": 0.1}
+    with running(server.tcp_address, inline=True, **settings) as engine:
+        engine.wait_ready(30)
+        assert isinstance(scan_files(engine, [clean], timeout=30)[clean].verdict, Clean)
+        fill_inodes(tight_tmp)[-1].unlink()  # one inode left again
+        outcome = scan_files(engine, [virus], timeout=60)[virus]
+    assert isinstance(outcome.verdict, ScanError), outcome
+    assert "EICAR test file" in outcome.verdict.message
+
+
 def test_a_clamd_that_stops_scanning_mid_run_gets_no_verdict_through(
     clamd_factory: ClamdFactory,
     tight_tmp: Path,

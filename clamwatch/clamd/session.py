@@ -246,7 +246,9 @@ class Session:
 
         clamd 1.4 answers OK, without scanning, for a file it cannot make its
         per-scan folder for (a full TemporaryDirectory): over FILDES nothing
-        else tells. Over INSTREAM it closes the connection instead. Over
+        else tells. Over INSTREAM it closes the connection when it cannot
+        make the stream's temporary file, and answers OK when that file took
+        the last inode. Over
         FILDES the check is a FILDES too (of a memfd): bytes without a
         descriptor just before a FILDES can reach clamd in the same read as
         its descriptor, which clamd then refuses (measured).
