@@ -135,29 +135,18 @@ def test_remove_and_move_the_scanned_file(
     assert [e["action"] for e in events.of("action-done")] == ["remove", "move"]
 
 
-def test_release_never_overwrites(tmp_path: Path, events: Events) -> None:
-    root, out = tmp_path / "in", tmp_path / "out"
-    root.mkdir()
-    (out).mkdir()
-    (out / "report.pdf").write_bytes(b"already there")
-    path = root / "report.pdf"
-    path.write_bytes(b"new")
-    watch = WatchConfig(root, "t", release_to=out)
-    runner = ActionRunner(None, lambda *a: None)
-    rule = parse_rule(["release"], for_clean=True)
-    runner.submit(ActionRequest(str(path), watch, Clean(), rule, None, scanned(path)))
-    runner.close()
-    assert (out / "report.pdf").read_bytes() == b"already there"
-    assert (out / "report.pdf.1").read_bytes() == b"new"
-    assert not path.exists()
-
-
-def test_release_to_another_file_system_copies_with_the_mode_then_removes(
-    tmp_path: Path, events: Events, tmpfs: Callable[..., None]
+@pytest.mark.parametrize("elsewhere", [False, True], ids=["same-fs", "another-fs"])
+def test_release_never_overwrites(
+    tmp_path: Path, events: Events, tmpfs: Callable[..., None], elsewhere: bool
 ) -> None:
+    """The name taken in release_to: the next free one, the mode kept; on another
+    file system the file is copied, then removed."""
     root, out = tmp_path / "in", tmp_path / "out"
     root.mkdir()
-    tmpfs(out, "1M")
+    if elsewhere:
+        tmpfs(out, "1M")
+    else:
+        out.mkdir()
     (out / "report.pdf").write_bytes(b"already there")
     path = root / "report.pdf"
     path.write_bytes(b"new")
