@@ -27,7 +27,7 @@ from clamwatch.events import shown
 from clamwatch.files import OpenedFile
 from clamwatch.policy import FileAction, Rule
 from clamwatch.quarantine import QuarantineError, QuarantineStore
-from clamwatch.safefs import copy_new, move_if_same, remove_if_same
+from clamwatch.safefs import move_to_free_name, remove_if_same
 from clamwatch.threadnames import name_this_thread
 from clamwatch.verdict import Infected, Verdict
 
@@ -254,7 +254,12 @@ class ActionRunner:
         target = os.path.join(destination_root, relative)
         try:
             os.makedirs(os.path.dirname(target), exist_ok=True)
-            moved_to = _move_without_replacing(request.path, opened, target)
+            # target.1, .2, ... if taken; replaced meanwhile after a copy to
+            # another file system: the copy stays released, the new file is
+            # scanned anew
+            moved_to = move_to_free_name(
+                request.path, opened, target, "{}.{}", opened.identity.mode & 0o7777, keep_copy=True
+            )
         except OSError as exc:
             self._failed(request, "release", exc.strerror or str(exc))
             return None
@@ -327,33 +332,3 @@ class ActionRunner:
             return
         message = f"{shown(request.path)}: hook {argv[0]} ran"
         emit(EventKind.ACTION_DONE, message, logging.INFO, **self._fields(request, "hook"))
-
-
-def _move_without_replacing(path: str, opened: OpenedFile, target: str) -> str | None:
-    """Move the scanned file to ``target`` (or target.1, .2, ... if taken).
-
-    Across file systems: copy from the scanned descriptor into a new file
-    (O_EXCL), then remove the original only if it is still the scanned one.
-    Returns where it went, or None when ``path`` no longer names the file.
-    """
-    for attempt in range(1000):
-        candidate = target if attempt == 0 else f"{target}.{attempt}"
-        try:
-            try:
-                return candidate if move_if_same(path, opened.identity, candidate) else None
-            except OSError as exc:
-                if exc.errno != errno.EXDEV:
-                    raise
-            # the copy's own O_EXCL meets a name taken too: the next one, then
-            return _copy_then_remove(path, opened, candidate)
-        except FileExistsError:
-            continue
-    raise OSError(errno.EEXIST, f"{target} and 999 numbered names after it exist")
-
-
-def _copy_then_remove(path: str, opened: OpenedFile, target: str) -> str | None:
-    copy_new(opened.fd, target, opened.identity.mode & 0o7777)
-    if remove_if_same(path, opened.identity):
-        return target
-    # replaced meanwhile: the copy stays released, the new file is scanned anew
-    return target

@@ -16,8 +16,9 @@ import ctypes.util
 import errno
 import os
 import secrets
+from collections.abc import Iterator
 
-from clamwatch.files import FileIdentity
+from clamwatch.files import FileIdentity, OpenedFile
 
 # <linux/fs.h>
 RENAME_NOREPLACE = 1
@@ -112,3 +113,44 @@ def copy_new(source_fd: int, target: str, mode: int) -> None:
         os.unlink(target)
         raise
     os.close(fd)
+
+
+def move_to_free_name(
+    path: str, opened: OpenedFile, base: str, numbered: str, mode: int, *, keep_copy: bool
+) -> str | None:
+    """Move the scanned file ``opened``, at ``path``, to ``base``, or the first of
+    ``numbered.format(base, 1)`` to ``(base, 999)`` that is free; never replacing.
+
+    Across file systems the content is copied from the scanned descriptor
+    (``mode``), then the original removed if it is still the scanned one; if
+    it is not, ``keep_copy`` says whether the copy stays. Returns where it
+    went, or None when nothing was moved (the path no longer names the file).
+    """
+    for target in numbered_names(base, numbered):
+        try:
+            try:
+                return target if move_if_same(path, opened.identity, target) else None
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+            # the copy's own O_EXCL meets a name taken too: the next one, then
+            copy_new(opened.fd, target, mode)
+            if remove_if_same(path, opened.identity) or keep_copy:
+                return target
+            os.unlink(target)
+            return None
+        except FileExistsError:
+            continue
+    raise all_taken(base)
+
+
+def numbered_names(base: str, numbered: str) -> Iterator[str]:
+    """``base``, then ``numbered.format(base, n)`` for n from 1 to 999."""
+    yield base
+    for number in range(1, 1000):
+        yield numbered.format(base, number)
+
+
+def all_taken(base: str) -> OSError:
+    """The error when every name :func:`numbered_names` gives is taken."""
+    return OSError(errno.EEXIST, f"{base} and 999 numbered names after it exist")

@@ -13,13 +13,18 @@ once the copy is on disk.
 
 from __future__ import annotations
 
-import errno
 import os
 
 from clamwatch.files import OpenedFile, describe_os_error
-from clamwatch.safefs import copy_new, move_if_same, remove_if_same
+from clamwatch.safefs import (
+    all_taken,
+    copy_new,
+    move_to_free_name,
+    numbered_names,
+    remove_if_same,
+)
 
-_NUMBERED = 999  # NAME.001 to NAME.999, as clamdscan numbers them
+_NUMBERED = "{}.{:03}"  # NAME.001 to NAME.999, as clamdscan numbers them
 
 
 class ActionError(Exception):
@@ -63,25 +68,16 @@ class ScanAction:
         """Move or copy into the directory, under the first free name; None: changed."""
         assert self.directory is not None
         base = os.path.join(self.directory, os.path.basename(opened.path.rstrip("/")))
-        for number in range(_NUMBERED + 1):
-            target = f"{base}.{number:03}" if number else base
+        if self.kind == "move":
+            # across file systems the copy goes if the original changed meanwhile
+            return move_to_free_name(opened.path, opened, base, _NUMBERED, 0o600, keep_copy=False)
+        for target in numbered_names(base, _NUMBERED):
             try:
-                if self.kind == "copy":
-                    copy_new(opened.fd, target, 0o600)
-                    return target
-                try:
-                    return target if move_if_same(opened.path, opened.identity, target) else None
-                except OSError as exc:
-                    if exc.errno != errno.EXDEV:
-                        raise
-                copy_new(opened.fd, target, 0o600)  # another file system: copy, then remove
-                if remove_if_same(opened.path, opened.identity):
-                    return target
-                os.unlink(target)  # the original changed meanwhile: nothing done
-                return None
+                copy_new(opened.fd, target, 0o600)
             except FileExistsError:
                 continue
-        raise OSError(errno.EEXIST, f"{base} and {_NUMBERED} numbered names after it exist")
+            return target
+        raise all_taken(base)
 
 
 _CHANGED = "it changed or was moved since it was scanned"
