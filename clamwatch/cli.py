@@ -220,7 +220,8 @@ def _add_scan(commands: argparse._SubParsersAction[_Parser], *, with_options: bo
         "--file-list",
         metavar="FILE",
         help="also scan the paths listed in FILE, one per line, as clamdscan's -f does"
-        " (- is then a file named -; /dev/stdin reads the list from a pipe)",
+        " (- is then a file named -; /dev/stdin reads the list from a pipe, as it"
+        " comes: each file's line is out before the list's next path is in)",
     )
     how = scan.add_mutually_exclusive_group()
     how.add_argument(

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from typing import BinaryIO, TextIO
 
     from clamwatch.excludepath import ExcludePaths
+    from clamwatch.listreader import ListReader
     from clamwatch.scan_actions import ScanAction
 
 log = lazylog.Logger(__name__)
@@ -224,8 +225,18 @@ def _run(
         except ClamdUnavailableError as exc:
             err.write(f"clamwatch scan: {exc}\n")
             return 2
-        items = _items(options.paths, listing, options.file_list or "", exclude or None)
-        _scan_all(engine, items, reporter, action)
+        reader = None
+        if listing is not None:
+            # imported here: only -f needs the thread that reads the list
+            from clamwatch.listreader import ListReader
+
+            reader = ListReader(listing.fileno(), engine.wake)
+        try:
+            items = _items(options.paths, reader, options.file_list or "", exclude or None)
+            _scan_all(engine, items, reporter, action)
+        finally:
+            if reader is not None:
+                reader.close()
     except KeyboardInterrupt:
         drain = 0.0
         err.write("\nclamwatch scan: interrupted\n")
@@ -273,7 +284,7 @@ def _output_failed(exc: OSError, out: TextIO, err: TextIO) -> None:
 
 def _scan_all(
     engine: Engine,
-    items: Iterator[WalkItem | _StandardInput],
+    items: Iterator[WalkItem | _StandardInput | None],
     reporter: Reporter,
     action: ScanAction | None = None,
 ) -> None:
@@ -313,8 +324,8 @@ def _scan_all(
             done(job, ScanOutcome(failed, None, None, 0))
         with contextlib.suppress(Exception):  # a walk that failed itself has ended
             for item in items:
-                if reporter.output_error is not None:
-                    break
+                if reporter.output_error is not None or item is None:
+                    break  # None: the list's next line has not come, nor need it
                 if isinstance(item, tuple):
                     reporter.report(*item)
                 else:
@@ -324,15 +335,17 @@ def _scan_all(
 
 def _items(
     paths: list[str],
-    listing: BinaryIO | None,
+    listing: ListReader | None,
     list_name: str,
     exclude: ExcludePaths | None = None,
-) -> Iterator[WalkItem | _StandardInput]:
+) -> Iterator[WalkItem | _StandardInput | None]:
     """What walk() finds below each path, with standard input in place of -.
 
     Then below each path named in ``listing``, read as it goes: one per
     line, as bytes (a name need not be UTF-8), empty lines skipped; a - there
-    is a file named -. Leaves out what ``exclude`` matches.
+    is a file named -; None while the next line has not come (wait for it in
+    the engine: Engine.wake ends the wait). Leaves out what ``exclude``
+    matches.
     """
     for path in paths:
         if path == STDIN_ARGUMENT:
@@ -343,23 +356,24 @@ def _items(
         return
     number = 0  # lines read
     while True:
-        try:
-            line = listing.readline()
-        except OSError as exc:
-            failed = f"reading the file list failed: {exc.strerror or exc}; the paths after"
+        line = listing.take()
+        if line is None:
+            return
+        if isinstance(line, OSError):
+            failed = f"reading the file list failed: {line.strerror or line}; the paths after"
             yield list_name, ScanError(f"{failed} line {number} were not scanned")
             return
-        if not line:
-            return
-        number += 1
-        name = line[:-1] if line.endswith(b"\n") else line
-        if name:
-            yield from walk([os.fsdecode(name)], exclude)
+        if isinstance(line, bytes):
+            number += 1
+            if line:
+                yield from walk([os.fsdecode(line)], exclude)
+        else:  # WAITING
+            yield None
 
 
 def _feed(
     engine: Engine,
-    items: Iterator[WalkItem | _StandardInput],
+    items: Iterator[WalkItem | _StandardInput | None],
     reporter: Reporter,
     outstanding: set[ScanJob],
     done: Callable[[ScanJob, ScanOutcome], None],
@@ -368,6 +382,13 @@ def _feed(
     for item in items:
         if reporter.output_error is not None:
             break  # nobody gets to read what comes next
+        if item is None:
+            # the file list's next line has not come: what was answered is
+            # read, out where it is read, meanwhile (listreader.py)
+            reporter.flush()
+            engine.step(_STEP_WAIT)
+            opened_since_step = 0
+            continue
         if isinstance(item, tuple):
             reporter.report(*item)
             continue

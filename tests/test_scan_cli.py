@@ -10,6 +10,7 @@ import pty
 import re
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -361,6 +362,48 @@ def test_clamdscan_command_lines_work_with_a_file_list(
         f"{uploads}/sub/virus.com": f"{EICAR_SIGNATURE} FOUND",
         f"{uploads}/clean.txt": "OK",
     }
+
+
+def test_a_list_that_stalls_does_not_hold_back_what_was_answered(
+    clamd: PrivateClamd, uploads: Path
+) -> None:
+    """`inotifywait -m ... | clamwatch scan -f /dev/stdin`: each path's line
+    comes while the list waits for its next path, as clamdscan's does, and
+    output to a pipe included; the EICAR check confirms a clean reply at once."""
+    scan = subprocess.Popen(
+        [sys.executable, "-m", "clamwatch", "scan", "--address", clamd.unix_address,
+         "-f", "/dev/stdin", "--no-summary"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert scan.stdin is not None and scan.stdout is not None
+    try:
+        for path, status in [
+            (uploads / "clean.txt", "OK"),
+            (uploads / "sub" / "virus.com", f"{EICAR_SIGNATURE} FOUND"),
+        ]:
+            scan.stdin.write(os.fsencode(path) + b"\n")
+            scan.stdin.flush()
+            line = _read_line(scan.stdout, 30)
+            assert line == f"{path}: {status}\n".encode(), scan.stderr
+        scan.stdin.close()
+        assert scan.wait(30) == 1
+        assert scan.stdout.read() == b""
+    finally:
+        scan.kill()
+        scan.wait()
+        for stream in (scan.stdin, scan.stdout, scan.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def _read_line(stream: io.BufferedReader | Any, timeout: float) -> bytes:
+    """One line of ``stream``, failing after ``timeout`` s without one."""
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(stream.readline()))
+    reader.start()
+    reader.join(timeout)
+    assert not reader.is_alive(), f"no line within {timeout} s"
+    return got[0]
 
 
 def test_quiet_prints_only_what_was_not_scanned_and_a_log_gets_every_line(

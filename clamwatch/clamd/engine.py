@@ -275,6 +275,13 @@ class Engine:
                 raise RuntimeError("the clamd engine did not stop")
         return self._unfinished
 
+    def wake(self) -> None:
+        """End the loop's wait (an inline engine's step()) at once, or its next one.
+
+        Safe from any thread: a reader of the caller's input calls it.
+        """
+        self._wake()
+
     def _wake(self) -> None:
         # BlockingIOError: the wake-up pipe is full, so the loop is awake anyway
         with contextlib.suppress(OSError):
