@@ -384,9 +384,8 @@ def _feed(
             break  # nobody gets to read what comes next
         if item is None:
             # the file list's next line has not come: what was answered is
-            # read, out where it is read, meanwhile (listreader.py)
-            reporter.flush()
-            engine.step(_STEP_WAIT)
+            # read and written out meanwhile (listreader.py)
+            _wait(engine, reporter)
             opened_since_step = 0
             continue
         if isinstance(item, tuple):
@@ -415,10 +414,18 @@ def _feed(
             # let a batch come back before walking on: each turn of the loop
             # then takes several replies, and clamd still has plenty waiting
             while len(outstanding) > _WINDOW - _FEED_EVERY:
-                engine.step(_STEP_WAIT)
+                _wait(engine, reporter)
             opened_since_step = 0
         elif opened_since_step >= _FEED_EVERY:
             engine.step(0.0)
             opened_since_step = 0
     while outstanding:
-        engine.step(_STEP_WAIT)
+        _wait(engine, reporter)
+
+
+def _wait(engine: Engine, reporter: Reporter) -> None:
+    """Wait in the engine for replies (or the list's next line), the lines of
+    those answered so far written out first: none sits in a buffer while the
+    scan waits, on a pipe too, where clamdscan writes each line as it comes."""
+    reporter.flush()
+    engine.step(_STEP_WAIT)

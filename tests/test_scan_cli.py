@@ -21,6 +21,7 @@ from clamwatch.clamd.engine import Engine
 from clamwatch.privateclamd import PrivateClamd
 from clamwatch.scan_command import ScanOptions, run_scan
 from clamwatch.testsig import EICAR_SIGNATURE
+from fakeclamd import FakeClamd, Faults
 from helpers import (
     ClamdFactory,
     age_access_time,
@@ -374,6 +375,7 @@ def test_a_list_that_stalls_does_not_hold_back_what_was_answered(
         [sys.executable, "-m", "clamwatch", "scan", "--address", clamd.unix_address,
          "-f", "/dev/stdin", "--no-summary"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=_buffered_env(),
     )  # fmt: skip
     assert scan.stdin is not None and scan.stdout is not None
     try:
@@ -394,6 +396,37 @@ def test_a_list_that_stalls_does_not_hold_back_what_was_answered(
         for stream in (scan.stdin, scan.stdout, scan.stderr):
             if stream is not None:
                 stream.close()
+
+
+def test_lines_are_written_out_while_the_scan_waits_for_clamd(tmp_path: Path) -> None:
+    """Output to a pipe: a file's line is not kept in a buffer while the scan
+    waits for clamd's other replies (here a clamd that answers each session's
+    first file and then stalls; three files over two sessions)."""
+    for name in "abc":
+        (tmp_path / name).write_text("clean\n")
+    with FakeClamd(Faults(stall_after=3, repeat=True)) as fake:  # VERSIONCOMMANDS, STATS, a file
+        scan = subprocess.Popen(
+            [sys.executable, "-m", "clamwatch", "scan", "--address", fake.unix_address,
+             "--no-eicar-check", "--no-summary", str(tmp_path)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env=_buffered_env(),
+        )  # fmt: skip
+        assert scan.stdout is not None and scan.stderr is not None
+        try:
+            line = _read_line(scan.stdout, 30)
+            assert re.fullmatch(rf"{tmp_path}/[abc]: OK\n", line.decode()), line
+            assert scan.poll() is None  # still waiting for the stalled file
+        finally:
+            scan.kill()
+            scan.wait()
+            scan.stdout.close()
+            scan.stderr.close()
+
+
+def _buffered_env() -> dict[str, str]:
+    """The environment, with Python's output to a pipe block-buffered as an
+    admin's shell has it (PYTHONUNBUFFERED would hide a line kept back)."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
 
 
 def _read_line(stream: io.BufferedReader | Any, timeout: float) -> bytes:
