@@ -164,8 +164,19 @@ PATH_TOO_LONG = (
 
 
 def describe_os_error(exc: OSError) -> str:
-    """The system's words for ``exc`` ("No such file or directory"), else its text."""
-    return os.strerror(exc.errno) if exc.errno else str(exc)
+    """The system's words for ``exc`` ("No such file or directory"), else its text.
+
+    Out of descriptors, with the limit and where to raise it.
+    """
+    if not exc.errno:
+        return str(exc)
+    if exc.errno == errno.EMFILE:
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        return (
+            f"{os.strerror(exc.errno)} (this process may hold {limit}: raise the limit with"
+            " ulimit -n, or LimitNOFILE= for a service)"
+        )
+    return os.strerror(exc.errno)
 
 
 def os_error_verdict(exc: OSError, what: str) -> Verdict:

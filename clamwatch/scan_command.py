@@ -33,9 +33,13 @@ log = lazylog.Logger(__name__)
 # descriptor; the engine keeps only a few dozen in flight and holds up to
 # some two hundred clean replies until an EICAR check confirms them
 # (Engine._scan_reply), so five hundred keep clamd busy without nearing
-# RLIMIT_NOFILE (256 starved clamd once replies were held: measured).
+# RLIMIT_NOFILE (256 starved clamd once replies were held: measured). Under
+# a lower limit, half of it (_window).
 _WINDOW = 512
 _FEED_EVERY = 32  # files opened between two turns of the engine's loop while walking
+# Descriptors the scan holds besides files and the walk's directories: stdio,
+# the engine's sockets and EICAR memfds, the log, the file list's reader.
+_OTHER_DESCRIPTORS = 32
 _STEP_WAIT = 1.0  # longest wait for clamd in one turn (the engine keeps its own deadlines)
 STDIN_ARGUMENT = "-"  # standard input, as for clamdscan (stdin_copy.py)
 
@@ -208,7 +212,7 @@ def _run(
             exclude.add_directory(
                 os.path.realpath(action.directory), f"the --{action.kind} directory"
             )
-    raise_nofile_limit()
+    window = _window(raise_nofile_limit())
     progress = options.progress if options.progress is not None else err.isatty()
     reporter = Reporter(
         None if options.quiet else out,
@@ -233,7 +237,7 @@ def _run(
             reader = ListReader(listing.fileno(), engine.wake)
         try:
             items = _items(options.paths, reader, options.file_list or "", exclude or None)
-            _scan_all(engine, items, reporter, action)
+            _scan_all(engine, items, reporter, action, window=window)
         finally:
             if reader is not None:
                 reader.close()
@@ -287,11 +291,13 @@ def _scan_all(
     items: Iterator[WalkItem | _StandardInput | None],
     reporter: Reporter,
     action: ScanAction | None = None,
+    *,
+    window: int = _WINDOW,
 ) -> None:
     """Walk, open and submit on this thread, turning the engine's loop in between.
 
     The engine is inline: its replies are read, and reported, from within
-    ``engine.step``. Steps that wait are taken only when ``_WINDOW`` files
+    ``engine.step``. Steps that wait are taken only when ``window`` files
     are open and unanswered, until ``_FEED_EVERY`` of them are answered;
     while walking, a step that does not wait every ``_FEED_EVERY`` files
     sends what was opened, so clamd starts at once.
@@ -311,7 +317,7 @@ def _scan_all(
         reporter.report(job.file.path, outcome.verdict, outcome)
 
     try:
-        _feed(engine, items, reporter, outstanding, done)
+        _feed(engine, items, reporter, outstanding, done, window=window)
     except Exception as exc:
         # Never a verdict: whatever was waiting is an error, with its line,
         # and so is every file the walk had yet to reach. The engine is
@@ -377,8 +383,11 @@ def _feed(
     reporter: Reporter,
     outstanding: set[ScanJob],
     done: Callable[[ScanJob, ScanOutcome], None],
+    *,
+    window: int,
 ) -> None:
     opened_since_step = 0
+    refill = window - min(_FEED_EVERY, window // 2)  # walk on once this few are open
     for item in items:
         if reporter.output_error is not None:
             break  # nobody gets to read what comes next
@@ -410,10 +419,10 @@ def _feed(
         outstanding.add(job)
         engine.submit(job)
         opened_since_step += 1
-        if len(outstanding) >= _WINDOW:
+        if len(outstanding) >= window:
             # let a batch come back before walking on: each turn of the loop
             # then takes several replies, and clamd still has plenty waiting
-            while len(outstanding) > _WINDOW - _FEED_EVERY:
+            while len(outstanding) > refill:
                 _wait(engine, reporter)
             opened_since_step = 0
         elif opened_since_step >= _FEED_EVERY:
@@ -421,6 +430,13 @@ def _feed(
             opened_since_step = 0
     while outstanding:
         _wait(engine, reporter)
+
+
+def _window(limit: int) -> int:
+    """How many files may be open and unanswered under a limit of ``limit``
+    open descriptors: half of what the scan does not need otherwise, so that
+    the walk, which holds one per level of the tree, has the other half."""
+    return max(2, min(_WINDOW, (limit - _OTHER_DESCRIPTORS) // 2))
 
 
 def _wait(engine: Engine, reporter: Reporter) -> None:

@@ -602,6 +602,40 @@ def scan_stdin(
     )
 
 
+def test_a_low_limit_on_open_files_scans_every_file_and_says_what_to_raise(
+    clamd: PrivateClamd, tmp_path: Path
+) -> None:
+    """Under a hard RLIMIT_NOFILE of 64 (a container, LimitNOFILE=): a tree of
+    300 files is scanned whole, none of them "Too many open files"; a tree
+    deeper than the limit allows is an error naming the limit and how to
+    raise it, and the file at its bottom is not called clean."""
+    tree = tmp_path / "tree"
+    for n in range(300):
+        folder = tree / f"d{n % 3}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"f{n}").write_text(f"clean {n}\n")
+    deep = tmp_path / "deep"
+    bottom = deep.joinpath(*["d"] * 70)
+    bottom.mkdir(parents=True)
+    (bottom / "f").write_text("clean\n")
+
+    def limited(command: list[str]) -> list[str]:
+        return ["prlimit", "--nofile=64:64", *command]
+
+    command = ["scan", "--address", clamd.unix_address, "--no-summary"]
+    wide = clamwatch(*command, str(tree), wrap=limited)
+    assert wide.returncode == 0, wide.stdout[-2000:] + wide.stderr
+    assert sorted(lines(wide.stdout).values()) == ["OK"] * 300
+    too_deep = clamwatch(*command, str(deep), wrap=limited)
+    assert too_deep.returncode == 2, too_deep.stderr
+    [(where, error)] = lines(too_deep.stdout).items()
+    assert where.startswith(f"{deep}/d/d/")
+    assert error == (
+        "reading the directory failed: Too many open files (this process may hold 64:"
+        " raise the limit with ulimit -n, or LimitNOFILE= for a service) ERROR"
+    )
+
+
 @pytest.mark.parametrize("transport", ["--fdpass", "--stream"])
 def test_standard_input_is_scanned_as_stdin(
     clamd: PrivateClamd, uploads: Path, eicar: bytes, transport: str
