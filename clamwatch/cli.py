@@ -220,8 +220,8 @@ def _add_scan(commands: argparse._SubParsersAction[_Parser], *, with_options: bo
         "--file-list",
         metavar="FILE",
         help="also scan the paths listed in FILE, one per line, as clamdscan's -f does"
-        " (- is then a file named -; /dev/stdin reads the list from a pipe, as it"
-        " comes: each file's line is out before the list's next path is in)",
+        " (- is then a file named -; /dev/stdin reads the list from a pipe as it"
+        " comes, and while it waits the lines of the files answered are written)",
     )
     how = scan.add_mutually_exclusive_group()
     how.add_argument(
@@ -362,7 +362,10 @@ def _add_scan(commands: argparse._SubParsersAction[_Parser], *, with_options: bo
         "--progress", dest="progress", action="store_true", default=None,
         help="show a progress line on stderr (default: when stderr is a terminal)",
     )  # fmt: skip
-    progress.add_argument("--no-progress", dest="progress", action="store_false")
+    progress.add_argument(
+        "--no-progress", dest="progress", action="store_false",
+        help="show none, even on a terminal",
+    )  # fmt: skip
 
 
 def _add_run(commands: argparse._SubParsersAction[_Parser], *, with_options: bool) -> None:
