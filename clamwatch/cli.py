@@ -65,6 +65,9 @@ exit status:
   2  no file is infected, but at least one was not scanned, or clamd could
      not be reached, or the results could not be written (the scan then
      stops), or the command line is wrong
+  130, 143, 129
+     Ctrl-C, SIGTERM or SIGHUP stopped the scan (128 plus the signal's
+     number); the lines of the files answered so far are all written
 
 examples:
   clamwatch scan /srv/uploads
@@ -687,11 +690,12 @@ def _exit_now(status: int) -> NoReturn:
 
     That teardown took 7-10 ms of the 58 ms an empty `clamwatch scan` takes
     here (measured), paid on every run by a hook that scans each upload as it
-    lands. Only ``scan`` ends this way: it starts no thread, and what it
-    opened is closed when run_scan returns. What Python's exit would still do
-    is done here: logging's handlers and both streams are flushed, and a
-    flush that fails makes a clean run's status 2, as run_scan makes it when
-    the results cannot be written.
+    lands. Only ``scan`` ends this way: the one thread it may start (reading
+    a file list) has ended, and what it opened is closed, when run_scan
+    returns. What Python's exit would still do is done here: logging's
+    handlers and both streams are flushed, and a flush that fails makes a
+    clean run's status 2, as run_scan makes it when the results cannot be
+    written.
     """
     lazylog.shutdown()
     for stream in (sys.stdout, sys.stderr):

@@ -210,6 +210,23 @@ class Reporter:
         self.err.flush()
         self._drawn = True
 
+    def stopped(self, why: str) -> None:
+        """The scan ends before its files are done (Ctrl-C, SIGTERM): the lines so
+        far written out, then ``why`` and what it means on stderr and in the log."""
+        self.flush()
+        text = f"clamwatch scan: {why} before every file was scanned\n"
+        try:
+            self._clear()
+            self.err.write(text)
+            self.err.flush()
+        except OSError:
+            pass  # a terminal that went away (SIGHUP): the log still says it
+        if self.log is not None and self.output_error is None:
+            try:
+                self.log.write(text)
+            except OSError as exc:
+                self.output_error = exc
+
     def _clear(self) -> None:
         if self._drawn:
             self.err.write("\r\x1b[K")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator
 
@@ -223,37 +224,44 @@ def _run(
         log=report_log,
     )
     drain = 10.0  # seconds clamd gets to answer what is in flight at the end
+    stopped_by: int | None = None  # the signal that ended the scan early
     try:
-        try:
-            engine.wait_ready(options.connect_timeout)
-        except ClamdUnavailableError as exc:
-            err.write(f"clamwatch scan: {exc}\n")
-            return 2
-        reader = None
-        if listing is not None:
-            # imported here: only -f needs the thread that reads the list
-            from clamwatch.listreader import ListReader
-
-            reader = ListReader(listing.fileno(), engine.wake)
-        try:
-            items = _items(options.paths, reader, options.file_list or "", exclude or None)
-            _scan_all(engine, items, reporter, action, window=window)
-        finally:
-            if reader is not None:
-                reader.close()
-    except KeyboardInterrupt:
-        drain = 0.0
-        err.write("\nclamwatch scan: interrupted\n")
-        return 130
-    except Exception as exc:
-        # A bug in the engine's loop, which runs on this thread: Python's own
-        # exit status for it would be 1, "found" to anyone reading clamdscan's.
-        log.exception("the clamd engine failed")
-        err.write(f"clamwatch scan: the scan stopped on an internal error: {exc!r}\n")
-        reporter.flush()
-        return 2
-    finally:
-        engine.close(drain)  # nothing left to do after a failure: _scan_all closed it
+        with _stop_on_signals():
+            try:
+                try:
+                    engine.wait_ready(options.connect_timeout)
+                except ClamdUnavailableError as exc:
+                    err.write(f"clamwatch scan: {exc}\n")
+                    return 2
+                with _list_reader(listing, engine) as reader:
+                    items = _items(options.paths, reader, options.file_list or "", exclude or None)
+                    _scan_all(engine, items, reporter, action, window=window)
+            except KeyboardInterrupt:
+                drain, stopped_by = 0.0, signal.SIGINT
+            except _Stopped as exc:
+                drain, stopped_by = 0.0, exc.signum
+            except Exception as exc:
+                # A bug in the engine's loop, which runs on this thread: Python's own
+                # exit status for it would be 1, "found" to anyone reading clamdscan's.
+                log.exception("the clamd engine failed")
+                err.write(f"clamwatch scan: the scan stopped on an internal error: {exc!r}\n")
+                reporter.flush()
+                return 2
+            finally:
+                engine.close(drain)  # nothing left to do after a failure: _scan_all closed it
+    except KeyboardInterrupt:  # while the last replies were awaited
+        stopped_by = signal.SIGINT
+    except _Stopped as exc:
+        stopped_by = exc.signum
+    if stopped_by is not None:
+        engine.close(0.0)  # closed already, unless the signal cut that short
+        if stopped_by == signal.SIGINT:
+            if err.isatty():
+                err.write("\n")  # after the terminal's ^C
+            reporter.stopped("interrupted")
+        else:
+            reporter.stopped(f"stopped by {signal.Signals(stopped_by).name}")
+        return 128 + stopped_by
     if options.summary:
         reporter.summary()
     reporter.flush()
@@ -261,6 +269,58 @@ def _run(
         _output_failed(reporter.output_error, out, err)
         return 1 if reporter.counts.infected else 2  # stopped: not every file was scanned
     return reporter.counts.exit_code()
+
+
+@contextlib.contextmanager
+def _list_reader(listing: BinaryIO | None, engine: Engine) -> Iterator[ListReader | None]:
+    """The file list read on a thread of its own (listreader.py), if there is one."""
+    if listing is None:
+        yield None
+        return
+    # imported here: only -f needs the thread
+    from clamwatch.listreader import ListReader
+
+    reader = ListReader(listing.fileno(), engine.wake)
+    try:
+        yield reader
+    finally:
+        reader.close()
+
+
+class _Stopped(BaseException):
+    """SIGTERM or SIGHUP came: the scan ends as for Ctrl-C (_stop_on_signals).
+
+    Not an Exception: nothing on the way up takes it for a failure.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise _Stopped in here, as SIGINT raises KeyboardInterrupt.
+
+    By default they end the process at once: the lines of files already
+    answered but still in stdout's buffer (a file, a pipe) would be lost, and
+    clamd's sessions cut. Off the main thread (a test's) nothing changes.
+    """
+
+    def stop(signum: int, frame: object) -> None:
+        raise _Stopped(signum)
+
+    previous: dict[int, signal.Handlers | int | Callable[..., object] | None] = {}
+    try:
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            previous[signum] = signal.signal(signum, stop)
+    except ValueError:
+        pass  # not the main thread
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def _same_file(fd: int, other: int) -> bool:

@@ -8,6 +8,7 @@ import json
 import os
 import pty
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -27,6 +28,7 @@ from helpers import (
     age_access_time,
     deny_root,
     fill_inodes,
+    wait_for,
     without_dac_override,
 )
 
@@ -421,6 +423,52 @@ def test_lines_are_written_out_while_the_scan_waits_for_clamd(tmp_path: Path) ->
             scan.wait()
             scan.stdout.close()
             scan.stderr.close()
+
+
+@pytest.mark.parametrize(
+    ("sent", "status", "said"),
+    [
+        (signal.SIGTERM, 143, "stopped by SIGTERM"),
+        (signal.SIGHUP, 129, "stopped by SIGHUP"),
+        (signal.SIGINT, 130, "interrupted"),
+    ],
+)
+def test_a_scan_stopped_by_a_signal_keeps_its_lines_and_says_so(
+    tmp_path: Path, sent: signal.Signals, status: int, said: str
+) -> None:
+    """`timeout 1h clamwatch scan -l LOG /srv > report`: SIGTERM (or SIGHUP, or
+    Ctrl-C) while clamd still has files. The lines of the files answered reach
+    the file they were buffered for, and stderr and the log say that the scan
+    did not finish (clamd answers each session's first file, then stalls;
+    three files, two sessions)."""
+    for name in "abc":
+        (tmp_path / name).write_text("clean\n")
+    report, log = tmp_path / "report", tmp_path / "log"
+    with FakeClamd(Faults(stall_after=3, repeat=True)) as fake, open(report, "wb") as out:
+        scan = subprocess.Popen(
+            [sys.executable, "-m", "clamwatch", "scan", "--address", fake.unix_address,
+             "--no-eicar-check", "-l", str(log), str(tmp_path)],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.PIPE, env=_buffered_env(),
+        )  # fmt: skip
+        try:
+            # a session's first file answered (the log is line-buffered); at
+            # least one file stays in flight
+            wait_for(lambda: log.exists() and ": OK\n" in log.read_text(), 30,
+                     "a file answered")  # fmt: skip
+            scan.send_signal(sent)
+            assert scan.wait(30) == status
+            assert scan.stderr is not None
+            assert scan.stderr.read().decode() == (
+                f"clamwatch scan: {said} before every file was scanned\n"
+            )
+        finally:
+            scan.kill()
+            scan.wait()
+            if scan.stderr is not None:
+                scan.stderr.close()
+    printed = report.read_text()
+    assert re.fullmatch(rf"({tmp_path}/[abc]: OK\n){{1,2}}", printed), printed
+    assert log.read_text() == printed + f"clamwatch scan: {said} before every file was scanned\n"
 
 
 def _buffered_env() -> dict[str, str]:
