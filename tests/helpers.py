@@ -216,7 +216,17 @@ def deny_root(socket_path: Path) -> str:
 
 
 def fill_inodes(directory: Path) -> list[Path]:
-    """Empty files in ``directory`` until its file system has no inode left."""
+    """Empty files in ``directory`` until its file system has no inode left.
+
+    Once the clamd that uses it as its TemporaryDirectory has removed its
+    own files: it may still be at it after a reply has come, and what it
+    frees then would leave more inodes than the test counts on.
+    """
+    wait_for(
+        lambda: all(entry.startswith("fill-") for entry in os.listdir(directory)),
+        30,
+        f"clamd to remove its temporary files from {directory}",
+    )
     made: list[Path] = []
     while True:
         path = directory / f"fill-{len(made)}"
