@@ -97,7 +97,8 @@ def remove_if_same(path: str, identity: FileIdentity) -> bool:
 
 def copy_new(source_fd: int, target: str, mode: int) -> None:
     """Copy what ``source_fd`` holds into a new file ``target`` (never replacing: it
-    raises FileExistsError), and sync it; on any error nothing is left at ``target``."""
+    raises FileExistsError), and sync it; on any error, or an interruption
+    (Ctrl-C, a scan's SIGTERM), nothing is left at ``target``."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(target, flags, mode)
     try:
@@ -108,7 +109,7 @@ def copy_new(source_fd: int, target: str, mode: int) -> None:
                 written += os.write(fd, chunk[written:])
             offset += len(chunk)
         os.fsync(fd)
-    except OSError:
+    except BaseException:
         os.close(fd)
         os.unlink(target)
         raise

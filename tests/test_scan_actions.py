@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from clamwatch import safefs
 from clamwatch.files import OpenedFile, open_for_scan
 from clamwatch.scan_actions import ActionError, ScanAction
 
@@ -90,3 +92,27 @@ def test_a_directory_that_is_not_there_is_refused_at_once(tmp_path: Path) -> Non
         ScanAction("move", str(tmp_path / "no"))
     with pytest.raises(ActionError, match="file: not a directory"):
         ScanAction("copy", str(tmp_path / "file"))
+
+
+def test_an_interrupted_copy_leaves_no_part_of_it(tmp_path: Path) -> None:
+    """Ctrl-C or a scan's SIGTERM in the middle of a copy (--copy, a --move to
+    another file system): no partial copy is left to be taken for the file."""
+    source = tmp_path / "big"
+    with open(source, "wb") as f:
+        f.truncate(256 << 20)  # sparse: quick to make, some 0.1 s to copy
+    target = tmp_path / "copy"
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    fd = os.open(source, os.O_RDONLY)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.005)
+        with pytest.raises(KeyboardInterrupt):
+            safefs.copy_new(fd, str(target), 0o600)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        os.close(fd)
+    assert not target.exists()
