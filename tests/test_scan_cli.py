@@ -9,6 +9,7 @@ import os
 import pty
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -285,14 +286,31 @@ def test_odd_names_print_unambiguously(clamd: PrivateClamd, tmp_path: Path, eica
     assert record["verdict"] == "infected"
 
 
-def test_unreachable_clamd_exits_2_naming_the_address(tmp_path: Path) -> None:
+def _closed_port() -> int:
+    """A loopback TCP port that nothing listens on (one just given up)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+@pytest.mark.parametrize(
+    ("where", "reason"),
+    [("unix", "No such file or directory"), ("tcp", "Connection refused")],
+)
+def test_unreachable_clamd_exits_2_naming_the_address_and_why(
+    tmp_path: Path, where: str, reason: str
+) -> None:
     (tmp_path / "f").write_text("f")
-    address = f"unix://{tmp_path}/nothing.sock"
+    if where == "unix":
+        address = f"unix://{tmp_path}/nothing.sock"
+    else:
+        address = f"tcp://127.0.0.1:{_closed_port()}"
     result = clamwatch("scan", "--timeout", "1s", "--address", address, str(tmp_path))
     assert result.returncode == 2
-    assert f"cannot reach clamd at {address}: No such file or directory" in result.stderr
+    assert f"cannot reach clamd at {address}: {reason}\n" in result.stderr
     # the engine's own event, through logging set up at its first message
-    assert f"clamwatch: clamd at {address} is unreachable: " in result.stderr
+    assert f"clamwatch: clamd at {address} is unreachable: {reason};" in result.stderr
     assert ": OK" not in result.stdout
 
 

@@ -731,7 +731,11 @@ class Engine:
             if mask & selectors.EVENT_WRITE and session.state is not SessionState.CLOSED:
                 self._write(session, now)
         except ClamdConnectionError as exc:
-            self._read_remaining(session, now)
+            if session.state is not SessionState.CONNECTING:
+                # clamd may have answered before it closed: take that. A
+                # failed connect has nothing to take, and the EOF read after
+                # it would hide why it failed ("Connection refused")
+                self._read_remaining(session, now)
             if session.state is not SessionState.CLOSED:
                 self._session_lost(session, str(exc), now)
         except (RemoteProtocolError, LocalProtocolError) as exc:
