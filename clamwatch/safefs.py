@@ -127,7 +127,7 @@ def move_to_free_name(
     it is not, ``keep_copy`` says whether the copy stays. Returns where it
     went, or None when nothing was moved (the path no longer names the file).
     """
-    for target in numbered_names(base, numbered):
+    for target in _numbered_names(base, numbered):
         try:
             try:
                 return target if move_if_same(path, opened.identity, target) else None
@@ -142,16 +142,28 @@ def move_to_free_name(
             return None
         except FileExistsError:
             continue
-    raise all_taken(base)
+    raise _all_taken(base)
 
 
-def numbered_names(base: str, numbered: str) -> Iterator[str]:
+def copy_to_free_name(source_fd: int, base: str, numbered: str, mode: int) -> str:
+    """Copy what ``source_fd`` holds to ``base``, or the first free one of the
+    names :func:`move_to_free_name` tries (copy_new: never replacing); return it."""
+    for target in _numbered_names(base, numbered):
+        try:
+            copy_new(source_fd, target, mode)
+        except FileExistsError:
+            continue
+        return target
+    raise _all_taken(base)
+
+
+def _numbered_names(base: str, numbered: str) -> Iterator[str]:
     """``base``, then ``numbered.format(base, n)`` for n from 1 to 999."""
     yield base
     for number in range(1, 1000):
         yield numbered.format(base, number)
 
 
-def all_taken(base: str) -> OSError:
-    """The error when every name :func:`numbered_names` gives is taken."""
+def _all_taken(base: str) -> OSError:
+    """The error when every name :func:`_numbered_names` gives is taken."""
     return OSError(errno.EEXIST, f"{base} and 999 numbered names after it exist")

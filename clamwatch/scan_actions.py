@@ -16,13 +16,7 @@ from __future__ import annotations
 import os
 
 from clamwatch.files import OpenedFile, describe_os_error
-from clamwatch.safefs import (
-    all_taken,
-    copy_new,
-    move_to_free_name,
-    numbered_names,
-    remove_if_same,
-)
+from clamwatch.safefs import copy_to_free_name, move_to_free_name, remove_if_same
 
 _NUMBERED = "{}.{:03}"  # NAME.001 to NAME.999, as clamdscan numbers them
 
@@ -71,13 +65,7 @@ class ScanAction:
         if self.kind == "move":
             # across file systems the copy goes if the original changed meanwhile
             return move_to_free_name(opened.path, opened, base, _NUMBERED, 0o600, keep_copy=False)
-        for target in numbered_names(base, _NUMBERED):
-            try:
-                copy_new(opened.fd, target, 0o600)
-            except FileExistsError:
-                continue
-            return target
-        raise all_taken(base)
+        return copy_to_free_name(opened.fd, base, _NUMBERED, 0o600)
 
 
 _CHANGED = "it changed or was moved since it was scanned"
