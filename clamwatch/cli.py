@@ -616,7 +616,39 @@ def _scan_action(args: argparse.Namespace) -> tuple[str, str | None] | None:
 
 def entry() -> NoReturn:
     """The ``clamwatch`` command (and ``python -m clamwatch``)."""
+    _stand_in_for_closed_streams()
     sys.exit(main(exit_when_scanned=True))
+
+
+def _stand_in_for_closed_streams() -> None:
+    """Put /dev/null, open for writing only, in place of a closed descriptor 0, 1 or 2.
+
+    Started with one of them closed (`clamwatch scan x >&-`), the process
+    would give its number to the next file it opens: a socket to clamd or a
+    file being scanned would become standard input or output. And Python
+    leaves sys.stdout (or sys.stderr) None then, which the scan took for
+    "print nothing" and then failed on. Standing in, /dev/null takes what is
+    written (as a closed descriptor lets clamdscan go on), and a read of a
+    closed standard input (`clamwatch scan - <&-`) still fails, with EBADF:
+    that is no empty file, to be called clean.
+    """
+    closed = []
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            closed.append(fd)
+    for fd in closed:
+        null = os.open(os.devnull, os.O_WRONLY)
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+    if 1 in closed:
+        sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115 (the process's stdout)
+    if 2 in closed:
+        sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
+    elif 1 in closed:
+        sys.stderr.write("clamwatch: standard output is closed: its lines go to /dev/null\n")
 
 
 _LOG_FORMAT = "clamwatch: %(message)s"  # until `run` sets up the daemon's own logging

@@ -951,3 +951,35 @@ def test_a_denial_that_ends_at_once_is_waited_out(
         process.wait()
     assert process.returncode == 0, first + err
     assert lines(out) == {f"{tmp_path}/f": "OK"}
+
+
+def _with_closed(redirect: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`clamwatch ARGS` started with a standard descriptor closed by ``redirect`` (bash's)."""
+    command = ["bash", "-c", f'exec "$@" {redirect}', "bash", sys.executable, "-m", "clamwatch"]
+    return subprocess.run(
+        [*command, *args], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def test_a_closed_standard_descriptor_changes_no_verdict(
+    clamd: PrivateClamd, uploads: Path, tmp_path: Path
+) -> None:
+    log = tmp_path / "scan.log"
+    scan = ["scan", "--address", clamd.unix_address]
+    # stdout closed: the scan goes on, its lines lost but for the log, and
+    # the status is the scan's (it was 1, from a traceback, on a clean tree)
+    found = _with_closed(">&-", *scan, "--log", str(log), str(uploads))
+    assert found.returncode == 1, found.stderr
+    assert found.stderr == "clamwatch: standard output is closed: its lines go to /dev/null\n"
+    assert f"{uploads / 'sub' / 'virus.com'}: {EICAR_SIGNATURE} FOUND" in log.read_text()
+    clean = _with_closed(">&-", *scan, str(uploads / "clean.txt"))
+    assert (clean.returncode, clean.stdout) == (0, ""), clean.stderr
+    # stderr closed: stdout as ever (the scan failed on its first use of stderr)
+    quiet = _with_closed("2>&-", *scan, "--no-summary", str(uploads / "clean.txt"))
+    assert (quiet.returncode, quiet.stdout) == (0, f"{uploads / 'clean.txt'}: OK\n")
+    # stdin closed: `-` is no empty file to call clean
+    no_input = _with_closed("<&-", *scan, "--no-summary", "-")
+    assert no_input.returncode == 2
+    assert lines(no_input.stdout) == {
+        "stdin": "reading standard input failed: Bad file descriptor ERROR"
+    }
