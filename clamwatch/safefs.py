@@ -124,8 +124,9 @@ def move_to_free_name(
 
     Across file systems the content is copied from the scanned descriptor
     (``mode``), then the original removed if it is still the scanned one; if
-    it is not, ``keep_copy`` says whether the copy stays. Returns where it
-    went, or None when nothing was moved (the path no longer names the file).
+    it is not, ``keep_copy`` says whether the copy stays; if removing it
+    fails, the copy is removed and the error raised. Returns where it went,
+    or None when nothing was moved (the path no longer names the file).
     """
     for target in _numbered_names(base, numbered):
         try:
@@ -136,7 +137,14 @@ def move_to_free_name(
                     raise
             # the copy's own O_EXCL meets a name taken too: the next one, then
             copy_new(opened.fd, target, mode)
-            if remove_if_same(path, opened.identity) or keep_copy:
+            try:
+                removed = remove_if_same(path, opened.identity)
+            except BaseException:
+                # the original stays (its directory not writable, its name
+                # too long for the staging name...): so does no copy of it
+                os.unlink(target)
+                raise
+            if removed or keep_copy:
                 return target
             os.unlink(target)
             return None

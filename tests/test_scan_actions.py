@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -76,6 +77,29 @@ def test_a_move_to_another_file_system_copies_then_removes(
     file.close()
     assert note == (f"moved to '{tmp_path}/q/x.com'", True)
     assert not path.exists() and (tmp_path / "q" / "x.com").read_bytes() == b"bad"
+
+
+def test_a_move_to_another_file_system_that_cannot_remove_leaves_no_copy(
+    tmp_path: Path, tmpfs: Callable[..., None]
+) -> None:
+    """The copy is made, the original cannot go (an immutable folder, which
+    root cannot write either): the file stays, with no copy of it in DIR,
+    as the line says (each try left one more, NAME.001 and on)."""
+    tmpfs(tmp_path / "q", "1M")
+    folder = tmp_path / "uploads"
+    folder.mkdir()
+    path = folder / "x.com"
+    path.write_bytes(b"bad")
+    file = opened(path)
+    subprocess.run(["chattr", "+i", str(folder)], check=True)
+    try:
+        note = ScanAction("move", str(tmp_path / "q")).apply(file)
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+        file.close()
+    assert note == ("not moved: Operation not permitted", False)
+    assert path.read_bytes() == b"bad"
+    assert os.listdir(tmp_path / "q") == []
 
 
 def test_standard_input_can_be_copied_only() -> None:
