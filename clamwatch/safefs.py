@@ -59,8 +59,11 @@ def path_names(path: str, identity: FileIdentity) -> bool:
 
 
 def _staging_name(path: str) -> str:
+    """A new name beside ``path``, at most NAME_MAX (255) bytes: a name of
+    255 bytes in a multibyte script is far fewer characters."""
     directory, name = os.path.split(path)
-    return os.path.join(directory, f".clamwatch-{secrets.token_hex(6)}-{name}"[:255])
+    staging = os.fsencode(f".clamwatch-{secrets.token_hex(6)}-{name}")[:255]
+    return os.path.join(directory, os.fsdecode(staging))
 
 
 def move_if_same(path: str, identity: FileIdentity, target: str) -> bool:

@@ -102,6 +102,17 @@ def test_a_move_to_another_file_system_that_cannot_remove_leaves_no_copy(
     assert os.listdir(tmp_path / "q") == []
 
 
+def test_a_long_name_in_a_multibyte_script_can_be_removed(tmp_path: Path) -> None:
+    """240 bytes, 120 characters: the staging name must fit in 255 bytes."""
+    path = tmp_path / ("\u00e9" * 120)
+    path.write_bytes(b"bad")
+    file = opened(path)
+    note = ScanAction("remove").apply(file)
+    file.close()
+    assert note == ("Removed.", True)
+    assert os.listdir(tmp_path) == []
+
+
 def test_standard_input_can_be_copied_only() -> None:
     action = ScanAction("remove")
     assert action.apply(OpenedFile("stdin", -1, None), from_stdin=True) == (  # type: ignore[arg-type]
