@@ -306,7 +306,12 @@ def _add_scan(commands: argparse._SubParsersAction[_Parser], *, with_options: bo
         " whose databases lack the EICAR signature",
     )
     scan.add_argument("--json", action="store_true", help="print one JSON object per file")
-    scan.add_argument("-i", "--infected", action="store_true", help="print infected files only")
+    scan.add_argument(
+        "-i",
+        "--infected",
+        action="store_true",
+        help="print no line for a clean file, only for those found infected or not scanned",
+    )
     scan.add_argument(
         "--quiet",
         action="store_true",

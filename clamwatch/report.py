@@ -147,7 +147,8 @@ class Reporter:
             self._write(f"{display_path(path)}: OK\n")
             return
         self.counts.add(verdict)
-        if self.infected_only and not isinstance(verdict, Infected):
+        if self.infected_only and type(verdict) is Clean:
+            # clamdscan -i's lines: a file not scanned still gets its ERROR
             self._tick()
             return
         self._clear()

@@ -260,6 +260,24 @@ def test_infected_only_and_json_records(clamd: PrivateClamd, uploads: Path) -> N
     assert records[0]["clamd_version"].startswith("ClamAV ")
 
 
+def test_infected_only_still_names_what_was_not_scanned(
+    clamd: PrivateClamd, uploads: Path, tmp_path: Path
+) -> None:
+    """As clamdscan -i prints ERROR lines: exit status 2 with no line naming
+    the file was what -i gave (and nothing at all with --quiet)."""
+    missing = tmp_path / "missing"
+    args = ["scan", "--no-summary", "--address", clamd.unix_address, "-i"]
+    result = clamwatch(*args, str(uploads), str(missing))
+    assert result.returncode == 1  # found, as clamdscan: it outranks the error
+    assert lines(result.stdout) == {
+        f"{uploads}/sub/virus.com": f"{EICAR_SIGNATURE} FOUND",
+        str(missing): "Not scanned: no such file or directory ERROR",
+    }
+    quiet = clamwatch(*args, "--quiet", str(missing))
+    assert (quiet.returncode, quiet.stdout) == (2, "")
+    assert quiet.stderr == f"{missing}: Not scanned: no such file or directory ERROR\n"
+
+
 def test_odd_names_print_unambiguously(clamd: PrivateClamd, tmp_path: Path, eicar: bytes) -> None:
     newline = tmp_path / "two\nlines"
     backslash = tmp_path / "two\\nlines"  # a backslash and an n, not a newline
