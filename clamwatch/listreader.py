@@ -116,7 +116,7 @@ class ListReader:
             if not chunk:
                 last = b"".join(partial)
                 if last:
-                    self._put([last])
+                    self._put([last.rstrip(b"\r")])
                 self._put(None)
                 return
             lines = chunk.split(b"\n")
@@ -128,7 +128,8 @@ class ListReader:
                 lines[0] = b"".join(partial)
             rest = lines.pop()  # after the last newline
             partial = [rest] if rest else []
-            if not self._put(lines):
+            # a list written on Windows: clamdscan drops a line's trailing CRs too
+            if not self._put([line.rstrip(b"\r") for line in lines]):
                 return
 
     def _put(self, item: list[bytes] | OSError | None) -> bool:

@@ -26,17 +26,20 @@ def taken(reader: ListReader, woken: threading.Event) -> list[bytes | OSError | 
 
 
 def test_lines_come_as_the_list_has_them(tmp_path: Path) -> None:
-    """Newlines dropped, empty lines kept (the scan skips them), a line longer
-    than a read whole, bytes that are not UTF-8 untouched, a last line without
-    its newline, then the end; the caller's descriptor may be closed at once."""
+    """Newlines dropped, and carriage returns before them (a list written on
+    Windows: clamdscan drops them too), empty lines kept (the scan skips them),
+    a line longer than a read whole, bytes that are not UTF-8 untouched, a
+    last line without its newline, then the end; the caller's descriptor may
+    be closed at once."""
     long = b"/" + b"x" * 200_000
     listing = tmp_path / "list"
-    listing.write_bytes(b"/a\n\n" + long + b"\n/caf\xe9\r\n/last")
+    listing.write_bytes(b"/a\n\n" + long + b"\n/caf\xe9\r\n/c\rr\r\r\n/last\r")
     woken = threading.Event()
     with open(listing, "rb") as f:
         reader = ListReader(f.fileno(), woken.set)
     try:
-        assert taken(reader, woken) == [b"/a", b"", long, b"/caf\xe9\r", b"/last", None]
+        expected = [b"/a", b"", long, b"/caf\xe9", b"/c\rr", b"/last", None]
+        assert taken(reader, woken) == expected
         assert reader.take() is None  # and stays ended
     finally:
         reader.close()
