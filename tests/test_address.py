@@ -13,6 +13,7 @@ from clamwatch.clamd.address import (
     parse_address,
     read_clamd_conf,
 )
+from clamwatch.clamd.transport import ClamdConnectionError, open_socket
 
 
 @pytest.mark.parametrize(
@@ -62,6 +63,9 @@ def test_address_prints_as_it_parses(text: str, shown: str, is_unix: bool) -> No
         ("tcp://127.0.0.1:clamd", "Port"),
         ("tcp://127.0.0.1:99999", "Port"),
         ("tcp://[::1:3310", "IPv6"),
+        # getaddrinfo() raised UnicodeError for these: an "internal error"
+        ("tcp://bad..name:3310", "'bad..name' is not a valid host name"),
+        (f"tcp://{'a' * 64}.example:3310", "is not a valid host name"),
     ],
 )
 def test_bad_addresses_say_what_is_wrong(text: str, hint: str) -> None:
@@ -132,6 +136,19 @@ def test_tcp_socket_on_tcp_addr(tmp_path: Path) -> None:
 def test_tcp_socket_without_addr_is_reached_on_loopback(tmp_path: Path) -> None:
     conf = read_clamd_conf(write_conf(tmp_path, "TCPSocket 3311\n"))
     assert conf.address() == ClamdAddress(host="127.0.0.1", port=3311)
+
+
+def test_a_tcp_addr_no_lookup_can_take_names_the_file(tmp_path: Path) -> None:
+    conf = read_clamd_conf(write_conf(tmp_path, "TCPSocket 3310\nTCPAddr clamd..lan\n"))
+    with pytest.raises(AddressError, match=r"clamd.conf: TCPAddr: 'clamd..lan' is not a valid"):
+        conf.address()
+
+
+def test_a_name_that_does_not_resolve_is_said_so() -> None:
+    """getaddrinfo()'s own error, not "Unknown error -2" (os.strerror of EAI_NONAME).
+    .invalid never resolves (RFC 6761); without DNS the lookup fails too."""
+    with pytest.raises(ClamdConnectionError, match=r"^cannot look up nohost\.invalid: \w"):
+        open_socket(ClamdAddress(host="nohost.invalid", port=3310))
 
 
 def test_first_tcp_addr_is_taken(tmp_path: Path) -> None:

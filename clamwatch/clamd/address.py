@@ -67,10 +67,20 @@ def parse_address(text: str) -> ClamdAddress:
     if parts.scheme == "tcp":
         if not parts.hostname or not port:
             raise AddressError(f"{text!r}: a tcp address needs a host and a port: tcp://HOST:PORT")
+        _check_host(parts.hostname, repr(text))
         return ClamdAddress(host=parts.hostname, port=port)
     raise AddressError(
         f"{text!r} is not a clamd address (expected unix:///PATH or tcp://HOST:PORT)"
     )
+
+
+def _check_host(host: str, where: str) -> None:
+    """A name no lookup can take (an empty label, one over 63 bytes) is an
+    AddressError at once: getaddrinfo() raises UnicodeError for it, no OSError."""
+    try:
+        host.encode("idna")
+    except UnicodeError:
+        raise AddressError(f"{where}: {host!r} is not a valid host name") from None
 
 
 class ClamdConf(Value):
@@ -138,7 +148,9 @@ class ClamdConf(Value):
             return ClamdAddress(path=self.local_socket)
         if self.tcp_socket:
             # clamd's default TCPAddr is every interface; loopback reaches it.
-            return ClamdAddress(host=self.tcp_addr or "127.0.0.1", port=self.tcp_socket)
+            host = self.tcp_addr or "127.0.0.1"
+            _check_host(host, f"{self.path}: TCPAddr")
+            return ClamdAddress(host=host, port=self.tcp_socket)
         raise AddressError(f"{self.path}: neither LocalSocket nor TCPSocket is set")
 
 

@@ -72,6 +72,8 @@ def open_socket(address: ClamdAddress) -> tuple[socket.socket, bool]:
             )[0]
             sock = socket.socket(family, kind | socket.SOCK_CLOEXEC, proto)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except socket.gaierror as exc:  # its errno is getaddrinfo()'s, not one os.strerror knows
+        raise ClamdConnectionError(f"cannot look up {address.host}: {exc.strerror}") from exc
     except OSError as exc:
         raise ClamdConnectionError(describe_os_error(exc)) from exc
     sock.setblocking(False)
