@@ -12,6 +12,7 @@ with a "/" appended, so that ``^/proc/`` names the directory /proc itself
 
 from __future__ import annotations
 
+import os
 import re
 
 # POSIX bracket classes, which Python's re does not know (it would read
@@ -43,12 +44,13 @@ _DIFFERENT = re.compile(r"\\(?![wWsSbB])[A-Za-z0-9]|\(\?")
 class ExcludePaths:
     """The ExcludePath patterns of one clamd.conf, compiled; and directories to leave out."""
 
-    __slots__ = ("_patterns", "_directories", "problems")
+    __slots__ = ("_patterns", "_directories", "_inodes", "problems")
 
     def __init__(self, patterns: tuple[str, ...] = (), source: str = "") -> None:
         # (what to say of it, the expression, whether it ends with "/")
         self._patterns: list[tuple[str, re.Pattern[str], bool]] = []
         self._directories: list[tuple[str, str]] = []  # (real path + "/", what to say)
+        self._inodes: dict[tuple[int, int], str] = {}  # theirs: (st_dev, st_ino) -> what to say
         # patterns Python cannot take: ignored, so their files are scanned
         # (clamd, too, excludes nothing by a pattern it cannot compile)
         self.problems: list[str] = []
@@ -73,8 +75,22 @@ class ExcludePaths:
 
     def add_directory(self, real_path: str, why: str) -> None:
         """Leave out the directory ``real_path`` (absolute, no links) and all below it,
-        where a walk meets it: a path named inside it is walked all the same."""
+        where a walk meets it: a path named inside it is walked all the same.
+
+        Under another path too (a bind mount of it, or of a folder above it):
+        a walk also asks :meth:`match_directory` of each directory it enters.
+        """
         self._directories.append((real_path.rstrip("/") + "/", why))
+        try:
+            st = os.stat(real_path)
+        except OSError:
+            return  # not there: nothing to meet under another name either
+        self._inodes[(st.st_dev, st.st_ino)] = why
+
+    def match_directory(self, st: os.stat_result) -> str | None:
+        """What leaves out the directory whose stat result is ``st``, by its
+        identity, whatever path reached it; or None."""
+        return self._inodes.get((st.st_dev, st.st_ino)) if self._inodes else None
 
     def __bool__(self) -> bool:
         return bool(self._patterns or self._directories)

@@ -95,7 +95,7 @@ def walk(
             st = None  # the open says what is wrong, as for any file
         mode = st.st_mode if st is not None else 0
         if stat.S_ISLNK(mode):
-            yield from _named_link(top, skip, procfs)
+            yield from _named_link(top, skip, procfs, exclude)
             continue
         if st is not None and st.st_dev in procfs:
             yield top, _ON_PROC
@@ -108,7 +108,7 @@ def walk(
         except OSError as exc:
             yield top, os_error_verdict(exc, "reading the directory")
             continue
-        yield from _tree(top, fd, skip, procfs)
+        yield from _tree(top, fd, skip, procfs, exclude)
 
 
 _ON_PROC = NotScanned(
@@ -171,7 +171,10 @@ def _excluder(top: str, exclude: ExcludePaths) -> Callable[[str], bool]:
 
 
 def _named_link(
-    top: str, skip: Callable[[str], bool] | None, procfs: frozenset[int]
+    top: str,
+    skip: Callable[[str], bool] | None,
+    procfs: frozenset[int],
+    exclude: ExcludePaths | None,
 ) -> Generator[WalkItem, None, None]:
     """A link named on the command line: the tree or file it points to, under its name.
 
@@ -200,7 +203,7 @@ def _named_link(
         yield top, os_error_verdict(exc, "reading the directory")
         return
     if is_dir:
-        yield from _tree(top, fd, skip, procfs)
+        yield from _tree(top, fd, skip, procfs, exclude)
         return
     try:
         yield ListedFile(top, name, fd, stat.S_ISREG(target.st_mode))
@@ -209,7 +212,11 @@ def _named_link(
 
 
 def _tree(
-    top: str, top_fd: int, skip: Callable[[str], bool] | None, procfs: frozenset[int]
+    top: str,
+    top_fd: int,
+    skip: Callable[[str], bool] | None,
+    procfs: frozenset[int],
+    exclude: ExcludePaths | None,
 ) -> Generator[WalkItem, None, None]:
     """The walk below one named directory, open as ``top_fd`` (closed here)."""
     # the directories on the way down: path, descriptor, subdirectories not visited yet
@@ -223,7 +230,7 @@ def _tree(
                 os.close(fd)
                 raise
             stack.append((directory, fd, iter(subdirs)))
-            below = yield from _next_directory(stack, procfs)
+            below = yield from _next_directory(stack, procfs, exclude)
             if below is None:
                 return
             directory, fd = below
@@ -263,13 +270,17 @@ def _listing(
 
 
 def _next_directory(
-    stack: list[tuple[str, int, Iterator[str]]], procfs: frozenset[int]
+    stack: list[tuple[str, int, Iterator[str]]],
+    procfs: frozenset[int],
+    exclude: ExcludePaths | None,
 ) -> Generator[WalkItem, None, tuple[str, int] | None]:
     """Open the next subdirectory to walk, closing the directories that are done.
 
     Opened relative to its parent, without following a link. What was put
     in its place since the listing (a link, a file) comes as a listed file
-    for the opener to judge: a link is reported, never walked.
+    for the opener to judge: a link is reported, never walked. A directory
+    ``exclude`` leaves out by its identity (scan's --move directory, reached
+    through a bind mount) is not entered.
     """
     while stack:
         parent, parent_fd, rest = stack[-1]
@@ -287,9 +298,15 @@ def _next_directory(
             else:
                 yield path, os_error_verdict(exc, "reading the directory")
             continue
-        if os.fstat(fd).st_dev in procfs:
+        st = os.fstat(fd)
+        if st.st_dev in procfs:
             os.close(fd)
             log.info("%s: left out, as clamd leaves /proc out", path)
+            continue
+        why = exclude.match_directory(st) if exclude is not None else None
+        if why is not None:
+            os.close(fd)
+            log.info("%s: excluded (%s)", path, why)
             continue
         return path, fd
     return None
