@@ -13,10 +13,22 @@ import pytest
 from clamwatch import safefs
 from clamwatch.files import OpenedFile, open_for_scan
 from clamwatch.scan_actions import ActionError, ScanAction
+from clamwatch.walk import ListedFile, walk
 
 
 def opened(path: Path) -> OpenedFile:
     result = open_for_scan(str(path))
+    assert isinstance(result, OpenedFile), result
+    return result
+
+
+def opened_as_named(path: Path) -> OpenedFile:
+    """``path`` opened as `clamwatch scan PATH` opens it: a link is followed."""
+    walking = walk([str(path)])
+    item = next(walking)
+    assert isinstance(item, ListedFile), item
+    result = open_for_scan(item.path, listed_regular=item.regular, within=(item.dir_fd, item.name))
+    walking.close()
     assert isinstance(result, OpenedFile), result
     return result
 
@@ -111,6 +123,37 @@ def test_a_long_name_in_a_multibyte_script_can_be_removed(tmp_path: Path) -> Non
     file.close()
     assert note == ("Removed.", True)
     assert os.listdir(tmp_path) == []
+
+
+def test_a_link_named_on_the_command_line_acts_on_the_file_scanned(tmp_path: Path) -> None:
+    """The scan follows such a link, so its target is what was found: acting
+    on the link's own name met another inode ("it changed...", never done)."""
+    (tmp_path / "q").mkdir()
+    for name in ("gone", "kept"):
+        (tmp_path / f"{name}.com").write_bytes(b"bad")
+        (tmp_path / f"{name}-link").symlink_to(f"{name}.com")
+    removed = opened_as_named(tmp_path / "gone-link")
+    note = ScanAction("remove").apply(removed)
+    removed.close()
+    assert note == (f"Removed '{tmp_path}/gone.com', the file the link leads to.", True)
+    assert not (tmp_path / "gone.com").exists() and (tmp_path / "gone-link").is_symlink()
+    moved = opened_as_named(tmp_path / "kept-link")
+    note = ScanAction("move", str(tmp_path / "q")).apply(moved)
+    moved.close()
+    assert note == (f"moved to '{tmp_path}/q/kept.com'", True)
+    assert (tmp_path / "q" / "kept.com").read_bytes() == b"bad"
+
+
+def test_a_target_name_is_escaped_as_the_path_is(tmp_path: Path) -> None:
+    """A newline or a byte that is not UTF-8 in the name: the note stays one
+    line, and a JSON record of it holds no lone surrogate."""
+    (tmp_path / "q").mkdir()
+    path = tmp_path / os.fsdecode(b"n\nl\xff")
+    path.write_bytes(b"bad")
+    file = opened(path)
+    note = ScanAction("copy", str(tmp_path / "q")).apply(file)
+    file.close()
+    assert note == (f"copied to '{tmp_path}/q/n\\nl\\xff'", True)
 
 
 def test_standard_input_can_be_copied_only() -> None:
