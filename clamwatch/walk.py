@@ -195,20 +195,29 @@ def _named_link(
         yield top, _ON_PROC
         return
     real = os.path.realpath(top)
-    is_dir = stat.S_ISDIR(target.st_mode)
-    parent, name = (real, "") if is_dir else os.path.split(real)
-    try:
-        fd = open_noatime(parent, DIRECTORY_FLAGS)
-    except OSError as exc:
-        yield top, os_error_verdict(exc, "reading the directory")
-        return
-    if is_dir:
+    if stat.S_ISDIR(target.st_mode):
+        try:
+            fd = open_noatime(real, DIRECTORY_FLAGS)
+        except OSError as exc:
+            yield top, os_error_verdict(exc, "reading the directory")
+            return
         yield from _tree(top, fd, skip, procfs, exclude)
+        return
+    parent, name = os.path.split(real)
+    try:
+        # O_PATH: only searched, never read, as when the path is opened whole
+        # (an execute-only folder, such as a home folder of mode 0711)
+        fd = os.open(parent, _PARENT_FLAGS)
+    except OSError as exc:
+        yield top, os_error_verdict(exc, "opening the folder of the link's target")
         return
     try:
         yield ListedFile(top, name, fd, stat.S_ISREG(target.st_mode))
     finally:
         os.close(fd)
+
+
+_PARENT_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def _tree(

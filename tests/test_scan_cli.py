@@ -220,6 +220,24 @@ def test_links_named_on_the_command_line_are_followed(
     }
 
 
+def test_a_link_into_a_folder_that_may_only_be_searched_is_scanned(
+    clamd: PrivateClamd, tmp_path: Path, eicar: bytes
+) -> None:
+    """A home folder of mode 0711: `cat link` reads the file, and so does the
+    scan, which opened the target's folder for reading before (EACCES)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "upload.com").write_bytes(eicar)
+    os.chown(home, 65534, 65534)  # not root's: root without CAP_DAC_* may only search it
+    home.chmod(0o711)
+    (tmp_path / "link").symlink_to(home / "upload.com")
+    result = clamwatch(
+        "scan", "--no-summary", "--stream", "--address", clamd.tcp_address, str(tmp_path / "link"),
+        wrap=without_dac_override,
+    )  # fmt: skip
+    assert (result.returncode, result.stdout) == (1, f"{tmp_path}/link: {EICAR_SIGNATURE} FOUND\n")
+
+
 def test_a_clamd_that_cannot_scan_gets_no_file_called_ok(
     clamd_factory: Callable[..., PrivateClamd],
     tmpfs: Callable[..., None],
