@@ -170,7 +170,7 @@ class Reporter:
                 self._write(text, self.err if quiet_error else None)
         self._tick()
 
-    def _write(self, text: str, stream: TextIO | None = None) -> None:
+    def _write(self, text: str, stream: TextIO | None = None, *, to_log: bool = True) -> None:
         """``text`` to ``stream``, else to ``out`` (if any), and to the log."""
         if self.output_error is not None:
             return
@@ -179,7 +179,7 @@ class Reporter:
                 stream.write(text)
             elif self.out is not None:
                 self.out.write(text)
-            if self.log is not None:
+            if self.log is not None and to_log:
                 self.log.write(text)
         except OSError as exc:
             self.output_error = exc
@@ -213,7 +213,8 @@ class Reporter:
 
     def stopped(self, why: str) -> None:
         """The scan ends before its files are done (Ctrl-C, SIGTERM): the lines so
-        far written out, then ``why`` and what it means on stderr and in the log."""
+        far written out, then ``why`` and what it means on stderr and in the log
+        (not with --json: the log then holds JSON lines only)."""
         self.flush()
         text = f"clamwatch scan: {why} before every file was scanned\n"
         try:
@@ -222,7 +223,7 @@ class Reporter:
             self.err.flush()
         except OSError:
             pass  # a terminal that went away (SIGHUP): the log still says it
-        if self.log is not None and self.output_error is None:
+        if self.log is not None and self.output_error is None and not self.json_lines:
             try:
                 self.log.write(text)
             except OSError as exc:
@@ -241,6 +242,7 @@ class Reporter:
         stream = self.err if self.json_lines and self.out is not None else None
         fmt = "%Y:%m:%d %H:%M:%S"
         minutes, seconds = divmod(int(elapsed), 60)
+        # with --json, the log holds the JSON lines alone, as stdout does
         self._write(
             "\n----------- SCAN SUMMARY -----------\n"
             f"Scanned files: {c.scanned}\n"
@@ -251,4 +253,5 @@ class Reporter:
             f"Start Date: {time.strftime(fmt, time.localtime(self.started_wall))}\n"
             f"End Date:   {time.strftime(fmt)}\n",
             stream,
+            to_log=not self.json_lines,
         )

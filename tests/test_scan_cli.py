@@ -278,6 +278,24 @@ def test_infected_only_and_json_records(clamd: PrivateClamd, uploads: Path) -> N
     assert records[0]["clamd_version"].startswith("ClamAV ")
 
 
+def test_a_json_log_holds_the_json_lines_alone(
+    clamd: PrivateClamd, uploads: Path, tmp_path: Path
+) -> None:
+    """With --json the summary goes to stderr: in the --log file too it broke
+    the JSON lines (a log is read by a program, as stdout is)."""
+    log = tmp_path / "scan.log"
+    result = clamwatch(
+        "scan", "--json", "-l", str(log), "--address", clamd.unix_address, str(uploads)
+    )
+    assert result.returncode == 1
+    assert "SCAN SUMMARY" in result.stderr
+    assert log.read_text() == result.stdout
+    assert {json.loads(line)["verdict"] for line in log.read_text().splitlines()} == {
+        "clean",
+        "infected",
+    }
+
+
 def test_infected_only_still_names_what_was_not_scanned(
     clamd: PrivateClamd, uploads: Path, tmp_path: Path
 ) -> None:
