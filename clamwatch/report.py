@@ -102,6 +102,7 @@ class Reporter:
         "_drawn",
         "_last_draw",
         "output_error",
+        "failed_output",
     )
 
     def __init__(
@@ -129,6 +130,7 @@ class Reporter:
         # from then on nothing more is written, and the scan stops (see
         # scan_command).
         self.output_error: OSError | None = None
+        self.failed_output = "the results"  # what output_error was met writing
 
     def report(
         self,
@@ -179,20 +181,34 @@ class Reporter:
                 stream.write(text)
             elif self.out is not None:
                 self.out.write(text)
-            if self.log is not None and to_log:
-                self.log.write(text)
         except OSError as exc:
             self.output_error = exc
+            return
+        if self.log is not None and to_log:
+            try:
+                self.log.write(text)
+            except OSError as exc:
+                self._log_failed(exc)
 
     def flush(self) -> None:
         if self.output_error is None:
             try:
                 if self.out is not None:
                     self.out.flush()
+            except OSError as exc:
+                self.output_error = exc
+                return
+            try:
                 if self.log is not None:
                     self.log.flush()
             except OSError as exc:
-                self.output_error = exc
+                self._log_failed(exc)
+
+    def _log_failed(self, exc: OSError) -> None:
+        """The --log file cannot be written: the scan stops, as for its output,
+        and says that the log is what failed."""
+        self.output_error = exc
+        self.failed_output = f"the log {display_path(str(getattr(self.log, 'name', '')))}"
 
     def _tick(self) -> None:
         if not self.progress:

@@ -266,7 +266,7 @@ def _run(
         reporter.summary()
     reporter.flush()
     if reporter.output_error is not None:
-        _output_failed(reporter.output_error, out, err)
+        _output_failed(reporter.output_error, reporter.failed_output, out, err)
         return 1 if reporter.counts.infected else 2  # stopped: not every file was scanned
     return reporter.counts.exit_code()
 
@@ -330,8 +330,8 @@ def _same_file(fd: int, other: int) -> bool:
         return False
 
 
-def _output_failed(exc: OSError, out: TextIO, err: TextIO) -> None:
-    """The results could not be written, so the scan stopped.
+def _output_failed(exc: OSError, what: str, out: TextIO, err: TextIO) -> None:
+    """``what`` (the results, or the --log file) could not be written, so the scan stopped.
 
     A reader that went away (``clamwatch scan ... | head``) is not worth a
     word; anything else (a full disk) is. Whatever is still buffered for the
@@ -339,7 +339,9 @@ def _output_failed(exc: OSError, out: TextIO, err: TextIO) -> None:
     """
     if exc.errno != errno.EPIPE:
         with contextlib.suppress(OSError):  # the summary goes to stderr with --json
-            err.write(f"clamwatch scan: cannot write the results: {exc.strerror or exc}\n")
+            err.write(f"clamwatch scan: cannot write {what}: {exc.strerror or exc}\n")
+    if what != "the results":
+        return  # the output itself is fine
     with contextlib.suppress(OSError, ValueError):
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, out.fileno())

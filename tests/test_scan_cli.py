@@ -918,6 +918,19 @@ def test_results_that_cannot_be_written_stop_the_scan(
     assert result.stderr == "clamwatch scan: cannot write the results: No space left on device\n"
 
 
+def test_a_log_that_cannot_be_written_is_named_as_what_failed(
+    clamd: PrivateClamd, uploads: Path
+) -> None:
+    """Not "cannot write the results" while stdout takes them well."""
+    only = str(uploads / "sub")  # one line: found before the log's first write fails
+    result = clamwatch("scan", "-l", "/dev/full", "--address", clamd.unix_address, only)
+    assert result.returncode == 1
+    assert (
+        result.stderr == "clamwatch scan: cannot write the log /dev/full: No space left on device\n"
+    )
+    assert f"{uploads}/sub/virus.com: {EICAR_SIGNATURE} FOUND" in result.stdout
+
+
 def test_a_reader_that_goes_away_ends_the_scan_quietly(clamd: PrivateClamd, tmp_path: Path) -> None:
     """`clamwatch scan ... | head -1`: no traceback and no message, exit status 2."""
     root = tmp_path / "many"
