@@ -350,14 +350,21 @@ def _closed_port() -> int:
 
 @pytest.mark.parametrize(
     ("where", "reason"),
-    [("unix", "No such file or directory"), ("tcp", "Connection refused")],
+    [
+        ("unix", "No such file or directory"),
+        ("folder", "Connection refused (TMP is a directory, not clamd's socket)"),
+        ("tcp", "Connection refused"),
+    ],
 )
 def test_unreachable_clamd_exits_2_naming_the_address_and_why(
     tmp_path: Path, where: str, reason: str
 ) -> None:
     (tmp_path / "f").write_text("f")
+    reason = reason.replace("TMP", str(tmp_path))
     if where == "unix":
         address = f"unix://{tmp_path}/nothing.sock"
+    elif where == "folder":  # a --address mistyped
+        address = f"unix://{tmp_path}"
     else:
         address = f"tcp://127.0.0.1:{_closed_port()}"
     result = clamwatch("scan", "--timeout", "1s", "--address", address, str(tmp_path))

@@ -11,6 +11,7 @@ import contextlib
 import errno
 import os
 import socket
+import stat
 
 from clamwatch.clamd.address import ClamdAddress
 from clamwatch.files import describe_os_error
@@ -34,7 +35,6 @@ def describe_socket_access(path: str) -> str:
     """
     import grp
     import pwd
-    import stat
 
     def user(uid: int) -> str:
         with contextlib.suppress(KeyError):
@@ -88,7 +88,21 @@ def open_socket(address: ClamdAddress) -> tuple[socket.socket, bool]:
     denied = code in (errno.EACCES, errno.EPERM)
     if denied and address.path is not None:
         message = f"{message} ({describe_socket_access(address.path)})"
+    elif code == errno.ECONNREFUSED and address.path is not None:
+        message += _not_a_socket(address.path)
     raise ClamdConnectionError(message, denied=denied)
+
+
+def _not_a_socket(path: str) -> str:
+    """Why a connect to ``path`` was refused when it is no socket at all, else ""."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return ""
+    if stat.S_ISSOCK(mode):
+        return ""  # clamd is gone and left its socket (or is not listening yet)
+    kind = "a directory" if stat.S_ISDIR(mode) else "a file" if stat.S_ISREG(mode) else "no socket"
+    return f" ({path} is {kind}, not clamd's socket)"
 
 
 def acknowledge_now(sock: socket.socket) -> None:
