@@ -78,8 +78,8 @@ _CLAMD_MAX_QUEUE = 100
 # group that LocalSocketMode and LocalSocketGroup ask for.
 _DENIED_FOR = 1.0
 _EICAR_CLOSED = (
-    " while scanning the EICAR test file: is its TemporaryDirectory full or not writable?"
-    " (clamd's log says)"
+    " while scanning the EICAR test file: did clamd stop, or is its TemporaryDirectory"
+    " full or not writable? (clamd's log says)"
 )
 
 
