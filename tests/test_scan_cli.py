@@ -352,7 +352,7 @@ def _closed_port() -> int:
     ("where", "reason"),
     [
         ("unix", "No such file or directory"),
-        ("folder", "Connection refused (TMP is a directory, not clamd's socket)"),
+        ("folder", "Connection refused (TMP is a directory, not a socket)"),
         ("tcp", "Connection refused"),
     ],
 )

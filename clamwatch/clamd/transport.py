@@ -101,8 +101,8 @@ def _not_a_socket(path: str) -> str:
         return ""
     if stat.S_ISSOCK(mode):
         return ""  # clamd is gone and left its socket (or is not listening yet)
-    kind = "a directory" if stat.S_ISDIR(mode) else "a file" if stat.S_ISREG(mode) else "no socket"
-    return f" ({path} is {kind}, not clamd's socket)"
+    kind = "a directory" if stat.S_ISDIR(mode) else "a regular file" if stat.S_ISREG(mode) else ""
+    return f" ({path} is {kind}, not a socket)" if kind else f" ({path} is not a socket)"
 
 
 def acknowledge_now(sock: socket.socket) -> None:
