@@ -103,12 +103,7 @@ def walk(
         if not stat.S_ISDIR(mode):
             yield top
             continue
-        try:
-            fd = open_noatime(top, DIRECTORY_FLAGS)
-        except OSError as exc:
-            yield top, os_error_verdict(exc, "reading the directory")
-            continue
-        yield from _tree(top, fd, skip, procfs, exclude)
+        yield from _named_tree(top, top, skip, procfs, exclude)
 
 
 _ON_PROC = NotScanned(
@@ -196,12 +191,7 @@ def _named_link(
         return
     real = os.path.realpath(top)
     if stat.S_ISDIR(target.st_mode):
-        try:
-            fd = open_noatime(real, DIRECTORY_FLAGS)
-        except OSError as exc:
-            yield top, os_error_verdict(exc, "reading the directory")
-            return
-        yield from _tree(top, fd, skip, procfs, exclude)
+        yield from _named_tree(top, real, skip, procfs, exclude)
         return
     parent, name = os.path.split(real)
     try:
@@ -218,6 +208,23 @@ def _named_link(
 
 
 _PARENT_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _named_tree(
+    top: str,
+    directory: str,
+    skip: Callable[[str], bool] | None,
+    procfs: frozenset[int],
+    exclude: ExcludePaths | None,
+) -> Generator[WalkItem, None, None]:
+    """The walk below ``directory`` (``top``, or the real path of the link
+    ``top``), its paths under ``top``'s name."""
+    try:
+        fd = open_noatime(directory, DIRECTORY_FLAGS)
+    except OSError as exc:
+        yield top, os_error_verdict(exc, "reading the directory")
+        return
+    yield from _tree(top, fd, skip, procfs, exclude)
 
 
 def _tree(
