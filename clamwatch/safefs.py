@@ -15,9 +15,9 @@ import ctypes
 import ctypes.util
 import errno
 import os
-import secrets
 from collections.abc import Iterator
 
+from clamwatch import staged
 from clamwatch.files import FileIdentity, OpenedFile
 
 # <linux/fs.h>
@@ -58,14 +58,6 @@ def path_names(path: str, identity: FileIdentity) -> bool:
         return False
 
 
-def _staging_name(path: str) -> str:
-    """A new name beside ``path``, at most NAME_MAX (255) bytes: a name of
-    255 bytes in a multibyte script is far fewer characters."""
-    directory, name = os.path.split(path)
-    staging = os.fsencode(f".clamwatch-{secrets.token_hex(6)}-{name}")[:255]
-    return os.path.join(directory, os.fsdecode(staging))
-
-
 def move_if_same(path: str, identity: FileIdentity, target: str) -> bool:
     """Rename ``path`` to ``target`` (same file system) if it is the scanned file.
 
@@ -91,7 +83,7 @@ def move_if_same(path: str, identity: FileIdentity, target: str) -> bool:
 
 def remove_if_same(path: str, identity: FileIdentity) -> bool:
     """Unlink ``path`` if it is the scanned file; False (nothing done) if not."""
-    staging = _staging_name(path)
+    staging = staged.new_name(path)  # the watch leaves it out
     if not move_if_same(path, identity, staging):
         return False
     os.unlink(staging)

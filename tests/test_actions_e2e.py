@@ -163,6 +163,33 @@ def test_release_clean_files_keeping_their_path(
     assert not (released / "sub" / "bad.pdf").exists()
 
 
+def test_the_names_clamwatch_gives_files_it_removes_are_not_scanned(
+    tmpfs: Callable[[Path, str], None], start: Start, watched: Path, tmp_path: Path
+) -> None:
+    """A release to another file system copies, then removes the original by
+    renaming it to .clamwatch-HEX-NAME first: the watch scanned that name
+    while it lasted (22 extra verdicts for 200 files, each then "replaced
+    before it could be released")."""
+    released = tmp_path / "released"
+    tmpfs(released, "16m")
+    daemon = start(on_clean=["release"], release_to=str(released))
+    files = [watched / f"f{number:03}" for number in range(200)]
+    for path in files:
+        path.write_text(f"clean {path.name}")
+    daemon.wait_until(
+        lambda evs: len([e for e in evs if e["event"] == "action-done"]) == 200,
+        60,
+        "every file released",
+    )
+    assert sorted(os.listdir(released)) == [path.name for path in files]
+    # a last file, after the rest: the events of every rename came before its verdict
+    marker = watched / "marker"
+    marker.write_text("clean")
+    wait_action(daemon, marker, "release")
+    named = {e["path"] for e in daemon.events if "path" in e}
+    assert [path for path in named if ".clamwatch-" in path] == []
+
+
 def test_one_version_announced_many_times_gives_one_quarantine_entry(
     start: Start, watched: Path, quarantine_dir: Path, eicar: bytes
 ) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from clamwatch import staged
 from clamwatch.config import WatchConfig
 from clamwatch.watch.filters import WatchFilter
 
@@ -172,6 +173,14 @@ def test_an_own_folder_named_by_another_path_to_it_is_still_excluded(
 
 
 # -- stat rules -----------------------------------------------------------------------
+
+
+def test_a_name_clamwatch_gave_a_file_it_removes_is_excluded_not_its_lookalike() -> None:
+    given = staged.new_name(f"{ROOT}/upload.com")
+    assert os.path.basename(given).startswith(".clamwatch-")
+    assert rules().excluded(given)
+    # an upload named like one is scanned: the random part is what is ours
+    assert not rules().excluded(f"{ROOT}/.clamwatch-0123456789ab-upload.com")
 
 
 def test_a_listed_owner_is_skipped_and_the_reason_says_so() -> None:

@@ -6,6 +6,7 @@ import fnmatch
 import os
 from dataclasses import dataclass, field
 
+from clamwatch import staged
 from clamwatch.config import WatchConfig
 
 
@@ -30,13 +31,14 @@ class WatchFilter:
         return str(self.watch.path)
 
     def excluded(self, path: str) -> bool:
-        """Excluded by name: a glob, a regular expression, or one of our own folders.
+        """Excluded by name: a glob, a regular expression, one of our own folders,
+        or a name clamwatch gave a file it is removing (staged.py).
 
         A glob without a slash matches the file name (``*.part``); one with a
         slash matches the path below the watch root (``cache/*``). Regular
         expressions are searched in the whole path.
         """
-        if self.own_folder(path):
+        if self.own_folder(path) or staged.is_staged(path):
             return True
         if not self.watch.exclude and not self.watch.exclude_regex:
             return False
