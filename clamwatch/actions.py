@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from clamwatch.config import WatchConfig
 from clamwatch.eventkind import EventKind, emit
 from clamwatch.events import shown
-from clamwatch.files import OpenedFile
+from clamwatch.files import OpenedFile, has_writer
 from clamwatch.policy import FileAction, Rule
 from clamwatch.quarantine import QuarantineError, QuarantineStore
 from clamwatch.safefs import move_to_free_name, remove_if_same
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 _TAG_PREFIX = "user.clamwatch."
 _RETRY_QUARANTINE = 60.0  # seconds before a failed quarantine is tried again
+_RETRY_RELEASE = 5.0  # seconds before a clean file still open for writing is scanned again
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,6 +251,33 @@ class ActionRunner:
     def _release(self, request: ActionRequest, opened: OpenedFile) -> _Done | None:
         destination_root = request.watch.release_to
         assert destination_root is not None  # the configuration insists
+        if has_writer(opened.fd):
+            # scanned once it had held still (settle_time), its writer not
+            # done: released, it would be written on out of the watch, unscanned
+            emit(
+                EventKind.ACTION_FAILED,
+                f"{shown(request.path)}: not released yet: it is still open for writing;"
+                f" scanned again in {_RETRY_RELEASE:g} s",
+                logging.INFO,
+                error="still open for writing",
+                **self._fields(request, "release"),
+            )
+            self.retry(request.path, str(request.watch.path), _RETRY_RELEASE)
+            return None
+        try:
+            links = os.fstat(opened.fd).st_nlink
+        except OSError as exc:
+            self._failed(request, "release", exc.strerror or str(exc))
+            return None
+        if links > 1:
+            # moved out, it could still be changed through its other names
+            self._failed(
+                request,
+                "release",
+                f"it has {links} hard links, through which it could be changed after its"
+                " scan; not released",
+            )
+            return None
         relative = os.path.relpath(request.path, request.watch.path)
         target = os.path.join(destination_root, relative)
         try:

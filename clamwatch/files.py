@@ -305,6 +305,21 @@ def open_unwritten(path: str, st: os.stat_result) -> CheckedFile | None:
     return CheckedFile(path, fd, now)
 
 
+def has_writer(fd: int) -> bool | None:
+    """Whether any process has the file open as ``fd`` (read-only) open for writing;
+    None when that cannot be told (CAP_LEASE is needed for other users' files).
+
+    The read lease of :func:`open_unwritten`, taken on a descriptor already open.
+    """
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+    except OSError as exc:
+        return True if exc.errno in (errno.EAGAIN, errno.EBUSY) else None
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+    return False
+
+
 def raise_nofile_limit() -> int:
     """Raise the soft limit on open descriptors to the hard one; return the soft limit then.
 

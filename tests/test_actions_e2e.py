@@ -163,6 +163,50 @@ def test_release_clean_files_keeping_their_path(
     assert not (released / "sub" / "bad.pdf").exists()
 
 
+def test_a_file_still_open_for_writing_is_not_released(
+    start: Start, watched: Path, tmp_path: Path, quarantine_dir: Path, eicar: bytes
+) -> None:
+    """Scanned once it held still for settle_time (its writer paused), it was
+    released at once, and its writer went on writing EICAR into the released
+    file, which no scan ever saw. Now it waits for its writer."""
+    released = tmp_path / "released"
+    daemon = start(on_clean=["release"], release_to=str(released))
+    upload = watched / "upload.com"
+    with open(upload, "wb") as writer:
+        writer.write(eicar[:20])
+        writer.flush()
+        daemon.wait_until(
+            lambda evs: any(
+                e["event"] == "action-failed" and e.get("path") == str(upload) for e in evs
+            ),
+            30,
+            "the release put off",
+        )
+        writer.write(eicar[20:])
+    wait_action(daemon, upload, "move")  # to the quarantine, at its close
+    assert not released.exists() or os.listdir(released) == []
+    (deferred,) = [e for e in actions(daemon, upload, "action-failed") if e["action"] == "release"]
+    assert deferred["error"] == "still open for writing"
+    assert [r["original_path"] for r in records(quarantine_dir)] == [str(upload)]
+
+
+def test_a_file_with_other_hard_links_is_not_released(
+    start: Start, watched: Path, tmp_path: Path
+) -> None:
+    """Released, it could still be changed through its other name, unscanned."""
+    released = tmp_path / "released"
+    daemon = start(on_clean=["release"], release_to=str(released))
+    outside = tmp_path / "outside.txt"
+    outside.write_text("clean for now")
+    linked = watched / "linked.txt"
+    os.link(outside, linked)
+    failed = wait_action(daemon, linked, "release", "action-failed")
+    assert failed["error"] == (
+        "it has 2 hard links, through which it could be changed after its scan; not released"
+    )
+    assert linked.exists() and not (released / "linked.txt").exists()
+
+
 def test_the_names_clamwatch_gives_files_it_removes_are_not_scanned(
     tmpfs: Callable[[Path, str], None], start: Start, watched: Path, tmp_path: Path
 ) -> None:
