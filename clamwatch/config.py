@@ -7,6 +7,7 @@ etc/clamwatch/clamwatch.toml documents every key with its default.
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from clamwatch.clamd.address import AddressError, parse_address
 from clamwatch.clamd.job import TransportChoice
 from clamwatch.clamd.settings import ClamdSettings
 from clamwatch.policy import FileAction, Policy, Rule, parse_rule
@@ -88,7 +90,9 @@ def _positive_int(value: object) -> int:
 
 
 def _size(value: object) -> int:
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueError("expected a size of 0 or more (bytes, or a string: '10K', '25M')")
         return value
     return parse_size(_string(value))
 
@@ -101,9 +105,21 @@ def _positive_size(value: object) -> int:
 
 
 def _duration(value: object) -> float:
-    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueError(
+                "expected a duration of 0 or more (seconds, or a string: '500ms', '2m')"
+            )
         return float(value)
     return parse_duration(_string(value))
+
+
+def _address(value: object) -> str:
+    try:
+        parse_address(_string(value))
+    except AddressError as exc:
+        raise ValueError(str(exc)) from None
+    return str(value)
 
 
 def _boolean(value: object) -> bool:
@@ -175,7 +191,7 @@ def _optional(parse: Callable[[object], T], none: object = "") -> Callable[[obje
 # -- sections --------------------------------------------------------------------
 
 _CLAMD_KEYS: dict[str, Callable[[object], Any]] = {
-    "address": _optional(_string),
+    "address": _optional(_address),
     "clamd_conf": _absolute_path,
     "transport": lambda v: TransportChoice(_choice("auto", "fildes", "instream")(v)),
     "sessions": _positive_int,
@@ -275,6 +291,11 @@ def parse_config(source: Path, data: Mapping[str, object]) -> Config:
             " (known: clamd, daemon, quarantine, watch)"
         )
     clamd = ClamdSettings(**_section(source, "clamd", data.get("clamd", {}), _CLAMD_KEYS))
+    if clamd.transport is TransportChoice.FILDES and (clamd.address or "").startswith("tcp:"):
+        raise ConfigError(
+            f"{source}: [clamd] transport = 'fildes' passes descriptors, which only a Unix"
+            f" socket can: address {clamd.address!r} is TCP (use 'instream', or 'auto')"
+        )
     daemon = DaemonSettings(**_section(source, "daemon", data.get("daemon", {}), _DAEMON_KEYS))
     quarantine = QuarantineSettings(
         **_section(source, "quarantine", data.get("quarantine", {}), _QUARANTINE_KEYS)
@@ -289,18 +310,70 @@ def parse_config(source: Path, data: Mapping[str, object]) -> Config:
             raise ConfigError(f"{source}: [watch #{number}] has no path")
         values.setdefault("name", str(values["path"]))
         values["policy"] = _policy(source, f"watch #{number}", values)
-        watches.append(WatchConfig(**values))
-    paths = [w.path for w in watches]
-    for watch in watches:
-        for other in paths:
-            if other != watch.path and watch.path.is_relative_to(other):
-                raise ConfigError(
-                    f"{source}: watch {str(watch.path)!r} lies inside watch {str(other)!r};"
-                    " one watch covers its whole tree"
-                )
-        if paths.count(watch.path) > 1:
-            raise ConfigError(f"{source}: {str(watch.path)!r} is watched twice")
+        watch = WatchConfig(**values)
+        if watch.max_size is not None and watch.min_size > watch.max_size:
+            raise ConfigError(
+                f"{source}: [watch #{number}] min_size ({watch.min_size} bytes) is over max_size"
+                f" ({watch.max_size} bytes): no file would be scanned"
+            )
+        if watch.path.exists() and not watch.path.is_dir():
+            raise ConfigError(
+                f"{source}: [watch #{number}] path {str(watch.path)!r} is not a directory"
+            )
+        watches.append(watch)
+    _check_places(source, watches, daemon, quarantine)
     return Config(source, clamd, daemon, tuple(watches), quarantine)
+
+
+def _check_places(
+    source: Path,
+    watches: list[WatchConfig],
+    daemon: DaemonSettings,
+    quarantine: QuarantineSettings,
+) -> None:
+    """Watches that overlap, and folders of clamwatch's own where a watch is.
+
+    Compared as written and as resolved (links, ".."), so that two ways to
+    one folder are one folder. A watch's tree holding the quarantine or the
+    state folder is allowed (they are left out of it); a watch that is one of
+    them, or lies in one, would never be scanned. release_to in a watch
+    would release each file into the watch again, and again.
+    """
+    real = {w.path: Path(os.path.realpath(w.path)) for w in watches}
+
+    def within(inner: Path, outer: Path) -> bool:
+        real_inner, real_outer = Path(os.path.realpath(inner)), Path(os.path.realpath(outer))
+        return inner.is_relative_to(outer) or real_inner.is_relative_to(real_outer)
+
+    for number, watch in enumerate(watches):
+        for other in watches[number + 1 :]:
+            if watch.path == other.path or real[watch.path] == real[other.path]:
+                raise ConfigError(f"{source}: {str(other.path)!r} is watched twice")
+            for inner, outer in ((watch, other), (other, watch)):
+                if within(inner.path, outer.path):
+                    raise ConfigError(
+                        f"{source}: watch {str(inner.path)!r} lies inside watch"
+                        f" {str(outer.path)!r}; one watch covers its whole tree"
+                    )
+        for key, own in (
+            ("[quarantine] directory", quarantine.directory),
+            ("[daemon] state_directory", daemon.state_directory),
+        ):
+            if within(watch.path, own):
+                raise ConfigError(
+                    f"{source}: watch {str(watch.path)!r} is or lies inside {key}"
+                    f" {str(own)!r}, which clamwatch leaves out: nothing in it would be scanned"
+                )
+    for watch in watches:
+        if watch.release_to is None:
+            continue
+        for other in watches:
+            if within(watch.release_to, other.path):
+                raise ConfigError(
+                    f"{source}: release_to {str(watch.release_to)!r} of watch"
+                    f" {str(watch.path)!r} lies inside watch {str(other.path)!r}: what it"
+                    " releases would be found, scanned and released again"
+                )
 
 
 def dropin_directory(source: Path) -> Path:

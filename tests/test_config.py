@@ -59,6 +59,18 @@ def test_shipped_config_documents_every_key_with_its_default(tmp_path: Path) -> 
         ("[clamd]\nadress = 'x'\n", "[clamd] unknown key 'adress'"),
         ("[clamd]\ntransport = 'pigeon'\n", "transport = 'pigeon': expected one of auto"),
         ("[clamd]\nsessions = 0\n", "sessions = 0: expected a whole number of 1 or more"),
+        ("[clamd]\naddress = 'http://x'\n", "[clamd] address = 'http://x': 'http://x' is not a"),
+        (
+            "[clamd]\ntransport = 'fildes'\naddress = 'tcp://127.0.0.1:3310'\n",
+            "[clamd] transport = 'fildes' passes descriptors, which only a Unix socket can",
+        ),
+        ("[daemon]\nsettle_time = -1\n", "settle_time = -1: expected a duration of 0 or more"),
+        ("[[watch]]\npath = '/srv'\nmin_size = -5\n", "min_size = -5: expected a size of 0 or"),
+        (
+            "[[watch]]\npath = '/srv'\nmin_size = '2K'\nmax_size = '1K'\n",
+            "[watch #1] min_size (2048 bytes) is over max_size (1024 bytes)",
+        ),
+        ("[[watch]]\npath = '/etc/hostname'\n", "path '/etc/hostname' is not a directory"),
         ("[daemon]\nsettle_time = 'soon'\n", "settle_time = 'soon': 'soon' is not a duration"),
         ("[daemon]\nmax_pending = '10'\n", "max_pending = '10': expected a whole number"),
         ("[daemon]\nstate_directory = 'var/lib'\n", "expected an absolute path"),
@@ -69,6 +81,27 @@ def test_shipped_config_documents_every_key_with_its_default(tmp_path: Path) -> 
         ("[[watch]]\npath = '/srv'\nskip_uids = ['www-data']\n", "a list of numeric uids"),
         ("[[watch]]\npath = '/srv'\n[[watch]]\npath = '/srv/a'\n", "lies inside watch '/srv'"),
         ("[[watch]]\npath = '/srv'\n[[watch]]\npath = '/srv'\n", "'/srv' is watched twice"),
+        # the same folders by another way: ".." (links: the test below)
+        ("[[watch]]\npath = '/srv/a/../b'\n[[watch]]\npath = '/srv/b/c'\n", "lies inside watch"),
+        ("[[watch]]\npath = '/srv'\n[[watch]]\npath = '/srv/x/..'\n", "is watched twice"),
+        # clamwatch's own folders are left out of every watch: a watch in one is never scanned
+        (
+            "[quarantine]\ndirectory = '/srv/up'\n[[watch]]\npath = '/srv/up'\n",
+            "watch '/srv/up' is or lies inside [quarantine] directory '/srv/up'",
+        ),
+        (
+            "[daemon]\nstate_directory = '/srv'\n[[watch]]\npath = '/srv/up'\n",
+            "lies inside [daemon] state_directory '/srv', which clamwatch leaves out",
+        ),
+        (
+            "[[watch]]\npath = '/srv'\non_clean = ['release']\nrelease_to = '/srv/out'\n",
+            "release_to '/srv/out' of watch '/srv' lies inside watch '/srv'",
+        ),
+        (
+            "[[watch]]\npath = '/a'\non_clean = ['release']\nrelease_to = '/b/out'\n"
+            "[[watch]]\npath = '/b'\n",
+            "release_to '/b/out' of watch '/a' lies inside watch '/b'",
+        ),
         ("[watch]\npath = '/srv'\n", "an array of tables"),
         ("[daemons]\n", "unknown section 'daemons'"),
         ("[[watch]]\npath = '/srv'\non_clean = ['move']\n", "never quarantines clean files"),
@@ -92,6 +125,18 @@ def test_bad_config_names_file_key_and_problem(tmp_path: Path, text: str, messag
         load_config(path)
     assert str(info.value).startswith(f"{path}: ")
     assert message in str(info.value)
+
+
+def test_watches_that_overlap_through_a_link_are_refused(tmp_path: Path) -> None:
+    """Each file was scanned and acted on twice, once under each path."""
+    (tmp_path / "real" / "sub").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    path = tmp_path / "clamwatch.toml"
+    path.write_text(
+        f"[[watch]]\npath = '{tmp_path}/real'\n[[watch]]\npath = '{tmp_path}/link/sub'\n"
+    )
+    with pytest.raises(ConfigError, match=f"watch '{tmp_path}/link/sub' lies inside watch"):
+        load_config(path)
 
 
 def test_values_the_human_way(tmp_path: Path) -> None:
