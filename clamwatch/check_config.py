@@ -31,7 +31,11 @@ def run_check(path: Path, *, check_clamd: bool) -> int:
     if not check_clamd:
         print(f"  clamd at {address} (not contacted; --clamd checks it)")
         return 0
-    engine = Engine(address, settings).start()
+    try:
+        engine = Engine(address, settings).start()
+    except ValueError as exc:  # FILDES asked of a TCP address found in clamd.conf
+        print(f"clamwatch check-config: {exc}", file=sys.stderr)
+        return 1
     try:
         caps = engine.wait_ready(_CLAMD_TIMEOUT)
         in_flight = engine.in_flight_limit

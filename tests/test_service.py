@@ -190,6 +190,20 @@ def test_check_config_reports_an_unreachable_clamd(tmp_path: Path) -> None:
     assert "cannot reach clamd" in result.stderr
 
 
+def test_check_config_says_fildes_needs_a_unix_socket_clamd_conf_lacks(tmp_path: Path) -> None:
+    """transport = 'fildes' with a clamd.conf that has TCP alone: a traceback before."""
+    clamd_conf = tmp_path / "clamd.conf"
+    clamd_conf.write_text("TCPSocket 3310\nTCPAddr 127.0.0.1\n")
+    config = tmp_path / "clamwatch.toml"
+    config.write_text(
+        f'[clamd]\nclamd_conf = "{clamd_conf}"\ntransport = "fildes"\n[[watch]]\npath = "/srv"\n'
+    )
+    result = run_check("--config", str(config), "--clamd")
+    assert result.returncode == 1
+    assert result.stderr.startswith("clamwatch check-config: FILDES needs a Unix socket")
+    assert "Traceback" not in result.stderr
+
+
 def test_check_config_names_a_socket_it_may_not_use(tmp_path: Path, clamd_factory: object) -> None:
     server = clamd_factory(max_threads=1)  # type: ignore[operator]
     owner = deny_root(server.socket_path)
