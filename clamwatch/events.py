@@ -26,7 +26,7 @@ from collections.abc import Iterator, Mapping
 from typing import NamedTuple, TextIO
 
 from clamwatch.eventkind import EventKind
-from clamwatch.names import display_path
+from clamwatch.names import display_path, is_utf8
 
 log = logging.getLogger("clamwatch.events")
 
@@ -225,6 +225,15 @@ class JsonFormatter(EventFormatter):
             "logger": event.logger,
         }
         data.update(event.fields)  # a value JSON has no type for: the encoder's default
+        for key, value in event.fields.items():
+            if isinstance(value, str) and not value.isascii() and not is_utf8(value):
+                # a name that is not UTF-8: its bytes as \xNN (a lone surrogate
+                # would be no valid JSON), and exactly in KEY_b64
+                import base64
+
+                raw = os.fsencode(value)
+                data[key] = raw.decode("utf-8", "backslashreplace")
+                data[f"{key}_b64"] = base64.b64encode(raw).decode("ascii")
         if event.exception:
             data["exception"] = event.exception
         return self._encoder.encode(data)

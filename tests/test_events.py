@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
 import json
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -83,6 +85,18 @@ def test_a_verdict_line_has_its_fields_in_order_without_none(stream: CountingStr
     assert data["clean"] is False
     assert len(str(data["time"])) == len("2026-11-25T09:59:00.123Z")
     assert str(data["time"]).endswith("Z")
+
+
+def test_a_name_that_is_not_utf8_is_valid_json_and_exact_in_b64(stream: CountingStream) -> None:
+    """A lone surrogate in "path" made the line no valid JSON for a strict parser."""
+    path = os.fsdecode(b"/srv/up/j\xffk\nl")
+    emit(EventKind.CLEAN, "x: OK", logging.INFO, path=path, verdict="clean")
+    line = stream.getvalue()
+    line.encode("utf-8")  # no lone surrogate left
+    (data,) = stream.lines()
+    assert data["path"] == "/srv/up/j\\xffk\nl"
+    assert base64.b64decode(str(data["path_b64"])) == b"/srv/up/j\xffk\nl"
+    assert data["verdict"] == "clean" and "verdict_b64" not in data
 
 
 def test_emit_fields_prints_what_emit_prints(stream: CountingStream) -> None:
