@@ -48,6 +48,9 @@ def run_quarantine(
         err.write(f"{_PROG}: {exc}\n")
         return 2
     action = args.quarantine_command
+    if directory.exists() and not directory.is_dir():
+        err.write(f"{_PROG}: {display_path(str(directory))} is not a directory\n")
+        return 2
     if not directory.is_dir():
         # Never created by a mere look (a typo in --directory would make one).
         if action in ("list", "purge"):

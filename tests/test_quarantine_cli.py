@@ -112,6 +112,11 @@ def test_list_of_an_empty_or_missing_store(entries: Entries, tmp_path: Path) -> 
     )
     assert not missing.exists()  # looking never creates it
     assert clamwatch("quarantine", "--directory", missing, "list", "--json").stdout == ""
+    # a file given for the folder: said so, not "no quarantined files"
+    (tmp_path / "a-file").write_text("x")
+    result = clamwatch("quarantine", "--directory", tmp_path / "a-file", "list")
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.endswith(f": {tmp_path}/a-file is not a directory\n")
 
 
 def test_show(entries: Entries, eicar: bytes) -> None:
