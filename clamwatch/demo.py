@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from clamwatch.clamd.settings import ClamdSettings
-from clamwatch.config import Config, DaemonSettings, WatchConfig
+from clamwatch.config import Config, DaemonSettings, QuarantineSettings, WatchConfig
 from clamwatch.daemon import Daemon, setup_logging
 from clamwatch.privateclamd import PrivateClamd
 from clamwatch.testsig import eicar_bytes
@@ -61,9 +61,15 @@ def run_demo(workdir: Path, duration: float | None) -> int:
             state_directory=workdir / "state", settle_time=1.0, startup_scan="all"
         ),
         watches=(WatchConfig(uploads, "demo uploads"),),
+        # its own: the default is the real service's, /var/lib/clamwatch/quarantine
+        quarantine=QuarantineSettings(directory=workdir / "quarantine"),
     )
     say = sys.stderr
     say.write(f"clamwatch demo: starting a private clamd at {clamd.unix_address}\n")
+    say.write(
+        f"clamwatch demo: infected files go to {workdir / 'quarantine'}"
+        f" (clamwatch quarantine --directory {workdir / 'quarantine'} list)\n"
+    )
     with clamd:
         setup_logging("text")
         daemon = Daemon(config)

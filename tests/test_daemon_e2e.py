@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -453,6 +454,10 @@ def test_demo_runs_the_daemon_on_a_private_clamd(tmp_path: Path) -> None:
     assert found in result.stderr
     assert result.stderr.count(": OK\n") == 22
     assert "clamwatch stopped: 23 scanned, 1 infected" in result.stderr
+    # quarantined in the demo's own folder: it went to the real service's before
+    (record,) = (tmp_path / "quarantine").glob("*.json")
+    original = json.loads(record.read_text())["original_path"]
+    assert original == f"{tmp_path}/uploads/docs/eicar-test-file.com"
 
 
 def test_a_state_that_cannot_be_saved_is_an_error_not_a_crash(
