@@ -392,7 +392,11 @@ class QuarantineStore:
         if not data.exists():
             raise QuarantineError(f"cannot restore {entry_id}: its content {data} is missing")
         target = record.original_path if to is None else to
-        if to is not None and os.path.isdir(target):
+        if to is not None and (os.path.isdir(target) or to.endswith("/")):
+            if not os.path.isdir(target):  # "--to DIR/": a folder meant, never a new file
+                raise QuarantineError(
+                    f"cannot restore {entry_id} to {display_path(to)}: no such directory"
+                )
             target = os.path.join(target, os.path.basename(record.original_path))
         shown = display_path(target)
         parent = os.path.dirname(target) or "."
@@ -401,16 +405,35 @@ class QuarantineStore:
                 f"cannot restore {entry_id} to {shown}: the directory"
                 f" {display_path(parent)} does not exist"
             )
-        if not overwrite and os.path.lexists(target):
-            raise TargetExistsError(f"cannot restore {entry_id}: {shown} already exists")
         try:
-            _restore_into(data, record, target, parent, overwrite)
+            # Back where it came from, no link is followed on the way: an
+            # uploader could have put one in place of a folder there since,
+            # to have the file written (as root) wherever it points.
+            dir_fd = _open_directory(parent, follow=to is not None)
+        except OSError as exc:
+            if to is None and exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise QuarantineError(
+                    f"cannot restore {entry_id} to {shown}: a directory on its path is now a"
+                    " symbolic link; give --to to choose where"
+                ) from exc
+            raise QuarantineError(f"cannot restore {entry_id} to {shown}: {exc.strerror}") from exc
+        try:
+            if os.path.samestat(os.fstat(dir_fd), os.stat(self.directory)):
+                raise QuarantineError(
+                    f"cannot restore {entry_id} to {shown}: that is the quarantine itself"
+                )
+            name = os.path.basename(target)
+            if not overwrite and _lexists(name, dir_fd):
+                raise TargetExistsError(f"cannot restore {entry_id}: {shown} already exists")
+            _restore_into(data, record, name, dir_fd, overwrite)
         except FileExistsError:  # created meanwhile: still never replaced
             raise TargetExistsError(f"cannot restore {entry_id}: {shown} already exists") from None
         except OSError as exc:
             raise QuarantineError(f"cannot restore {entry_id} to {shown}: {exc.strerror}") from exc
         except ValueError as exc:
             raise QuarantineError(f"cannot restore {entry_id}: {exc}") from exc
+        finally:
+            os.close(dir_fd)
         try:
             self.delete(entry_id)
         except QuarantineError as exc:
@@ -464,15 +487,43 @@ class QuarantineStore:
         return deleted
 
 
+def _open_directory(path: str, *, follow: bool) -> int:
+    """The directory ``path``, open; with ``follow`` false, reached without
+    following a symbolic link anywhere on the way (ELOOP or ENOTDIR if one is)."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+    if follow:
+        return os.open(path, flags)
+    fd = os.open("/" if os.path.isabs(path) else ".", flags)
+    try:
+        for part in path.split("/"):
+            if part:
+                below = os.open(part, flags | os.O_NOFOLLOW, dir_fd=fd)
+                os.close(fd)
+                fd = below
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _lexists(name: str, dir_fd: int) -> bool:
+    try:
+        os.lstat(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def _restore_into(
-    data: Path, record: QuarantineRecord, target: str, parent: str, overwrite: bool
+    data: Path, record: QuarantineRecord, name: str, dir_fd: int, overwrite: bool
 ) -> None:
-    """Create ``target`` from ``data`` through a temporary file beside it, so
-    that it appears whole, with its owner, mode and mtime already set."""
-    temporary = os.path.join(parent, f".clamwatch-restore-{secrets.token_hex(6)}")
+    """Create ``name`` in the directory open as ``dir_fd`` from ``data``, through a
+    temporary file beside it, so that it appears whole, with its owner, mode and
+    mtime already set."""
+    temporary = f".clamwatch-restore-{secrets.token_hex(6)}"
     source = os.open(data, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        fd = os.open(temporary, _CREATE_FLAGS, 0o600)
+        fd = os.open(temporary, _CREATE_FLAGS, 0o600, dir_fd=dir_fd)
     except BaseException:
         os.close(source)
         raise
@@ -492,25 +543,25 @@ def _restore_into(
             os.close(fd)
             os.close(source)
         if overwrite:
-            os.replace(temporary, target)
+            os.replace(temporary, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         else:
-            _rename_noreplace(temporary, target)
+            _rename_noreplace(temporary, name, dir_fd)
     except BaseException:
         with contextlib.suppress(OSError):
-            os.unlink(temporary)
+            os.unlink(temporary, dir_fd=dir_fd)
         raise
-    fsync_directory(parent)
+    os.fsync(dir_fd)  # the new name durable (fsync(2) NOTES)
 
 
-def _rename_noreplace(source: str, target: str) -> None:
+def _rename_noreplace(source: str, target: str, dir_fd: int) -> None:
     try:
-        safefs.rename_noreplace(source, target)
+        safefs.rename_noreplace(source, target, dir_fd)
     except OSError as exc:
         if exc.errno != errno.EINVAL:
             raise
         # no RENAME_NOREPLACE on this file system (NFS): link(2) never replaces either
-        os.link(source, target)
-        os.unlink(source)
+        os.link(source, target, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+        os.unlink(source, dir_fd=dir_fd)
 
 
 def _sha256(fd: int) -> str:

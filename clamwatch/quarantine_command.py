@@ -66,7 +66,8 @@ def run_quarantine(
         elif action == "show":
             _show(store, store.get(args.id), args.json, out)
         elif action == "restore":
-            to = None if args.to is None else os.path.abspath(args.to)
+            # a trailing slash kept: "--to DIR/" means a folder, never a new file
+            to = None if args.to is None else os.path.abspath(args.to) + "/" * args.to.endswith("/")
             path = store.restore(args.id, to, overwrite=args.force)
             out.write(f"restored {args.id} to {display_path(path)}\n")
         elif action == "delete":

@@ -30,13 +30,14 @@ _renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_cha
 _renameat2.restype = ctypes.c_int
 
 
-def rename_noreplace(source: str, target: str) -> None:
+def rename_noreplace(source: str, target: str, dir_fd: int = _AT_FDCWD) -> None:
     """rename(2) that fails with FileExistsError instead of replacing ``target``.
 
+    Both names relative to the directory open as ``dir_fd``, if given.
     OSError EXDEV across file systems; EINVAL where the file system lacks
     RENAME_NOREPLACE (then nothing was renamed).
     """
-    if _renameat2(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target), RENAME_NOREPLACE):
+    if _renameat2(dir_fd, os.fsencode(source), dir_fd, os.fsencode(target), RENAME_NOREPLACE):
         code = ctypes.get_errno()
         raise OSError(code, f"{os.strerror(code)}: {source!r} -> {target!r}")
 

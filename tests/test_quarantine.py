@@ -538,6 +538,55 @@ def test_restore_into_a_missing_directory_says_so(
     assert store.get(record.id) == record
 
 
+def test_restore_follows_no_link_put_in_place_of_a_folder_on_the_original_path(
+    store: QuarantineStore, watched: Path, tmp_path: Path, opener: Opener, eicar: bytes
+) -> None:
+    """An uploader who swaps the upload's folder for a link would choose where
+    a root restore writes (its owner and name too): refused, nothing written."""
+    (watched / "sub").mkdir()
+    _, record = quarantined(store, watched, opener, eicar, "sub/k.com")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (watched / "sub").rmdir()
+    (watched / "sub").symlink_to(elsewhere)
+    with pytest.raises(QuarantineError) as caught:
+        store.restore(record.id)
+    assert str(caught.value) == (
+        f"cannot restore {record.id} to {watched}/sub/k.com: a directory on its path is now"
+        " a symbolic link; give --to to choose where"
+    )
+    assert os.listdir(elsewhere) == []
+    assert store.get(record.id) == record
+    # named by the admin, a link is followed as any path is
+    assert store.restore(record.id, f"{watched}/sub/") == f"{watched}/sub/k.com"
+    assert (elsewhere / "k.com").read_bytes() == eicar
+
+
+def test_restore_into_the_quarantine_itself_is_refused(
+    store: QuarantineStore, watched: Path, opener: Opener, eicar: bytes
+) -> None:
+    """With --force onto its own content file, the restore replaced the file
+    and then deleted the entry, and with it the only copy."""
+    _, record = quarantined(store, watched, opener, eicar)
+    data = store.directory / record.id
+    with pytest.raises(QuarantineError, match="that is the quarantine itself"):
+        store.restore(record.id, str(data), overwrite=True)
+    assert data.read_bytes() == eicar and store.get(record.id) == record
+
+
+def test_restore_to_a_folder_that_is_not_there_makes_no_file_of_it(
+    store: QuarantineStore, watched: Path, tmp_path: Path, opener: Opener, eicar: bytes
+) -> None:
+    """--to /root/inspect/ (a folder meant, mistyped): no file named inspect."""
+    _, record = quarantined(store, watched, opener, eicar)
+    with pytest.raises(QuarantineError) as caught:
+        store.restore(record.id, f"{tmp_path}/inspect/")
+    assert str(caught.value) == (
+        f"cannot restore {record.id} to {tmp_path}/inspect/: no such directory"
+    )
+    assert not (tmp_path / "inspect").exists()
+
+
 def test_restore_refuses_altered_content(
     store: QuarantineStore, watched: Path, opener: Opener, eicar: bytes
 ) -> None:

@@ -171,6 +171,12 @@ def test_restore(entries: Entries, eicar: bytes, tmp_path: Path) -> None:
     )
     assert original.read_bytes() == b"a newer upload\n"
 
+    # "--to DIR/" where no DIR is: an error, no file named DIR
+    result = quarantine(entries, "restore", record.id, "--to", f"{tmp_path}/inspect/")
+    assert result.returncode == 1
+    assert result.stderr.endswith(f"to {tmp_path}/inspect/: no such directory\n")
+    assert not (tmp_path / "inspect").exists()
+
     elsewhere = tmp_path / "inspect.bin"
     result = quarantine(entries, "restore", record.id, "--to", elsewhere)
     assert (result.returncode, result.stdout) == (0, f"restored {record.id} to {elsewhere}\n")
