@@ -437,7 +437,7 @@ class Daemon:
         )
         if not self._checkpoint(watched_until):
             message = f"{stopped}; what was still to do could NOT be saved (see above)"
-            emit(EventKind.STOPPED, message, logging.ERROR)
+            emit(EventKind.STOPPED_UNSAVED, message, logging.ERROR)
             return 1
         saved = len(self.state.pending) + len(self.state.rescans)
         emit(EventKind.STOPPED, f"{stopped}, {saved} saved for the next start", pending=saved)

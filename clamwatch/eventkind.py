@@ -36,6 +36,7 @@ class EventKind(enum.Enum):
     CONFIG_REJECTED = "config-rejected"  # SIGHUP: the new configuration is invalid; the old runs on
     STOPPING = "stopping"  # SIGTERM/SIGINT: draining
     STOPPED = "stopped"  # drained and saved what was pending
+    STOPPED_UNSAVED = "stopped-unsaved"  # drained, but what was pending could not be saved
 
 
 def emit(kind: EventKind, message: str, level: int = lazylog.INFO, **fields: object) -> None:

@@ -54,6 +54,7 @@ MESSAGE_IDS: dict[EventKind, str] = {
     EventKind.CONFIG_REJECTED: "4e6f988480ea4f1db9c4090982ab893a",
     EventKind.STOPPING: "a18538ea34604b7faed0e77b20e8115c",
     EventKind.STOPPED: "537ac23b5df1415a99c1c2474fd35b12",
+    EventKind.STOPPED_UNSAVED: "2a8d9adb0b6945828d6c120809cde285",
 }
 
 
