@@ -73,6 +73,10 @@ class TargetExistsError(QuarantineError):
     """restore() refused: the file to be written exists (and overwrite was not given)."""
 
 
+class DamagedEntryError(QuarantineError):
+    """The entry's record is there but no valid record: it cannot be restored."""
+
+
 class _RenameUnavailableError(Exception):
     """The same-file-system rename cannot be used here; copy instead."""
 
@@ -92,6 +96,7 @@ class QuarantineStore:
         self._lock = threading.Condition()
         self._index: dict[_Version, QuarantineRecord] | None = None  # loaded on first use
         self._busy: set[_Version] = set()  # versions being quarantined right now
+        self.unreadable: builtins.list[str] = []  # the records the last list() skipped
 
     # -- reading ------------------------------------------------------------------
 
@@ -105,6 +110,7 @@ class QuarantineStore:
         except OSError as exc:
             raise QuarantineError(f"cannot read {self.directory}: {exc.strerror}") from exc
         records = []
+        unreadable = []
         for name in names:
             entry_id = name.removesuffix(".json")
             if entry_id == name or not is_entry_id(entry_id):
@@ -112,9 +118,11 @@ class QuarantineStore:
             try:
                 records.append(read_record(self.directory, entry_id))
             except (OSError, ValueError) as exc:
+                unreadable.append(entry_id)
                 log.warning(
                     "%s: unreadable quarantine record skipped: %s", self.directory / name, exc
                 )
+        self.unreadable = sorted(unreadable)
         records.sort(key=lambda r: (r.detected_at, r.id))
         return records
 
@@ -126,10 +134,13 @@ class QuarantineStore:
         except FileNotFoundError:
             raise QuarantineError(f"no quarantine entry {entry_id} in {self.directory}") from None
         except OSError as exc:
-            raise QuarantineError(f"quarantine entry {entry_id}: {exc.strerror}") from exc
-        except ValueError as exc:
             path = record_path(self.directory, entry_id)
             raise QuarantineError(
+                f"quarantine entry {entry_id}: cannot read {path}: {exc.strerror}"
+            ) from exc
+        except ValueError as exc:
+            path = record_path(self.directory, entry_id)
+            raise DamagedEntryError(
                 f"quarantine entry {entry_id}: {path} is malformed: {exc}"
             ) from exc
 
@@ -441,7 +452,14 @@ class QuarantineStore:
         return target
 
     def delete(self, entry_id: str) -> None:
-        record = self.get(entry_id)
+        """Remove the entry for good; one whose record is damaged too (it could
+        never be restored, and would otherwise stay for ever)."""
+        record: QuarantineRecord | None
+        try:
+            record = self.get(entry_id)
+        except DamagedEntryError as exc:
+            log.warning("%s; deleting it all the same", exc)
+            record = None
         try:
             # the data first: a crash in between leaves a record that lists
             # (and deletes) as usual, never content without its story
@@ -454,7 +472,7 @@ class QuarantineStore:
                 f"cannot delete quarantine entry {entry_id}: {exc.strerror}"
             ) from exc
         with self._lock:
-            if self._index is not None:
+            if self._index is not None and record is not None:
                 indexed = self._index.get(_version_of(record))
                 if indexed is not None and indexed.id == entry_id:
                     del self._index[_version_of(record)]

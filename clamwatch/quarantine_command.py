@@ -19,7 +19,12 @@ from typing import TextIO
 
 from clamwatch.config import DEFAULT_CONFIG, ConfigError, QuarantineSettings, load_config
 from clamwatch.names import display_path
-from clamwatch.quarantine import QuarantineError, QuarantineStore, TargetExistsError
+from clamwatch.quarantine import (
+    DamagedEntryError,
+    QuarantineError,
+    QuarantineStore,
+    TargetExistsError,
+)
 from clamwatch.quarantine_record import QuarantineRecord
 from clamwatch.units import parse_duration
 
@@ -63,6 +68,13 @@ def run_quarantine(
         store = QuarantineStore(directory)
         if action == "list":
             _list(store, args.json, out)
+            if store.unreadable:
+                # listed as if there were none, exit status 0, before
+                err.write(
+                    f"{_PROG}: not listed, their records unreadable:"
+                    f" {', '.join(store.unreadable)} ('delete ID' removes a damaged one)\n"
+                )
+                return 1
         elif action == "show":
             _show(store, store.get(args.id), args.json, out)
         elif action == "restore":
@@ -71,9 +83,12 @@ def run_quarantine(
             path = store.restore(args.id, to, overwrite=args.force)
             out.write(f"restored {args.id} to {display_path(path)}\n")
         elif action == "delete":
-            record = store.get(args.id)
+            try:
+                origin = display_path(store.get(args.id).original_path)
+            except DamagedEntryError:
+                origin = "its record damaged"
             store.delete(args.id)
-            out.write(f"deleted {args.id} ({display_path(record.original_path)})\n")
+            out.write(f"deleted {args.id} ({origin})\n")
         else:
             _purge(store, args.older_than, out)
     except TargetExistsError as exc:

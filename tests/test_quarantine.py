@@ -660,8 +660,14 @@ def test_unreadable_records_are_skipped_and_logged(
     with caplog.at_level(logging.WARNING, logger="clamwatch.quarantine"):
         assert store.list() == [good]
     assert f"{broken}: unreadable quarantine record skipped" in caplog.text
+    assert store.unreadable == ["20200101T000000Z-0badbad0"]
     with pytest.raises(QuarantineError, match=f"{broken} is malformed"):
         store.get("20200101T000000Z-0badbad0")
+    # a damaged entry can still be deleted: it could never be restored, and
+    # delete refused it ("malformed"), so it stayed for ever
+    (store.directory / "20200101T000000Z-0badbad0").write_bytes(eicar)
+    store.delete("20200101T000000Z-0badbad0")
+    assert sorted(os.listdir(store.directory)) == sorted([good.id, f"{good.id}.json", "notes.json"])
 
 
 @pytest.mark.parametrize("entry_id", ["../../etc/passwd", "", "20261125T095900Z-3f9a1c2b.json"])

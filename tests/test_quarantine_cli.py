@@ -112,6 +112,20 @@ def test_list_of_an_empty_or_missing_store(entries: Entries, tmp_path: Path) -> 
     )
     assert not missing.exists()  # looking never creates it
     assert clamwatch("quarantine", "--directory", missing, "list", "--json").stdout == ""
+    # a record that cannot be read: not "no quarantined files" and status 0
+    entries.store.directory.mkdir(exist_ok=True)
+    (entries.store.directory / "20200101T000000Z-0badbad0.json").write_text("{")
+    result = quarantine(entries, "list")
+    assert result.returncode == 1
+    assert result.stderr.endswith(
+        "clamwatch quarantine: not listed, their records unreadable: 20200101T000000Z-0badbad0"
+        " ('delete ID' removes a damaged one)\n"
+    )
+    result = quarantine(entries, "delete", "20200101T000000Z-0badbad0")
+    assert (result.returncode, result.stdout) == (
+        0,
+        "deleted 20200101T000000Z-0badbad0 (its record damaged)\n",
+    )
     # a file given for the folder: said so, not "no quarantined files"
     (tmp_path / "a-file").write_text("x")
     result = clamwatch("quarantine", "--directory", tmp_path / "a-file", "list")
