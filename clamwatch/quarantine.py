@@ -111,10 +111,18 @@ class QuarantineStore:
             raise QuarantineError(f"cannot read {self.directory}: {exc.strerror}") from exc
         records = []
         unreadable = []
+        present = set(names)
         for name in names:
             entry_id = name.removesuffix(".json")
-            if entry_id == name or not is_entry_id(entry_id):
-                continue  # data files, and records being written (.ID.*.tmp)
+            if entry_id == name:
+                if is_entry_id(name) and f"{name}.json" not in present:
+                    # content without its record: a crash between a move into
+                    # the quarantine and its record's write
+                    unreadable.append(name)
+                    log.warning("%s: quarantined content without its record", self.directory / name)
+                continue
+            if not is_entry_id(entry_id):
+                continue  # records being written (.ID.*.tmp)
             try:
                 records.append(read_record(self.directory, entry_id))
             except (OSError, ValueError) as exc:
@@ -460,12 +468,18 @@ class QuarantineStore:
         except DamagedEntryError as exc:
             log.warning("%s; deleting it all the same", exc)
             record = None
+        except QuarantineError:
+            if not (is_entry_id(entry_id) and self.data_path(entry_id).exists()):
+                raise
+            log.warning("quarantine entry %s: content without its record; deleted", entry_id)
+            record = None
         try:
             # the data first: a crash in between leaves a record that lists
             # (and deletes) as usual, never content without its story
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.data_path(entry_id))
-            os.unlink(record_path(self.directory, entry_id))
+            if record is not None or record_path(self.directory, entry_id).exists():
+                os.unlink(record_path(self.directory, entry_id))
             fsync_directory(self.directory)
         except OSError as exc:
             raise QuarantineError(

@@ -25,7 +25,7 @@ from clamwatch.quarantine import (
     QuarantineStore,
     TargetExistsError,
 )
-from clamwatch.quarantine_record import QuarantineRecord
+from clamwatch.quarantine_record import QuarantineRecord, is_entry_id
 from clamwatch.units import parse_duration
 
 _PROG = "clamwatch quarantine"
@@ -71,7 +71,7 @@ def run_quarantine(
             if store.unreadable:
                 # listed as if there were none, exit status 0, before
                 err.write(
-                    f"{_PROG}: not listed, their records unreadable:"
+                    f"{_PROG}: not listed, their records unreadable or missing:"
                     f" {', '.join(store.unreadable)} ('delete ID' removes a damaged one)\n"
                 )
                 return 1
@@ -87,6 +87,10 @@ def run_quarantine(
                 origin = display_path(store.get(args.id).original_path)
             except DamagedEntryError:
                 origin = "its record damaged"
+            except QuarantineError:
+                if not (is_entry_id(args.id) and store.data_path(args.id).exists()):
+                    raise
+                origin = "content without its record"
             store.delete(args.id)
             out.write(f"deleted {args.id} ({origin})\n")
         else:

@@ -118,14 +118,25 @@ def test_list_of_an_empty_or_missing_store(entries: Entries, tmp_path: Path) -> 
     result = quarantine(entries, "list")
     assert result.returncode == 1
     assert result.stderr.endswith(
-        "clamwatch quarantine: not listed, their records unreadable: 20200101T000000Z-0badbad0"
-        " ('delete ID' removes a damaged one)\n"
+        "clamwatch quarantine: not listed, their records unreadable or missing:"
+        " 20200101T000000Z-0badbad0 ('delete ID' removes a damaged one)\n"
     )
     result = quarantine(entries, "delete", "20200101T000000Z-0badbad0")
     assert (result.returncode, result.stdout) == (
         0,
         "deleted 20200101T000000Z-0badbad0 (its record damaged)\n",
     )
+    # content whose record is gone (a crash between the move into the
+    # quarantine and the record's write): listed on stderr, and deletable
+    (entries.store.directory / "20200101T000000Z-0ddba11e").write_bytes(b"orphan")
+    result = quarantine(entries, "list")
+    assert result.returncode == 1 and "20200101T000000Z-0ddba11e" in result.stderr
+    result = quarantine(entries, "delete", "20200101T000000Z-0ddba11e")
+    assert (result.returncode, result.stdout) == (
+        0,
+        "deleted 20200101T000000Z-0ddba11e (content without its record)\n",
+    )
+    assert not (entries.store.directory / "20200101T000000Z-0ddba11e").exists()
     # a file given for the folder: said so, not "no quarantined files"
     (tmp_path / "a-file").write_text("x")
     result = clamwatch("quarantine", "--directory", tmp_path / "a-file", "list")
