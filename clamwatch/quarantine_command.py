@@ -52,6 +52,7 @@ def run_quarantine(
     except ConfigError as exc:
         err.write(f"{_PROG}: {exc}\n")
         return 2
+    directory = Path(os.path.abspath(directory))  # data paths in the output are whole
     action = args.quarantine_command
     if directory.exists() and not directory.is_dir():
         err.write(f"{_PROG}: {display_path(str(directory))} is not a directory\n")

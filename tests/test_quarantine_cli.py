@@ -248,6 +248,16 @@ def test_the_directory_may_follow_the_action(entries: Entries, eicar: bytes) -> 
     record = entries.add("virus.com", eicar)
     result = clamwatch("quarantine", "show", record.id, "--directory", entries.store.directory)
     assert result.returncode == 0, result.stderr
+    # given relative, the paths printed are whole: a program reading --json
+    # has another working directory
+    relative = subprocess.run(
+        [sys.executable, "-m", "clamwatch", "quarantine", "--directory", "quarantine", "list",
+         "--json"],
+        cwd=entries.store.directory.parent, capture_output=True, text=True, timeout=60,
+        check=True,
+    )  # fmt: skip
+    (listed,) = [json.loads(line) for line in relative.stdout.splitlines()]
+    assert listed["data_path"] == str(entries.store.directory / record.id)
 
 
 def test_the_directory_from_the_configuration(
