@@ -567,7 +567,14 @@ def _restore_into(
                     f"the content of {data} no longer matches its sha256 {record.sha256}"
                     " (altered or damaged); copy it by hand if you still want it"
                 )
-            os.fchown(fd, record.owner, record.group)
+            try:
+                os.fchown(fd, record.owner, record.group)
+            except PermissionError as exc:
+                raise PermissionError(
+                    exc.errno,
+                    f"cannot give it back its owner and group {record.owner}:{record.group}"
+                    " (that takes root)",
+                ) from exc
             os.fchmod(fd, stat.S_IMODE(record.mode))  # after fchown, which clears set-id bits
             os.utime(fd, ns=(time.time_ns(), record.mtime_ns))
             os.fsync(fd)

@@ -42,10 +42,13 @@ class Entries:
         self.store = QuarantineStore(root / "quarantine")
         self.monkeypatch = monkeypatch
 
-    def add(self, name: str | bytes, content: bytes, age: float = 0.0) -> QuarantineRecord:
+    def add(
+        self, name: str | bytes, content: bytes, age: float = 0.0, owner: int = 0
+    ) -> QuarantineRecord:
         path = os.path.join(os.fsencode(self.uploads), os.fsencode(name))
         with open(path, "wb") as handle:
             handle.write(content)
+        os.chown(path, owner, owner)
         opened = open_for_scan(os.fsdecode(path))
         assert isinstance(opened, OpenedFile)
         self.monkeypatch.setattr(quarantine_module, "_clock", lambda: time.time() - age)
@@ -212,6 +215,24 @@ def test_restore(entries: Entries, eicar: bytes, tmp_path: Path) -> None:
     result = quarantine(entries, "restore", "--force", record.id)
     assert result.returncode == 0, result.stderr
     assert original.read_bytes() == eicar
+
+
+def test_a_restore_that_cannot_set_the_owner_says_so(entries: Entries, eicar: bytes) -> None:
+    """Not a bare "Operation not permitted": which part failed, and why."""
+    record = entries.add("virus.com", eicar, owner=1234)
+    result = subprocess.run(
+        ["setpriv", "--bounding-set=-chown", sys.executable, "-m", "clamwatch", "quarantine",
+         "--directory", str(entries.store.directory), "restore", record.id],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"clamwatch quarantine: cannot restore {record.id} to {entries.uploads}/virus.com:"
+        f" cannot give it back its owner and group {record.owner}:{record.group}"
+        " (that takes root)\n"
+    )
+    assert not (entries.uploads / "virus.com").exists()
+    assert quarantine(entries, "show", record.id).returncode == 0
 
 
 def test_delete(entries: Entries, eicar: bytes) -> None:
