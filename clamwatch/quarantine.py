@@ -456,7 +456,9 @@ class QuarantineStore:
         try:
             self.delete(entry_id)
         except QuarantineError as exc:
-            log.warning("restored %s to %s, but the entry remains: %s", entry_id, shown, exc)
+            if record_path(self.directory, entry_id).exists() or data.exists():
+                log.warning("restored %s to %s, but the entry remains: %s", entry_id, shown, exc)
+            # else deleted meanwhile (a delete run at the same time): gone, as it should be
         return target
 
     def delete(self, entry_id: str) -> None:
