@@ -422,7 +422,9 @@ def test_a_watch_root_that_cannot_be_watched_is_an_error_until_the_limit_is_rais
     found = only_once(daemon, [before, after])
     assert found[str(before)]["event"] == found[str(after)]["event"] == "detection"
     assert found[str(before)]["reason"].startswith("startup scan")
-    assert found[str(after)]["reason"] == "closed after write"
+    # by the watch, not a walk: its close, or its creation with the lease
+    # finding the writer gone before the close's event was read (once in CI)
+    assert found[str(after)]["reason"] in ("closed after write", "created, not open for writing")
 
 
 def test_a_tree_deeper_than_path_max_is_an_error_that_says_so_until_moved_up(
