@@ -425,15 +425,20 @@ class QuarantineStore:
                 f" {display_path(parent)} does not exist"
             )
         try:
-            # Back where it came from, no link is followed on the way: an
-            # uploader could have put one in place of a folder there since,
-            # to have the file written (as root) wherever it points.
-            dir_fd = _open_directory(parent, follow=to is not None)
+            # Back where it came from, no link is followed below the watch's
+            # root (the admin's path, links and all): an uploader could have
+            # put one in place of a folder there since, to have the file
+            # written (as root) wherever it points.
+            if to is not None:
+                dir_fd = _open_directory(parent)
+            else:
+                dir_fd = _open_directory(parent, trusted=_root_of(record.watch, parent))
         except OSError as exc:
             if to is None and exc.errno in (errno.ELOOP, errno.ENOTDIR):
                 raise QuarantineError(
-                    f"cannot restore {entry_id} to {shown}: a directory on its path is now a"
-                    " symbolic link; give --to to choose where"
+                    f"cannot restore {entry_id} to {shown}: a directory on its path below"
+                    f" the watch {display_path(record.watch)} is now a symbolic link; give"
+                    " --to to choose where"
                 ) from exc
             raise QuarantineError(f"cannot restore {entry_id} to {shown}: {exc.strerror}") from exc
         try:
@@ -521,15 +526,22 @@ class QuarantineStore:
         return deleted
 
 
-def _open_directory(path: str, *, follow: bool) -> int:
-    """The directory ``path``, open; with ``follow`` false, reached without
-    following a symbolic link anywhere on the way (ELOOP or ENOTDIR if one is)."""
+def _root_of(watch: str, parent: str) -> str:
+    """The part of ``parent`` that is the watch's root (``watch``), else "/"."""
+    root = watch.rstrip("/")
+    return watch if root and (parent == root or parent.startswith(root + "/")) else "/"
+
+
+def _open_directory(path: str, *, trusted: str | None = None) -> int:
+    """The directory ``path``, open; given ``trusted`` (``path`` itself, or a
+    folder above it), what lies below ``trusted`` is reached without following
+    a symbolic link (ELOOP or ENOTDIR if one is there)."""
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-    if follow:
+    if trusted is None:
         return os.open(path, flags)
-    fd = os.open("/" if os.path.isabs(path) else ".", flags)
+    fd = os.open(trusted, flags)
     try:
-        for part in path.split("/"):
+        for part in path[len(trusted.rstrip("/")) :].split("/"):
             if part:
                 below = os.open(part, flags | os.O_NOFOLLOW, dir_fd=fd)
                 os.close(fd)

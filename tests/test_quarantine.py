@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import stat
 import subprocess
 import threading
@@ -538,28 +539,46 @@ def test_restore_into_a_missing_directory_says_so(
     assert store.get(record.id) == record
 
 
-def test_restore_follows_no_link_put_in_place_of_a_folder_on_the_original_path(
-    store: QuarantineStore, watched: Path, tmp_path: Path, opener: Opener, eicar: bytes
+def test_restore_follows_no_link_put_in_place_of_a_folder_below_the_watch(
+    store: QuarantineStore, tmp_path: Path, opener: Opener, eicar: bytes
 ) -> None:
-    """An uploader who swaps the upload's folder for a link would choose where
-    a root restore writes (its owner and name too): refused, nothing written."""
-    (watched / "sub").mkdir()
-    _, record = quarantined(store, watched, opener, eicar, "sub/k.com")
+    """An uploader who swaps a folder of the upload's path for a link would choose
+    where a root restore writes (its owner and name too): refused, nothing
+    written. The watch's own path is the admin's: a link on it is followed."""
+    real = tmp_path / "srv-uploads"
+    (real / "sub").mkdir(parents=True)
+    watch = tmp_path / "uploads"  # as the admin configured it: a link
+    watch.symlink_to(real)
+
+    def quarantine(name: str) -> QuarantineRecord:
+        (watch / name).write_bytes(eicar + name.encode())
+        record = store.quarantine(
+            opener(watch / name), signature=EICAR_SIGNATURE, clamd_version=CLAMD_VERSION,
+            watch=str(watch), keep_original=False,
+        )  # fmt: skip
+        assert record is not None
+        return record
+
+    first = quarantine("sub/one.com")
+    assert store.restore(first.id) == f"{watch}/sub/one.com"
+    assert (real / "sub" / "one.com").read_bytes() == eicar + b"sub/one.com"
+
+    second = quarantine("sub/k.com")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    (watched / "sub").rmdir()
-    (watched / "sub").symlink_to(elsewhere)
+    shutil.rmtree(real / "sub")
+    (real / "sub").symlink_to(elsewhere)
     with pytest.raises(QuarantineError) as caught:
-        store.restore(record.id)
+        store.restore(second.id)
     assert str(caught.value) == (
-        f"cannot restore {record.id} to {watched}/sub/k.com: a directory on its path is now"
-        " a symbolic link; give --to to choose where"
+        f"cannot restore {second.id} to {watch}/sub/k.com: a directory on its path below the"
+        f" watch {watch} is now a symbolic link; give --to to choose where"
     )
     assert os.listdir(elsewhere) == []
-    assert store.get(record.id) == record
+    assert store.get(second.id) == second
     # named by the admin, a link is followed as any path is
-    assert store.restore(record.id, f"{watched}/sub/") == f"{watched}/sub/k.com"
-    assert (elsewhere / "k.com").read_bytes() == eicar
+    assert store.restore(second.id, f"{watch}/sub/") == f"{watch}/sub/k.com"
+    assert (elsewhere / "k.com").read_bytes() == eicar + b"sub/k.com"
 
 
 def test_restore_into_the_quarantine_itself_is_refused(
