@@ -162,10 +162,18 @@ def copy_to_free_name(source_fd: int, base: str, numbered: str, mode: int) -> st
 
 
 def _numbered_names(base: str, numbered: str) -> Iterator[str]:
-    """``base``, then ``numbered.format(base, n)`` for n from 1 to 999."""
+    """``base``, then ``numbered.format(base, n)`` for n from 1 to 999; a name
+    that the number would take past NAME_MAX (255 bytes) is cut to make room
+    (NAME.001 of a 253-byte NAME was 'File name too long')."""
     yield base
+    directory, name = os.path.split(base)
     for number in range(1, 1000):
-        yield numbered.format(base, number)
+        candidate = numbered.format(name, number)
+        over = len(os.fsencode(candidate)) - 255
+        if over > 0:
+            cut = os.fsdecode(os.fsencode(name)[:-over])
+            candidate = numbered.format(cut, number)
+        yield os.path.join(directory, candidate)
 
 
 def _all_taken(base: str) -> OSError:

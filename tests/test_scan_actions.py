@@ -156,6 +156,21 @@ def test_a_target_name_is_escaped_as_the_path_is(tmp_path: Path) -> None:
     assert note == (f"copied to '{tmp_path}/q/n\\nl\\xff'", True)
 
 
+def test_a_numbered_name_past_255_bytes_is_cut_to_fit(tmp_path: Path) -> None:
+    """NAME.001 of a 253-byte NAME was 'File name too long': never moved."""
+    (tmp_path / "q").mkdir()
+    name = "x" * 250 + ".com"
+    (tmp_path / "q" / name).write_bytes(b"taken")
+    path = tmp_path / name
+    path.write_bytes(b"bad")
+    file = opened(path)
+    note = ScanAction("move", str(tmp_path / "q")).apply(file)
+    file.close()
+    fitted = name[:-3] + ".001"  # 255 bytes: the name's end gave way to the number
+    assert note == (f"moved to '{tmp_path}/q/{fitted}'", True)
+    assert (tmp_path / "q" / fitted).read_bytes() == b"bad"
+
+
 def test_standard_input_can_be_copied_only() -> None:
     action = ScanAction("remove")
     assert action.apply(OpenedFile("stdin", -1, None), from_stdin=True) == (  # type: ignore[arg-type]
