@@ -265,7 +265,16 @@ class Pipeline:
             if opened is not None:
                 opened.close()
             return
-        rules = self.filters[work.watch]
+        rules = self.filters.get(work.watch)
+        if rules is None:
+            # its watch was removed by a reload while clamd had the file: not
+            # watched any more, so neither reported nor acted on (a KeyError
+            # here ended this thread, and with it all scanning)
+            log.info("%s: its watch was removed while it was scanned; left as it is", work.path)
+            if opened is not None:
+                opened.close()
+            self._done.append(work.path)
+            return
         rule = decide(verdict, rules.watch.policy)
         if rule != _NOTHING and opened is not None and self._outside(work, opened):
             opened.close()

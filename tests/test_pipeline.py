@@ -189,6 +189,32 @@ def test_a_burst_is_reported_in_full_whatever_the_outcomes_trickle(
     assert len(reports.results) == len(paths)  # one verdict each
 
 
+def test_a_watch_removed_while_its_files_are_at_clamd_leaves_the_pipeline_running(
+    start: Start, watched: Path
+) -> None:
+    """A reload that drops a watch whose files clamd has: their replies are let
+    go. Their rules were looked up with [], and the KeyError ended the pipeline's
+    thread: no verdict ever again, for any watch."""
+    pipeline, engine, reports = start(at_once=False)
+    due(pipeline, watched, files(watched, 3))
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while engine.held < 3:
+        assert time.monotonic() < deadline, "the files did not reach the engine"
+        time.sleep(0.005)
+    rules = pipeline.filters.pop(str(watched))  # as Daemon._reload replaces them in place
+    engine.complete(3)
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while engine.held:
+        assert time.monotonic() < deadline, "the replies were not taken"
+        time.sleep(0.005)
+    pipeline.filters[str(watched)] = rules  # the watch is back: the pipeline still works
+    later = str(watched / "later")
+    (watched / "later").write_bytes(b"clean")
+    due(pipeline, watched, [later])
+    engine.complete(1)
+    assert reports.wait_for(1) == [later]
+
+
 def test_a_file_reached_through_a_linked_directory_is_never_acted_on(
     start: Start, watched: Path, tmp_path: Path
 ) -> None:
