@@ -323,12 +323,16 @@ class Dispatcher:
                 work.if_changed = False  # changed during the failed scan: the retry covers it
             self._delayed.append((self.clock() + delay, work))
 
-    def wait_for_room(self) -> int:
-        """Block until there is room for one more entry; how many fit now (0 when stopping)."""
+    def wait_for_room(self, given_up: threading.Event | None = None) -> int:
+        """Block until there is room for one more entry; how many fit now (0 when
+        stopping, or once ``given_up`` is set: the walker's stop, which comes
+        before the dispatcher's, and would wait for it for ever with no room)."""
         with self.cond:
             self._room_waiters += 1
             try:
                 while self._full() and not self.stopping:
+                    if given_up is not None and given_up.is_set():
+                        return 0
                     self.cond.wait(0.5)
             finally:
                 self._room_waiters -= 1

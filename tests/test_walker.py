@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -116,6 +117,29 @@ def test_a_directory_larger_than_the_room_is_handed_over_as_room_frees(tmp_path:
         walker.stop()
     assert sorted(taken) == sorted(str(root / name) for name in names)
     assert dispatcher.degraded == 0  # nothing overflowed into a rescan
+
+
+def test_a_walker_waiting_for_room_stops_when_told(tmp_path: Path) -> None:
+    """SIGTERM with the queue full and clamd not draining it: the daemon stops the
+    walker before the dispatcher, and the walker waited for room for ever (the
+    unit was killed at TimeoutStopSec, nothing saved)."""
+    root = tmp_path / "uploads"
+    root.mkdir()
+    for number in range(25):
+        (root / f"f{number:03}").write_text("x")
+    dispatcher = Dispatcher(max_pending=10, settle_time=2.0)
+    filters = {str(root): WatchFilter(WatchConfig(path=root, name="uploads"))}
+    walker = Walker(dispatcher, filters, lambda request: None)
+    walker.start()
+    dispatcher.rescan(Rescan(str(root), str(root), "new directory", Mode.SETTLE))
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while dispatcher.depth < 10:  # full: the walk waits for room nobody makes
+        assert time.monotonic() < deadline, "the walk did not fill the queue"
+        time.sleep(0.005)
+    stopping = threading.Thread(target=walker.stop)
+    stopping.start()
+    stopping.join(DEADLINE_SECONDS)
+    assert not stopping.is_alive(), "the walker did not stop"
 
 
 def test_a_walk_of_what_changed_takes_everything_below_a_directory_whose_ctime_is_new(

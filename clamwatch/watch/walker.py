@@ -123,7 +123,7 @@ class Walker:
         while done < len(files):
             if self._stop.is_set():
                 return False
-            room = self.dispatcher.wait_for_room()
+            room = self.dispatcher.wait_for_room(self._stop)
             if not room:
                 return False
             since = time.monotonic()
