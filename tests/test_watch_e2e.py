@@ -100,6 +100,26 @@ def test_a_tree_built_outside_and_moved_in_with_one_rename(
 # -- files that appear with no close after write --------------------------------------
 
 
+def test_a_watch_root_that_is_a_link_is_watched_through_it(
+    start_daemon: StartDaemon, tmp_path: Path, eicar: bytes
+) -> None:
+    """README: a watch's root may be a link. Watched with IN_DONT_FOLLOW, the
+    link itself got the watch: no event of its folder came, nothing scanned."""
+    real = tmp_path / "real-uploads"
+    real.mkdir()
+    link = tmp_path / "uploads-link"
+    link.symlink_to(real)
+    daemon = start_daemon(watches=[link], startup_scan="none")
+    (link / "sub").mkdir()
+    written = [link / "x.com", link / "sub" / "y.txt"]
+    written[0].write_bytes(eicar)
+    written[1].write_bytes(b"clean")
+    daemon.wait_verdicts(written, timeout=30)
+    found = only_once(daemon, written)
+    assert found[str(written[0])]["event"] == "detection"
+    assert found[str(written[1])]["event"] == "clean"
+
+
 def test_a_hard_link_into_the_tree_is_scanned_at_once_as_no_writer_has_it(
     start_daemon: StartDaemon, watched: Path, tmp_path: Path, eicar: bytes
 ) -> None:

@@ -59,14 +59,13 @@ log = logging.getLogger(__name__)
 _IN = InotifyConstants
 # IN_DELETE_SELF and IN_IGNORED (always reported) tell a root is gone;
 # IN_DONT_FOLLOW: a symbolic link is never watched through (inotify(7)).
-_MASK = Mask(
-    _IN.IN_CLOSE_WRITE
-    | _IN.IN_CREATE
-    | _IN.IN_MOVED_FROM
-    | _IN.IN_MOVED_TO
-    | _IN.IN_DELETE_SELF
-    | _IN.IN_DONT_FOLLOW
+_ROOT_MASK = Mask(
+    _IN.IN_CLOSE_WRITE | _IN.IN_CREATE | _IN.IN_MOVED_FROM | _IN.IN_MOVED_TO | _IN.IN_DELETE_SELF
 )
+_MASK = Mask(_ROOT_MASK | _IN.IN_DONT_FOLLOW)
+# ...but the watch's root, which may be a link (the admin's own path, as
+# walks follow it): with IN_DONT_FOLLOW the link itself was watched, and
+# no event of the folder it leads to came, not one file scanned.
 # A directory moved out of the tree and back in within _MOVE_PAIRING gets
 # its old watch back from the kernel, with our callback still on it:
 # watchdog's RuntimeWarning about replacing it says nothing an admin can use.
@@ -206,7 +205,8 @@ class _TreeWatch:
                 stack.append(path)
 
     def _watch(self, path: str) -> None:
-        wd = self.fd.add_callback(os.fsencode(path), _MASK, self, self._id)
+        mask = _ROOT_MASK if path == self.rules.root else _MASK
+        wd = self.fd.add_callback(os.fsencode(path), mask, self, self._id)
         if wd < 0:  # watchdog passes EACCES over in silence
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
         old = self._directory.get(wd)
