@@ -747,7 +747,7 @@ def run_daemon(config_path: Path, log_format: str | None, log_target: str) -> in
     from clamwatch.config import ConfigError, load_config
     from clamwatch.daemon import Daemon, setup_logging
     from clamwatch.quarantine import QuarantineError
-    from clamwatch.state import StateError
+    from clamwatch.state import BadStateFileError, StateError
 
     try:
         config = load_config(config_path)
@@ -770,7 +770,9 @@ def run_daemon(config_path: Path, log_format: str | None, log_target: str) -> in
         return daemon.run()
     except StateError as exc:
         sys.stderr.write(f"clamwatch: {exc}\n")
-        return 1
+        # a state file it cannot read: 2, which systemd does not restart on
+        # (RestartPreventExitStatus=2), as it would every 5 s to no end
+        return 2 if isinstance(exc, BadStateFileError) else 1
 
 
 if __name__ == "__main__":

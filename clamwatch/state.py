@@ -27,6 +27,11 @@ class StateError(Exception):
     pass
 
 
+class BadStateFileError(StateError):
+    """state.json is there but no state file clamwatch can read: an admin's
+    matter, as a bad configuration is (restarting would only repeat it)."""
+
+
 @dataclass(slots=True)
 class State:
     covered_at: dict[str, float] = field(default_factory=dict)  # watch root -> epoch s
@@ -47,9 +52,11 @@ def load_state(directory: Path) -> State:
     except FileNotFoundError:
         return State()
     except (OSError, ValueError) as exc:
-        raise StateError(f"{path}: unreadable ({exc}); move it aside to start afresh") from exc
+        raise BadStateFileError(
+            f"{path}: unreadable ({exc}); move it aside to start afresh"
+        ) from exc
     if not isinstance(data, dict) or data.get("version") != _VERSION:
-        raise StateError(f"{path}: not a clamwatch state file of version {_VERSION}")
+        raise BadStateFileError(f"{path}: not a clamwatch state file of version {_VERSION}")
     try:
         return State(
             _covered(data.get("covered_at", {})),
@@ -57,7 +64,9 @@ def load_state(directory: Path) -> State:
             _pairs(data.get("rescans", []), "rescans"),
         )
     except (TypeError, ValueError) as exc:
-        raise StateError(f"{path}: malformed ({exc}); move it aside to start afresh") from exc
+        raise BadStateFileError(
+            f"{path}: malformed ({exc}); move it aside to start afresh"
+        ) from exc
 
 
 def _covered(value: object) -> dict[str, float]:
