@@ -516,7 +516,11 @@ class TreeWatcher:
             roots = list(self._roots)
         for root in roots:
             root.tree.rewatch()
-            self.dispatcher.rescan(Rescan(root.rules.root, root.rules.root, "inotify overflow"))
+            # SETTLE, as the start's walks: a file its writer still has open
+            # waits for its close (or settle_time), not scanned half-written
+            self.dispatcher.rescan(
+                Rescan(root.rules.root, root.rules.root, "inotify overflow", Mode.SETTLE)
+            )
 
     # -- the supervisor thread ------------------------------------------------------
 
