@@ -232,8 +232,9 @@ class Daemon:
         """
         now = time.time() if watched_until is None else watched_until
         covered = dict(self.state.covered_at)
-        for root in self._coverage.walked:
-            covered[root] = now
+        for root in list(self._coverage.walked):  # the walker adds to it meanwhile
+            if root in self.filters:  # a watch a reload removed is covered no further
+                covered[root] = now
         keep = self.config.quarantine
         if self.store is not None and (keep.max_age or keep.max_total_size):
             for entry in self.store.enforce_retention(keep.max_age, keep.max_total_size):
@@ -408,6 +409,10 @@ class Daemon:
             self.filters[root] = rules
         for root in [r for r in self.filters if r not in fresh]:
             del self.filters[root]
+            # what is written there now is seen by no one: its coverage stays
+            # where it is, and a reload that adds it back walks what changed
+            # since (it stayed in, and advanced, and those files were skipped)
+            self._coverage.walked.discard(root)
         self.watcher.update(list(fresh.values()))
         note = (
             f"; changes to [{'], ['.join(later)}] take effect at the next restart" if later else ""
