@@ -107,9 +107,11 @@ class ActionRunner:
 
     def _fields(self, request: ActionRequest, action: str) -> dict[str, object]:
         signature = request.verdict.signature if isinstance(request.verdict, Infected) else None
+        name = request.watch.name
         return {
             "path": request.path,
             "watch": str(request.watch.path),
+            "watch_name": name if name != str(request.watch.path) else None,
             "verdict": request.verdict.kind,
             "signature": signature,
             "action": action,
@@ -317,6 +319,7 @@ class ActionRunner:
                 "CLAMWATCH_QUARANTINE_ID": done.quarantine_id or "",
                 "CLAMWATCH_RELEASED_TO": done.released_to or "",
                 "CLAMWATCH_WATCH": str(request.watch.path),
+                "CLAMWATCH_WATCH_NAME": request.watch.name,
                 "CLAMWATCH_CLAMD_VERSION": request.clamd_version or "",
             }
         )

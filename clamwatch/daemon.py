@@ -157,6 +157,9 @@ class Daemon:
                 kind, level, fields = EventKind.SCAN_ERROR, logging.ERROR, {"error": error}
         fields["path"] = work.path
         fields["watch"] = work.watch
+        rules = self.filters.get(work.watch)
+        if rules is not None and rules.watch.name != work.watch:
+            fields["watch_name"] = rules.watch.name  # [[watch]] name, when one is given
         fields["verdict"] = verdict.kind
         fields["latency_ms"] = round(result.latency * 1000, 1)
         fields["reason"] = work.reason

@@ -322,11 +322,17 @@ def test_hook_environment_and_failure(
     script = tmp_path / "hook.sh"
     script.write_text(f"#!/bin/sh\nenv | grep ^CLAMWATCH_ | sort > {out}\nexit 3\n")
     script.chmod(0o755)
-    daemon = start(on_infected=["move", "hook"], hook=[str(script), "an argument"])
+    daemon = start(
+        on_infected=["move", "hook"], hook=[str(script), "an argument"], name="public uploads"
+    )
     bad = watched / "bad file; rm -rf /"
     bad.write_bytes(eicar)
     failed = wait_action(daemon, bad, "hook", kind="action-failed")
     assert "exited with status 3" in failed["error"]
+    # the watch's name: parsed, and carried nowhere before
+    assert failed["watch_name"] == "public uploads"
+    (detection,) = [e for e in daemon.events if e["event"] == "detection"]
+    assert (detection["watch"], detection["watch_name"]) == (str(watched), "public uploads")
     env = dict(line.split("=", 1) for line in out.read_text().splitlines())
     assert env["CLAMWATCH_PATH"] == str(bad)
     assert env["CLAMWATCH_VERDICT"] == "infected"
@@ -334,6 +340,7 @@ def test_hook_environment_and_failure(
     assert env["CLAMWATCH_ACTION"] == "move hook"
     assert env["CLAMWATCH_QUARANTINE_ID"]
     assert env["CLAMWATCH_WATCH"] == str(watched)
+    assert env["CLAMWATCH_WATCH_NAME"] == "public uploads"
 
 
 def test_not_scanned_is_tagged_and_left(start: Start, watched: Path) -> None:
