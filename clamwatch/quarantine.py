@@ -77,6 +77,11 @@ class DamagedEntryError(QuarantineError):
     """The entry's record is there but no valid record: it cannot be restored."""
 
 
+class RecordMissingError(QuarantineError):
+    """The entry's content is there without its record (a crash between a move
+    into the quarantine and the record's write): it cannot be restored."""
+
+
 class _RenameUnavailableError(Exception):
     """The same-file-system rename cannot be used here; copy instead."""
 
@@ -140,7 +145,10 @@ class QuarantineStore:
         try:
             return read_record(self.directory, entry_id)
         except FileNotFoundError:
-            raise QuarantineError(f"no quarantine entry {entry_id} in {self.directory}") from None
+            missing = f"no quarantine entry {entry_id} in {self.directory}"
+            if self.data_path(entry_id).exists():
+                raise RecordMissingError(missing) from None
+            raise QuarantineError(missing) from None
         except OSError as exc:
             path = record_path(self.directory, entry_id)
             raise QuarantineError(
@@ -475,9 +483,7 @@ class QuarantineStore:
         except DamagedEntryError as exc:
             log.warning("%s; deleting it all the same", exc)
             record = None
-        except QuarantineError:
-            if not (is_entry_id(entry_id) and self.data_path(entry_id).exists()):
-                raise
+        except RecordMissingError:
             log.warning("quarantine entry %s: content without its record; deleted", entry_id)
             record = None
         try:

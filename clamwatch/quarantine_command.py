@@ -23,9 +23,10 @@ from clamwatch.quarantine import (
     DamagedEntryError,
     QuarantineError,
     QuarantineStore,
+    RecordMissingError,
     TargetExistsError,
 )
-from clamwatch.quarantine_record import QuarantineRecord, is_entry_id
+from clamwatch.quarantine_record import QuarantineRecord
 from clamwatch.units import parse_duration
 
 _PROG = "clamwatch quarantine"
@@ -88,9 +89,7 @@ def run_quarantine(
                 origin = display_path(store.get(args.id).original_path)
             except DamagedEntryError:
                 origin = "its record damaged"
-            except QuarantineError:
-                if not (is_entry_id(args.id) and store.data_path(args.id).exists()):
-                    raise
+            except RecordMissingError:
                 origin = "content without its record"
             store.delete(args.id)
             out.write(f"deleted {args.id} ({origin})\n")
