@@ -243,7 +243,7 @@ class Reporter:
             try:
                 self.log.write(text)
             except OSError as exc:
-                self.output_error = exc
+                self._log_failed(exc)
 
     def _clear(self) -> None:
         if self._drawn:
