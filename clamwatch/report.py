@@ -85,6 +85,10 @@ def json_record(
     return record
 
 
+# What Reporter.failed_output says when the results themselves (stdout) failed.
+THE_RESULTS = "the results"
+
+
 class Reporter:
     """Each file's line to ``out`` (None: --quiet, where only the lines of files not
     scanned go, to ``err``), and every line to ``log`` as well when there is one."""
@@ -130,7 +134,7 @@ class Reporter:
         # from then on nothing more is written, and the scan stops (see
         # scan_command).
         self.output_error: OSError | None = None
-        self.failed_output = "the results"  # what output_error was met writing
+        self.failed_output = THE_RESULTS  # what output_error was met writing
 
     def report(
         self,

@@ -15,7 +15,7 @@ from clamwatch.clamd.engine import ClamdUnavailableError, Engine
 from clamwatch.clamd.job import ScanJob, ScanOutcome, TransportChoice
 from clamwatch.clamd.settings import ClamdSettings, engine_settings, resolve_clamd, resolve_engine
 from clamwatch.files import OpenedFile, open_for_scan, raise_nofile_limit
-from clamwatch.report import Reporter
+from clamwatch.report import THE_RESULTS, Reporter
 from clamwatch.verdict import Infected, ScanError
 from clamwatch.walk import WalkItem, walk
 
@@ -340,7 +340,7 @@ def _output_failed(exc: OSError, what: str, out: TextIO, err: TextIO) -> None:
     if exc.errno != errno.EPIPE:
         with contextlib.suppress(OSError):  # the summary goes to stderr with --json
             err.write(f"clamwatch scan: cannot write {what}: {exc.strerror or exc}\n")
-    if what != "the results":
+    if what != THE_RESULTS:
         return  # the output itself is fine
     with contextlib.suppress(OSError, ValueError):
         devnull = os.open(os.devnull, os.O_WRONLY)
