@@ -40,8 +40,12 @@ everyone's as root.
 Each file gets one line, as clamdscan prints them:
   PATH: OK                   clamd scanned it and found nothing
   PATH: SIGNATURE FOUND      clamd found SIGNATURE
-  PATH: MESSAGE ERROR        not scanned (symbolic link, fifo, too large,
-                             vanished) or clamd reported an error
+  PATH: Not scanned: REASON ERROR
+                             a symbolic link found in a tree; a fifo, socket
+                             or device; too large for clamd, or answered as
+                             late as its MaxScanTime; not there (missing, or
+                             removed before it could be opened)
+  PATH: MESSAGE ERROR        clamd reported an error, or was lost for --timeout
 Names holding control characters, backslashes or bytes that are not UTF-8 are
 printed with C-style escapes (\\n, \\\\, \\xff), so every line reads back
 unambiguously.
@@ -94,6 +98,14 @@ saves what was still to do under state_directory and exits 0 (1 when it
 could not be saved, a full disk); the next start scans it, and whatever
 changed meanwhile (startup_scan). A state that cannot be saved while running
 is logged as an error and tried again 30 s later."""
+
+_RUN_EPILOG = """\
+exit status:
+  0  stopped by SIGTERM or SIGINT, and what was still to do was saved
+  1  what was still to do could not be saved; the state_directory is in use
+     by another clamwatch; the quarantine directory cannot be made or used
+  2  the command line or the configuration is wrong (no [[watch]], say), or
+     the state file cannot be read (systemd does not restart on 2)"""
 
 
 def _size(text: str) -> int:
@@ -381,6 +393,7 @@ def _add_run(commands: argparse._SubParsersAction[_Parser], *, with_options: boo
         "run",
         help="run the watch daemon in the foreground",
         description=_RUN_DESCRIPTION,
+        epilog=_RUN_EPILOG,
         formatter_class=_RawFormatter,
     )
     if not with_options:
