@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import time
 from collections.abc import Callable, Iterator
@@ -341,6 +342,21 @@ def test_hook_environment_and_failure(
     assert env["CLAMWATCH_QUARANTINE_ID"]
     assert env["CLAMWATCH_WATCH"] == str(watched)
     assert env["CLAMWATCH_WATCH_NAME"] == "public uploads"
+    assert env["CLAMWATCH_CLAMD_VERSION"].startswith("ClamAV ")
+    # what the shipped configuration and README say a hook gets
+    for documented in _documented_hook_variables():
+        assert documented == set(env) - {"CLAMWATCH_FAIL_ON_SKIP"}
+
+
+def _documented_hook_variables() -> list[set[str]]:
+    """The CLAMWATCH_* variables named where the shipped clamwatch.toml and README
+    describe the hook."""
+    repo = Path(__file__).resolve().parent.parent
+    toml = (repo / "etc/clamwatch/clamwatch.toml").read_text(encoding="utf-8")
+    readme = (repo / "README.md").read_text(encoding="utf-8")
+    toml_part = toml[toml.index("# The hook:") : toml.index("#hook = []")]
+    readme_part = readme[readme.index("and `hook` (an argv") : readme.index("`hook_timeout`")]
+    return [set(re.findall(r"CLAMWATCH_[A-Z_]+", part)) for part in (toml_part, readme_part)]
 
 
 def test_not_scanned_is_tagged_and_left(start: Start, watched: Path) -> None:
