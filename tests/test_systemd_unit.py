@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from clamwatch.config import DaemonSettings, QuarantineSettings
+from clamwatch.eventkind import EventKind
 from clamwatch.events import MESSAGE_IDS
 from unitfiles import (
     CATALOG,
@@ -201,6 +202,9 @@ def _catalog_entries() -> dict[str, list[tuple[dict[str, str], str]]]:
 
 
 def test_catalog_has_one_well_formed_entry_per_message_id() -> None:
+    # every kind of event has a MESSAGE_ID of its own, and nothing else does
+    assert set(MESSAGE_IDS) == set(EventKind)
+    assert len(set(MESSAGE_IDS.values())) == len(MESSAGE_IDS)
     entries = _catalog_entries()
     assert sorted(entries) == sorted(MESSAGE_IDS.values())
     for kind, ident in MESSAGE_IDS.items():
