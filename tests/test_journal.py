@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -90,6 +91,14 @@ def journal(tmp_path: Path) -> Iterator[PrivateJournal]:
         process.wait(10)
 
 
+def _readme_journal_fields() -> set[str]:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    part = readme[readme.index("- **Journal**: under systemd") : readme.index("  The kinds:")]
+    fields = set(re.findall(r"CLAMWATCH_[A-Z_]+", part))
+    assert len(fields) >= 5, part
+    return fields
+
+
 def test_detection_in_the_journal_with_fields(
     journal: PrivateJournal, tmp_path: Path, watched: Path, clamd: PrivateClamd, eicar: bytes
 ) -> None:
@@ -116,6 +125,8 @@ def test_detection_in_the_journal_with_fields(
     # the exact bytes of the name (journalctl shows non-UTF-8 values as byte arrays)
     assert bytes(entry["CLAMWATCH_PATH"]) == os.fsencode(bad)
     assert moved[0]["CLAMWATCH_QUARANTINE_ID"]
+    # the fields README's "Journal" paragraph names are those sent
+    assert _readme_journal_fields() <= entry.keys() | moved[0].keys()
     # filtering on a field finds it
     clean_name = watched / "plain.exe"
     assert journal.read(f"CLAMWATCH_PATH={clean_name}") == []
