@@ -433,7 +433,7 @@ def _add_check_config(commands: argparse._SubParsersAction[_Parser], *, with_opt
         " value and what was expected. With --clamd, also connect to clamd and report what"
         " it offers.",
         epilog="exit status: 0 the configuration is valid (and clamd answered);"
-        " 1 it is not (or clamd did not answer)",
+        " 1 it is not (or clamd did not answer); 2 the command line is wrong",
     )
     if not with_options:
         return
