@@ -121,6 +121,9 @@ def test_security_exposure(tmp_path: Path, name: str) -> None:
     exposure = _exposure(unit)
     print(f"{name}: overall exposure {exposure}")
     assert exposure <= MAX_EXPOSURE
+    if name == "clamwatch.service":
+        readme = (SYSTEMD_DIR.parent / "README.md").read_text(encoding="utf-8")
+        assert f"`systemd-analyze security clamwatch` rates it {exposure} " in readme
 
 
 def test_drop_in_example_verifies_and_keeps_the_score(tmp_path: Path) -> None:
