@@ -170,6 +170,9 @@ class Dispatcher:
         # rescans next_rescan gave out and not yet walked: in the state saved
         # (snapshot) until walk_ended, so a stop or crash meanwhile loses none
         self._walking: dict[str, Rescan] = {}
+        # rescans their producer holds back until it lets them go (the walk
+        # after inotify overflows waits for them to stop): saved like the rest
+        self._held: dict[str, Rescan] = {}
         self.stopping = False
 
     # -- producers --------------------------------------------------------------------
@@ -315,6 +318,26 @@ class Dispatcher:
                 request = replace(request, directory=request.watch, reason="too many rescans")
         self._rescans[request.directory] = request
         self._wake_walker()
+
+    def hold_rescan(self, request: Rescan) -> None:
+        """Keep ``request``, not walked until :meth:`release_rescan` lets it go.
+
+        It is in the :meth:`snapshot` meanwhile, so a stop (or a crash after
+        a checkpoint) before then loses no walk. A newer request held for the
+        same directory replaces it.
+        """
+        with self.cond:
+            self._held[request.directory] = request
+
+    def release_rescan(self, request: Rescan) -> None:
+        """Walk ``request``, held by :meth:`hold_rescan`, as any :meth:`rescan`.
+
+        A newer request held for its directory since stays held.
+        """
+        with self.cond:
+            if self._held.get(request.directory) is request:
+                del self._held[request.directory]
+            self._rescan(request)
 
     def retry_later(self, work: Work, delay: float) -> None:
         with self.cond:
@@ -597,6 +620,7 @@ class Dispatcher:
                 or self._in_flight
                 or self._rescans
                 or self._walking
+                or self._held
                 or self._delayed
             )
 
@@ -617,7 +641,7 @@ class Dispatcher:
                 *self._in_flight.values(),
                 *(w for _, w in self._delayed),
             ]
-            rescans = [*self._walking.values(), *self._rescans.values()]
+            rescans = [*self._walking.values(), *self._rescans.values(), *self._held.values()]
             return Snapshot([(w.path, w.watch) for w in works], rescans)
 
     def stop(self) -> None:

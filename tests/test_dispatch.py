@@ -548,6 +548,32 @@ def test_a_rescan_below_a_pending_rescan_is_not_added(clock: FakeClock) -> None:
     assert [r.directory for r in drain_rescans(d)] == ["/srv/up/a", "/srv/up/ab"]
 
 
+def test_a_held_rescan_is_saved_but_walked_only_once_let_go(clock: FakeClock) -> None:
+    """The walk after inotify overflows waits for them to stop; a stop meanwhile saves it."""
+    d = make(clock)
+    first = Rescan(WATCH, WATCH, "inotify overflow", Mode.SETTLE)
+    d.hold_rescan(first)
+    assert d.next_rescan() is None
+    assert d.snapshot().rescans == [first]
+    assert not d.idle
+    d.release_rescan(first)
+    assert d.next_rescan() == first
+    # held again while that walk runs: walked after it, once let go
+    again = Rescan(WATCH, WATCH, "an overflow during the walk", Mode.SETTLE)
+    d.hold_rescan(again)
+    newer = Rescan(WATCH, WATCH, "an overflow as it is let go", Mode.SETTLE)
+    d.hold_rescan(newer)  # the same walk, held anew: letting go of the older keeps it
+    d.release_rescan(again)
+    assert d.snapshot().rescans == [first, again, newer]
+    d.walk_ended(first)
+    assert d.next_rescan() == again
+    assert d.next_rescan() is None
+    d.release_rescan(newer)
+    d.walk_ended(again)
+    assert list(drain_rescans(d)) == [newer]
+    assert d.snapshot().rescans == [newer]  # being walked
+
+
 def test_too_many_rescans_collapse_into_one_of_the_watch_root(
     clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:

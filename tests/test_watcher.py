@@ -277,6 +277,58 @@ def test_an_overflow_walks_the_tree_and_watches_it_afresh(
     seen.work(watched / "sub" / "after", "closed after write")
 
 
+_MAX_QUEUED = Path("/proc/sys/fs/inotify/max_queued_events")
+
+
+def with_short_queue(events: int, make: Callable[[], TreeWatcher]) -> TreeWatcher:
+    """``make()`` with the kernel's inotify queue ``events`` long.
+
+    The kernel reads fs.inotify.max_queued_events when an inotify instance is
+    made (inotify(7)): it is lowered only for that instant, and restored.
+    """
+    before = _MAX_QUEUED.read_text()
+    _MAX_QUEUED.write_text(f"{events}\n")
+    try:
+        return make()
+    finally:
+        _MAX_QUEUED.write_text(before)
+
+
+def test_a_burst_that_overflows_the_queue_again_and_again_walks_each_tree_once(
+    watched: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A queue of 16 events and a burst of 3,000 files: the kernel's queue overflows
+    each time the reader has emptied it. One overflow-rescan for the burst, one
+    walk of the tree once the overflows stop, not one of each for every overflow."""
+    dispatcher = Dispatcher(max_pending=100_000, settle_time=2.0)
+    rules = WatchFilter(WatchConfig(path=watched, name="uploads"))
+    watcher = with_short_queue(
+        16, lambda: TreeWatcher([rules], dispatcher, lambda rules, first: None)
+    )
+    seen = Seen(dispatcher)
+    directories = [watched / f"d{n}" for n in range(30)]
+    for directory in directories:
+        directory.mkdir()
+    watcher.start()
+    try:
+        with caplog.at_level(logging.WARNING):
+            for number in range(3000):
+                (directories[number % 30] / f"f{number}").write_bytes(b"x")
+            seen.rescan(watched, "inotify overflow")
+            # the queue is ordered: once this close is read, so is every overflow of the burst
+            (watched / "probe").write_bytes(b"x")
+            seen.work(watched / "probe", "closed after write")
+    finally:
+        watcher.stop()
+    overflows = [r for r in caplog.records if r.getMessage().startswith("Inotify queue overflowed")]
+    assert len(overflows) >= 2, "the burst did not overflow the queue again and again"
+    kinds = [getattr(r, "event", None) for r in caplog.records]
+    assert kinds.count(EventKind.OVERFLOW_RESCAN) == 1, f"{len(overflows)} overflows"
+    walks = [r for r in seen.rescans if r.reason == "inotify overflow"]
+    assert len(walks) == 1, f"{len(walks)} walks for {len(overflows)} overflows"
+    assert dispatcher.snapshot().rescans == walks  # none held back any more
+
+
 def test_stop_leaves_no_watches_and_no_threads(watched: Path) -> None:
     dispatcher = Dispatcher(max_pending=100, settle_time=2.0)
     rules = WatchFilter(WatchConfig(path=watched, name="uploads"))

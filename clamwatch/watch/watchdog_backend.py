@@ -19,9 +19,10 @@ two halves together (inotify(7)).
 The kernel's IN_Q_OVERFLOW, which watchdog's observer only logs (watchdog
 issue #654), comes straight to :meth:`_TreeWatch.on_queue_overflow`: every
 tree is watched again (directories made meanwhile had no watch) and walked
-again. Roots are supervised by polling their identity once a second: a root
-that does not exist yet is waited for, one deleted and created again is
-watched afresh and walked.
+again, once the overflows have stopped (a burst overflows the queue again
+each time the reader has emptied it). Roots are supervised by polling their
+identity once a second: a root that does not exist yet is waited for, one
+deleted and created again is watched afresh and walked.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from watchdog.observers.inotify_c import (
     InotifyFD,
     Mask,
     WatchDescriptor,
+    inotify_add_watch,
 )
 
 from clamwatch.dispatch import CLOSED_AFTER_WRITE, Dispatcher, Mode, Rescan, Work
@@ -86,6 +88,14 @@ _GATHER = 0.002  # seconds
 _MOVE_PAIRING = 1.0  # seconds a directory's IN_MOVED_FROM waits for its IN_MOVED_TO
 _SUPERVISE_EVERY = 1.0  # seconds between checks of the watch roots
 _REPORT_UNWATCHED_EVERY = 60.0  # seconds between reminders of directories with no watch
+# A burst the reader cannot keep up with overflows the kernel's queue again
+# each time it has been read empty: 39 overflows in a 3 s burst into 500
+# directories with a queue of 128 (measured), and a walk of every tree for
+# each, which lost what the next overflow lost again. The trees are watched
+# afresh and walked once no overflow came for _OVERFLOW_QUIET, or
+# _OVERFLOW_AT_MOST after the first (a burst that does not end).
+_OVERFLOW_QUIET = 1.0  # seconds
+_OVERFLOW_AT_MOST = 10.0  # seconds
 _RETRY_FAILED = 10.0  # seconds before a watch that failed to arm is tried again
 
 
@@ -156,27 +166,39 @@ class _TreeWatch:
         self._unwatched.clear()
 
     def rewatch(self) -> None:
-        """After an overflow: watch the tree afresh (as watchdog's own watch group does).
+        """After an overflow: watch every directory of the tree, drop the watches of those gone.
 
         Directories made meanwhile have no watch yet, and the IN_IGNORED of
-        those deleted may be lost: every watch is dropped and made again.
+        those deleted may be lost. The watches in use are asked for again,
+        not dropped and made anew: each watch dropped queues an IN_IGNORED,
+        and a tree of more directories than the queue holds overflowed it
+        again, which asked for this again, for ever (measured).
         """
         with self._lock:
             if not self._active:
                 return
-            with contextlib.suppress(OSError):
-                self.fd.remove_callbacks([(wd, self._id) for wd in self._watches()])
-            self._forget()
+            watched: set[WatchDescriptor] = set()
             with contextlib.suppress(OSError):  # the root is gone: the supervisor sees to it
-                self._watch_tree(self.rules.root)
+                self._watch_tree(self.rules.root, again=watched)
+            stale = [wd for wd in self._directory if wd not in watched]
+            for wd in stale:
+                path = self._directory.pop(wd)
+                if self._wd.get(path) == wd:
+                    del self._wd[path]
+            # the kernel dropped most of them already (EINVAL, which watchdog passes over)
+            with contextlib.suppress(OSError):
+                self.fd.remove_callbacks([(wd, self._id) for wd in stale])
 
-    def _watch_tree(self, top: str) -> None:
+    def _watch_tree(self, top: str, again: set[WatchDescriptor] | None = None) -> None:
         """Watch ``top`` (OSError if it cannot be) and the directories below it (as they can be).
 
-        A directory watched already is not asked for again: watchdog would warn
-        about the callback twice. The kernel queues a deleted directory's
-        IN_IGNORED before any event of one made anew under its name, so the
-        name is free by then (inotify(7): the queue is ordered). clamwatch's
+        A directory watched already is not asked for again (watchdog would
+        warn about the callback twice), unless ``again`` is given: then every
+        directory is, and its watch added to ``again`` (the same watch, for a
+        directory that has one: inotify(7); the warning is filtered). The
+        kernel queues a deleted directory's IN_IGNORED before any event of
+        one made anew under its name, so the name is free by then
+        (inotify(7): the queue is ordered). clamwatch's
         own folders (the state directory, the quarantine) get no watch: nothing
         in them is scanned, and a quarantine's moves would only be events to
         read and drop.
@@ -184,7 +206,9 @@ class _TreeWatch:
         own = self.rules.own_folder
         if own(top) and top != self.rules.root:
             return
-        if top not in self._wd:
+        if again is not None:
+            again.add(self._watch_again(top))
+        elif top not in self._wd:
             self._watch(top)
         stack = [top]
         while stack:
@@ -196,15 +220,28 @@ class _TreeWatch:
                 continue  # gone, unreadable, or swapped for a link meanwhile
             found = [path for path, is_directory in listed if is_directory and not own(path)]
             for path in found:
-                if path not in self._wd:
+                if again is not None or path not in self._wd:
                     try:
-                        self._watch(path)
+                        wd = self._watch(path) if again is None else self._watch_again(path)
                     except OSError as exc:
                         self._cannot_watch(path, exc)
                         continue
+                    if again is not None:
+                        again.add(wd)
                 stack.append(path)
 
-    def _watch(self, path: str) -> None:
+    def _watch_again(self, path: str) -> WatchDescriptor:
+        """``path``'s watch asked for again: the one it has, or a new one (OSError if none)."""
+        known = self._wd.get(path)
+        if known is not None:
+            mask = _ROOT_MASK if path == self.rules.root else _MASK
+            # straight to the kernel: watchdog's add_callback would warn that
+            # the watch has our callback already, for each directory of the tree
+            if inotify_add_watch(self.fd._inotify_fd, os.fsencode(path), mask) == known:
+                return known
+        return self._watch(path)  # new, or replaced by another directory under its name
+
+    def _watch(self, path: str) -> WatchDescriptor:
         mask = _ROOT_MASK if path == self.rules.root else _MASK
         wd = self.fd.add_callback(os.fsencode(path), mask, self, self._id)
         if wd < 0:  # watchdog passes EACCES over in silence
@@ -218,6 +255,7 @@ class _TreeWatch:
         # (watchdog warns that our callback on it is replaced: the filter at
         # the top): in use again, it is not for _expire_moves to drop.
         self._forget_detached(wd)
+        return wd
 
     def _forget_detached(self, wd: WatchDescriptor) -> None:
         for _, detached in self._moved_from.values():
@@ -468,6 +506,13 @@ class TreeWatcher:
         self._inotify = _InotifyReader(self._hand_over)
         self._roots = [self._root(rules) for rules in filters]
         self._lock = threading.Lock()  # _roots: changed by update(), walked by the supervisor
+        # The overflows since the last walk they asked for was let go: when
+        # the first and the latest came, how many, and the walks held for them.
+        self._overflow_lock = threading.Lock()  # the reader sets them, the supervisor takes them
+        self._overflow_began: float | None = None
+        self._overflow_latest = 0.0
+        self._overflows = 0
+        self._overflow_walks: list[tuple[_TreeWatch, Rescan]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._supervise, name="clamwatch-watch-roots", daemon=True
@@ -506,21 +551,54 @@ class TreeWatcher:
             self.dispatcher.events_read(drained)
 
     def _overflowed(self) -> None:
-        emit(
-            EventKind.OVERFLOW_RESCAN,
-            "the kernel's inotify queue overflowed and events were lost; walking every watched"
-            " tree again (raise fs.inotify.max_queued_events to make this rarer)",
-            logging.WARNING,
-        )
-        with self._lock:
-            roots = list(self._roots)
-        for root in roots:
-            root.tree.rewatch()
+        """Events were lost: walk every tree once the overflows stop (see _OVERFLOW_QUIET).
+
+        Only noted here: watching a large tree afresh takes the reader long
+        enough for the queue to overflow again. The walks are held in the
+        dispatcher meanwhile, so a stop saves them.
+        """
+        now = time.monotonic()
+        with self._overflow_lock:
+            self._overflow_latest = now
+            self._overflows += 1
+            if self._overflow_began is not None:
+                return  # one walk of each tree for all of them
+            self._overflow_began = now
             # SETTLE, as the start's walks: a file its writer still has open
             # waits for its close (or settle_time), not scanned half-written
-            self.dispatcher.rescan(
-                Rescan(root.rules.root, root.rules.root, "inotify overflow", Mode.SETTLE)
-            )
+            self._overflow_walks = [
+                (
+                    root.tree,
+                    Rescan(root.rules.root, root.rules.root, "inotify overflow", Mode.SETTLE),
+                )
+                for root in self._roots
+            ]
+            for _, request in self._overflow_walks:
+                self.dispatcher.hold_rescan(request)
+        emit(
+            EventKind.OVERFLOW_RESCAN,
+            "the kernel's inotify queue overflowed and events were lost; every watched tree is"
+            f" walked again once the overflows stop (after {_OVERFLOW_QUIET:.0f} s without one)"
+            " (raise fs.inotify.max_queued_events to make this rarer)",
+            logging.WARNING,
+        )
+
+    def _walk_after_overflows(self, now: float) -> None:
+        """Once the overflows have stopped: watch every tree afresh, then walk it."""
+        with self._overflow_lock:
+            began = self._overflow_began
+            if began is None:
+                return
+            if now - self._overflow_latest < _OVERFLOW_QUIET and now - began < _OVERFLOW_AT_MOST:
+                return
+            # an overflow from here on holds walks of its own, to come after these
+            walks, self._overflow_walks = self._overflow_walks, []
+            count, self._overflows = self._overflows, 0
+            self._overflow_began = None
+        log.info("walking every watched tree after %d inotify queue overflow(s)", count)
+        for tree, request in walks:
+            tree.rewatch()
+            self.dispatcher.release_rescan(request)
 
     # -- the supervisor thread ------------------------------------------------------
 
@@ -533,6 +611,7 @@ class TreeWatcher:
                     self._check(root, now)
                     root.tree.expire_moves()
                     self._watch_late(root, now)
+                self._walk_after_overflows(now)
 
     def _watch_late(self, root: _Root, now: float) -> None:
         """Say which directories have no watch, try them again, walk those that now have one.
