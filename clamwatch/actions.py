@@ -10,11 +10,9 @@ scan. Each action ends in an action-done or action-failed event.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import os
-import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +23,7 @@ from clamwatch.config import WatchConfig
 from clamwatch.eventkind import EventKind, emit
 from clamwatch.events import shown
 from clamwatch.files import OpenedFile, has_writer
+from clamwatch.hookproc import HookProcesses, describe_status
 from clamwatch.policy import FileAction, Rule
 from clamwatch.quarantine import QuarantineError, QuarantineStore
 from clamwatch.safefs import move_to_free_name, remove_if_same
@@ -72,22 +71,18 @@ class ActionRunner:
         )
         self._no_xattrs: set[int] = set()  # devices already reported without user xattrs
         self._lock = threading.Lock()
-        self._running: set[subprocess.Popen[bytes]] = set()  # hooks running now
+        self._hook_processes = HookProcesses()
         self._closing = threading.Event()
 
     def submit(self, request: ActionRequest) -> None:
         self._pool.submit(self._run, request)
 
     def close(self) -> None:
-        """Finish the file actions; drop queued hooks and kill running ones."""
+        """Finish the file actions; kill running hooks (with their children) and
+        leave queued ones unrun, each with an action-failed event naming the file."""
         self._pool.shutdown(wait=True)
         self._closing.set()
-        self._hooks.shutdown(wait=False, cancel_futures=True)
-        with self._lock:
-            running = list(self._running)
-        for process in running:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
+        self._hook_processes.kill_all()
         self._hooks.shutdown(wait=True)
 
     # -- one request ------------------------------------------------------------------
@@ -324,41 +319,27 @@ class ActionRunner:
             }
         )
         argv = list(request.watch.hook)
+        if self._closing.is_set():
+            self._failed(request, "hook", f"{argv[0]} was not run: clamwatch stopped first")
+            return
         timeout = request.watch.hook_timeout
         try:
-            process = subprocess.Popen(
-                argv,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                start_new_session=True,
-            )
+            end = self._hook_processes.run(argv, env, timeout)
         except OSError as exc:
             self._failed(request, "hook", f"{argv[0]}: {exc.strerror or exc}")
             return
-        with self._lock:
-            self._running.add(process)
-        try:
-            _, stderr = process.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.communicate()
+        if end.status is None:
             self._failed(request, "hook", f"{argv[0]} ran longer than {timeout:g} s and was killed")
             return
-        finally:
-            with self._lock:
-                self._running.discard(process)
-        if self._closing.is_set() and process.returncode < 0:
-            return  # killed because clamwatch is stopping
-        result = subprocess.CompletedProcess(argv, process.returncode, b"", stderr)
-        if result.returncode != 0:
-            detail = result.stderr.decode("utf-8", "replace").strip().splitlines()
+        if end.status < 0 and self._closing.is_set():
+            self._failed(request, "hook", f"{argv[0]} was killed: clamwatch is stopping")
+            return
+        if end.status != 0:
+            detail = end.last_line
             self._failed(
                 request,
                 "hook",
-                f"{argv[0]} exited with status {result.returncode}"
-                + (f": {detail[-1]}" if detail else ""),
+                f"{argv[0]} {describe_status(end.status)}" + (f": {detail}" if detail else ""),
             )
             return
         message = f"{shown(request.path)}: hook {argv[0]} ran"

@@ -1,0 +1,156 @@
+"""Hooks as an admin writes them and as they go wrong: real processes, real files."""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from clamwatch.actions import ActionRequest, ActionRunner
+from clamwatch.config import WatchConfig
+from clamwatch.files import OpenedFile, open_for_scan
+from clamwatch.policy import parse_rule
+from clamwatch.verdict import Infected
+from helpers import RecordingHandler, wait_for
+
+
+class Events(RecordingHandler):
+    def of(self, kind: str) -> list[dict[str, object]]:
+        found = []
+        for record in list(self.records):
+            event = getattr(record, "event", None)
+            if event is not None and event.value == kind:
+                found.append({"message": record.getMessage(), **getattr(record, "fields", {})})
+        return found
+
+
+@pytest.fixture
+def events() -> Iterator[Events]:
+    handler = Events()
+    logger = logging.getLogger("clamwatch.events")
+    logger.addHandler(handler)
+    old = logger.level
+    logger.setLevel(logging.DEBUG)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(old)
+
+
+def hook_script(tmp_path: Path, body: str) -> Path:
+    script = tmp_path / "hook.sh"
+    script.write_text("#!/bin/sh\n" + body)
+    script.chmod(0o755)
+    return script
+
+
+def submit(runner: ActionRunner, path: Path, watch: WatchConfig) -> None:
+    path.write_bytes(b"scanned")
+    opened = open_for_scan(str(path))
+    assert isinstance(opened, OpenedFile)
+    rule = parse_rule(["hook"], for_clean=False)
+    runner.submit(ActionRequest(str(path), watch, Infected("Test.Sig"), rule, None, opened))
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_a_hook_past_its_timeout_is_killed_with_its_children(
+    tmp_path: Path, events: Events
+) -> None:
+    """A shell script's child kept the pipe open after the shell was killed: the
+    worker waited for the child (here 60 s), not hook_timeout."""
+    pids = tmp_path / "pids"
+    script = hook_script(tmp_path, f"sleep 60 &\necho $! > {pids}\nwait\n")
+    watch = WatchConfig(tmp_path, "t", hook=(str(script),), hook_timeout=0.5)
+    runner = ActionRunner(None, lambda *a: None)
+    try:
+        submit(runner, tmp_path / "upload", watch)
+        wait_for(lambda: bool(events.of("action-failed")), 10, "the hook's timeout event")
+        (failed,) = events.of("action-failed")
+        assert failed["path"] == str(tmp_path / "upload")
+        assert "ran longer than 0.5 s and was killed" in str(failed["error"])
+        child = int(pids.read_text())
+        wait_for(lambda: not alive(child), 5, "the hook's child killed")
+    finally:
+        runner.close()
+
+
+def test_a_stop_kills_running_hooks_and_names_each_file_left(
+    tmp_path: Path, events: Events
+) -> None:
+    script = hook_script(tmp_path, f"sleep 60 &\necho $! >> {tmp_path / 'pids'}\nwait\n")
+    watch = WatchConfig(tmp_path, "t", hook=(str(script),), hook_timeout=120)
+    runner = ActionRunner(None, lambda *a: None, hook_workers=1)
+    first, queued = tmp_path / "first", tmp_path / "queued"
+    submit(runner, first, watch)
+    wait_for((tmp_path / "pids").exists, 10, "the first hook started")
+    submit(runner, queued, watch)
+    started = time.monotonic()
+    runner.close()
+    assert time.monotonic() - started < 5, "the stop waited for the hook's child"
+    failed = {e["path"]: str(e["error"]) for e in events.of("action-failed")}
+    assert failed == {
+        str(first): f"{script} was killed: clamwatch is stopping",
+        str(queued): f"{script} was not run: clamwatch stopped first",
+    }
+    (child,) = (int(pid) for pid in (tmp_path / "pids").read_text().split())
+    wait_for(lambda: not alive(child), 5, "the hook's child killed")
+
+
+def test_a_hook_that_writes_megabytes_to_stderr_is_not_kept_in_memory(
+    tmp_path: Path, events: Events
+) -> None:
+    script = hook_script(
+        tmp_path, "head -c 300000000 /dev/zero | tr '\\0' x >&2\necho >&2\necho boom >&2\nexit 2\n"
+    )
+    watch = WatchConfig(tmp_path, "t", hook=(str(script),), hook_timeout=60)
+    runner = ActionRunner(None, lambda *a: None)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB
+    submit(runner, tmp_path / "upload", watch)
+    wait_for(lambda: bool(events.of("action-failed")), 30, "the hook's end")
+    runner.close()
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    (failed,) = events.of("action-failed")
+    assert failed["error"] == f"{script} exited with status 2: boom"
+    assert grown < 100_000, f"{grown} KiB more for a hook's 300 MB of stderr"
+
+
+def test_a_hook_killed_by_a_signal_says_which(tmp_path: Path, events: Events) -> None:
+    script = hook_script(tmp_path, "echo 'out of memory, say' >&2\nkill -TERM $$\n")
+    watch = WatchConfig(tmp_path, "t", hook=(str(script),))
+    runner = ActionRunner(None, lambda *a: None)
+    submit(runner, tmp_path / "upload", watch)
+    wait_for(lambda: bool(events.of("action-failed")), 10, "the hook's end")
+    runner.close()
+    (failed,) = events.of("action-failed")
+    assert failed["error"] == f"{script} was killed by signal 15 (SIGTERM): out of memory, say"
+
+
+def test_a_hook_that_leaves_a_child_running_ends_when_it_exits(
+    tmp_path: Path, events: Events
+) -> None:
+    """Its child holds the stderr pipe open: the hook's exit is its end all the same."""
+    pids = tmp_path / "pids"
+    script = hook_script(tmp_path, f"sleep 30 &\necho $! > {pids}\nexit 0\n")
+    watch = WatchConfig(tmp_path, "t", hook=(str(script),), hook_timeout=20)
+    runner = ActionRunner(None, lambda *a: None)
+    try:
+        started = time.monotonic()
+        submit(runner, tmp_path / "upload", watch)
+        wait_for(lambda: bool(events.of("action-done")), 10, "the hook's action-done")
+        assert time.monotonic() - started < 10
+    finally:
+        runner.close()
+        os.kill(int(pids.read_text()), signal.SIGKILL)  # left running, as the hook meant
+    assert not events.of("action-failed")
