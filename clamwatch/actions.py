@@ -26,7 +26,7 @@ from clamwatch.files import OpenedFile, has_writer
 from clamwatch.hookproc import HookProcesses, describe_status
 from clamwatch.policy import FileAction, Rule
 from clamwatch.quarantine import QuarantineError, QuarantineStore
-from clamwatch.safefs import move_to_free_name, remove_if_same
+from clamwatch.safefs import move_to_free_name, names_same_file, remove_if_same
 from clamwatch.threadnames import name_this_thread
 from clamwatch.verdict import Infected, Verdict
 
@@ -137,9 +137,21 @@ class ActionRunner:
         if isinstance(verdict, Infected):
             tags["signature"] = verdict.signature
         try:
+            if not names_same_file(os.fstat(opened.fd), opened.identity):
+                # written to since its scan: the verdict is not the new content's,
+                # which has its own scan coming (its close, or settle_time)
+                log.info("%s changed since its scan; not tagged", request.path)
+                return
             for name, value in tags.items():
                 # on the descriptor: the scanned inode, whatever the path names now
                 os.setxattr(opened.fd, _TAG_PREFIX + name, value.encode("utf-8", "surrogateescape"))
+            if "signature" not in tags:
+                # an earlier version's detection must not stay beside "clean"
+                try:
+                    os.removexattr(opened.fd, _TAG_PREFIX + "signature")
+                except OSError as exc:
+                    if exc.errno != errno.ENODATA:  # none there
+                        raise
         except OSError as exc:
             if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
                 with self._lock:

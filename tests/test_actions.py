@@ -14,7 +14,7 @@ from clamwatch.config import WatchConfig
 from clamwatch.files import OpenedFile, open_for_scan
 from clamwatch.policy import Policy, Rule, decide, parse_rule
 from clamwatch.quarantine import QuarantineStore
-from clamwatch.verdict import Clean, Infected, NotScanned, NotScannedReason, ScanError
+from clamwatch.verdict import Clean, Infected, NotScanned, NotScannedReason, ScanError, Verdict
 from helpers import RecordingHandler
 
 
@@ -178,3 +178,40 @@ def test_tag_on_a_file_system_without_user_xattrs_is_reported_once(
     failures = events.of("action-failed")
     assert len(failures) == 1
     assert "does not support user extended attributes" in str(failures[0]["error"])
+
+
+def tag(path: Path, verdict: Verdict, opened: OpenedFile | None = None) -> None:
+    runner = ActionRunner(None, lambda *a: None)
+    rule = parse_rule(["tag"], for_clean=isinstance(verdict, Clean))
+    watch = WatchConfig(path.parent, "t")
+    runner.submit(ActionRequest(str(path), watch, verdict, rule, None, opened or scanned(path)))
+    runner.close()
+
+
+def test_a_clean_verdict_takes_away_the_signature_of_an_earlier_one(
+    tmp_path: Path, events: Events
+) -> None:
+    path = tmp_path / "upload"
+    path.write_bytes(b"infected, say")
+    tag(path, Infected("Test.Sig"))
+    assert os.getxattr(path, "user.clamwatch.signature") == b"Test.Sig"
+    with path.open("r+b") as rewrite:  # the same inode, new content
+        rewrite.write(b"clean now")
+        rewrite.truncate()
+    tag(path, Clean())
+    assert os.getxattr(path, "user.clamwatch.verdict") == b"clean"
+    assert "user.clamwatch.signature" not in os.listxattr(path)
+
+
+def test_a_file_written_to_after_its_scan_is_not_tagged_with_that_verdict(
+    tmp_path: Path, events: Events
+) -> None:
+    """The new content has its own scan coming: 'clean' must not be put on it now."""
+    path = tmp_path / "upload"
+    path.write_bytes(b"clean")
+    opened = scanned(path)
+    with path.open("ab") as writer:
+        writer.write(b" and then something else, not scanned")
+    tag(path, Clean(), opened)
+    assert [a for a in os.listxattr(path) if a.startswith("user.clamwatch.")] == []
+    assert not events.of("action-done")
