@@ -42,7 +42,7 @@ from clamwatch.journal import JournalHandler, stderr_is_journal
 from clamwatch.notify import Notifier
 from clamwatch.pipeline import Pipeline, Result
 from clamwatch.policy import FileAction, Rule
-from clamwatch.quarantine import QuarantineStore
+from clamwatch.quarantine import QuarantineError, QuarantineStore
 from clamwatch.state import State, load_state, lock_state, save_state
 from clamwatch.verdict import Clean, Infected, NotScanned, ScanError, describe
 from clamwatch.watch.filters import WatchFilter
@@ -240,7 +240,15 @@ class Daemon:
                 covered[root] = now
         keep = self.config.quarantine
         if self.store is not None and (keep.max_age or keep.max_total_size):
-            for entry in self.store.enforce_retention(keep.max_age, keep.max_total_size):
+            try:
+                deleted = self.store.enforce_retention(keep.max_age, keep.max_total_size)
+            except QuarantineError as exc:
+                # the quarantine cannot be listed (removed, out of descriptors):
+                # no reason to lose the state, which is saved all the same (this
+                # ended the daemon, at its stop without saving it)
+                log.error("quarantine retention not applied: %s", exc)
+                deleted = []
+            for entry in deleted:
                 log.info("quarantine entry %s deleted by the retention settings", entry)
         snapshot = self.dispatcher.snapshot()
         rescans = [(r.directory, r.watch) for r in snapshot.rescans]
@@ -390,23 +398,23 @@ class Daemon:
             if not new.watches:
                 raise ConfigError(f"{old.source}: no [[watch]] is configured")
         except ConfigError as exc:
-            emit(
-                EventKind.CONFIG_REJECTED,
-                f"the new configuration is refused, the running one stays: {exc}",
-                logging.ERROR,
-                error=str(exc),
-                config=str(old.source),
-            )
-            self.notifier.ready(self._status())
+            self._reject(exc)
             return
         later = [name for name in ("clamd", "daemon", "quarantine")
                  if getattr(new, name) != getattr(old, name)]  # fmt: skip
+        if self.store is None and _quarantines(new):
+            try:
+                # its folder made now (this ended the daemon when it could
+                # not be: a full file system); refused as a start would be
+                store = QuarantineStore(old.quarantine.directory)
+            except QuarantineError as exc:
+                self._reject(exc)
+                return
+            self.store = store
+            self.actions.store = store
         self.config = replace(new, clamd=old.clamd, daemon=old.daemon, quarantine=old.quarantine)
         own = (str(old.daemon.state_directory), str(old.quarantine.directory))
         fresh = {str(w.path): WatchFilter(w, own) for w in new.watches}
-        if self.store is None and _quarantines(new):
-            self.store = QuarantineStore(old.quarantine.directory)
-            self.actions.store = self.store
         # one key at a time: the pipeline and the walker read this dict live
         for root, rules in fresh.items():
             self.filters[root] = rules
@@ -424,6 +432,17 @@ class Daemon:
             EventKind.CONFIG_RELOADED,
             f"configuration reloaded: {len(fresh)} watch(es){note}",
             config=str(old.source),
+        )
+        self.notifier.ready(self._status())
+
+    def _reject(self, problem: Exception) -> None:
+        """A reload refused: the running configuration stays."""
+        emit(
+            EventKind.CONFIG_REJECTED,
+            f"the new configuration is refused, the running one stays: {problem}",
+            logging.ERROR,
+            error=str(problem),
+            config=str(self.config.source),
         )
         self.notifier.ready(self._status())
 
