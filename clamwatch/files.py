@@ -179,8 +179,22 @@ def describe_os_error(exc: OSError) -> str:
     return os.strerror(exc.errno)
 
 
+# Errors of the moment: this process (EMFILE) or the system (ENFILE) is out
+# of descriptors, or memory is short. Nothing is wrong with the file.
+FOR_NOW = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
+
+
+class ShortageError(ScanError):
+    """A file not opened or read for want of descriptors or memory (FOR_NOW):
+    an error, never clean, but one that the daemon tries again after a pause."""
+
+    __slots__ = ()
+
+
 def os_error_verdict(exc: OSError, what: str) -> Verdict:
     """An OSError met while opening or reading, as a verdict (never clean)."""
+    if exc.errno in FOR_NOW:
+        return ShortageError(f"{what} failed: {describe_os_error(exc)}")
     if exc.errno in (errno.ENOENT, errno.ENOTDIR):
         return NotScanned(
             NotScannedReason.VANISHED,

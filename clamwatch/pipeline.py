@@ -32,6 +32,7 @@ from clamwatch.files import (
     CheckedFile,
     FileIdentity,
     OpenedFile,
+    ShortageError,
     descriptor_path,
     open_for_scan,
     open_unwritten,
@@ -46,6 +47,11 @@ log = logging.getLogger(__name__)
 # A transport failure after the engine's own retries: try the file again
 # later, a few times, before reporting an error.
 _RETRY_DELAYS = (10.0, 60.0, 300.0)
+# A file not opened for want of descriptors (files.ShortageError, a burst
+# under a low RLIMIT_NOFILE, a system out of file handles): opened again after
+# these pauses, before the error is reported. As a verdict at once, the file
+# was never scanned again (it had not changed).
+_RETRY_SHORT = (1.0, 5.0, 30.0, 60.0)
 _SETTLE_EVERY = 0.05  # seconds between checks of files that settle (cheap when none do)
 # Settling files looked at per round (a stat and a lease each, ~20 us): a
 # burst's walks can leave thousands, and looking at them all at once kept
@@ -337,12 +343,33 @@ class Pipeline:
             if isinstance(opened, NotScanned) and opened.reason is NotScannedReason.VANISHED:
                 log.debug("%s vanished before it could be scanned", work.path)
                 self._done.append(work.path)
+            elif isinstance(opened, ShortageError) and work.tries < len(_RETRY_SHORT):
+                self._shrink_window(opened)
+                delay = _RETRY_SHORT[work.tries]
+                work.tries += 1
+                log.warning("%s: %s; trying again in %.0f s", work.path, opened.message, delay)
+                self.dispatcher.retry_later(work, delay)
             else:
                 self._conclude(work, opened, None, None)
             return
         job = ScanJob(opened, self._on_done, context=work.path)
         self._outstanding[job] = work
         self._starting.append(job)  # submitted together at the end of the round
+
+    def _shrink_window(self, shortage: ShortageError) -> None:
+        """No descriptor for one more file: no more files than are open now, from now on.
+
+        Daemon.run fits the window to the open-files limit, but what the rest
+        of the daemon holds (actions, hooks, clamd's sockets) is a guess: a
+        window past what is left kept failing opens for the whole of a burst.
+        """
+        fits = max(1, len(self._outstanding))
+        if fits < self.window:
+            log.warning(
+                "%s; at most %d file(s) are kept open for their scans from now on, not %d",
+                shortage.message, fits, self.window,
+            )  # fmt: skip
+            self.window = fits
 
     def _open(
         self, work: Work, rules: WatchFilter, checked: CheckedFile | None

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from clamwatch.privateclamd import PrivateClamd
-from daemonproc import DaemonProcess, write_config
+from daemonproc import DaemonProcess, StartDaemon, only_once, write_config
 from helpers import fill_inodes
 
 Start = Callable[..., DaemonProcess]
@@ -41,6 +41,30 @@ def start(tmp_path: Path, clamd: PrivateClamd, watched: Path) -> Iterator[Start]
     yield run
     for daemon in started:
         daemon.stop()
+
+
+def test_files_that_find_no_descriptor_free_are_scanned_once_there_is_one(
+    start_daemon: StartDaemon, watched: Path
+) -> None:
+    """Hard limit 20: the window the daemon keeps open (16 at least) does not fit
+    beside its own dozen descriptors, and opens fail with EMFILE in a burst.
+
+    Each such file was a scan error at once, and never scanned again (it had
+    not changed); now the window shrinks to what fits, and the file is opened
+    again a moment later: every file gets its one clean verdict.
+    """
+    daemon = start_daemon(prefix=("prlimit", "--nofile=20:20", "--"), wait_ready=False)
+    daemon.wait_event("ready", timeout=30)
+    paths = [watched / f"f{number:03}.txt" for number in range(300)]
+    for path in paths:
+        path.write_text(f"clean file {path.name}\n")
+    daemon.wait_verdicts(paths, timeout=120)
+    verdicts = only_once(daemon, paths)
+    wrong = [v for v in verdicts.values() if v["verdict"] != "clean"]
+    assert not wrong, wrong[:3]
+    shrunk = [e["message"] for e in daemon.events if "kept open for their scans" in e["message"]]
+    assert shrunk and "Too many open files" in shrunk[0], shrunk
+    assert daemon.stop() == 0
 
 
 def test_a_quarantine_that_cannot_be_listed_costs_no_state(
