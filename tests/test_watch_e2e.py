@@ -93,7 +93,8 @@ def test_a_tree_built_outside_and_moved_in_with_one_rename(
     infected = {p for p, e in found.items() if e["event"] == "detection"}
     assert infected == {str(p) for p in arrived[::25]}
     assert {e["event"] for p, e in found.items() if p not in infected} == {"clean"}
-    assert {e["reason"] for e in found.values()} == {"directory moved in"}
+    # no writer has them open: scanned at once, not after settle_time
+    assert {e["reason"] for e in found.values()} == {"directory moved in, not open for writing"}
     assert {e["signature"] for p, e in found.items() if p in infected} == {EICAR_SIGNATURE}
 
 
@@ -500,3 +501,33 @@ def test_a_tree_deeper_than_path_max_is_an_error_that_says_so_until_moved_up(
     finally:
         for fd in reversed(fds):
             os.close(fd)
+
+
+def test_a_file_still_being_written_in_a_directory_renamed_within_the_tree_waits_for_its_close(
+    start_daemon: StartDaemon, watched: Path, eicar: bytes
+) -> None:
+    """The walk of a directory renamed within the tree took every file as due:
+    one its writer still had open was scanned half-written, got an interim
+    "clean" (on_clean hooks and tags act on it), then its detection at the close.
+    It settles now, as in the walks after an overflow or at the start."""
+    # long enough that the file does not settle while its writer is open
+    daemon = start_daemon(startup_scan="none", settle_time="5s")
+    old = watched / "incoming"
+    old.mkdir()
+    (old / "done.txt").write_bytes(b"finished before the rename")
+    daemon.wait_verdicts([old / "done.txt"], timeout=30)  # incoming is watched
+    new = watched / "renamed"
+    with (old / "x.com").open("wb") as writer:
+        writer.write(eicar[:10])  # no signature yet
+        writer.flush()
+        old.rename(new)
+        # found by the same listing of the walk as the file being written
+        daemon.wait_verdicts([new / "done.txt"], timeout=30)
+        writer.write(eicar[10:])
+    written = new / "x.com"
+    daemon.wait_verdicts([written], timeout=30)
+    # a second verdict would come from its close: the walk's came first
+    assert_none_for(daemon, verdict_count(written, 2), QUIET_SECONDS, "two verdicts")
+    verdict = only_once(daemon, [written])[str(written)]
+    assert verdict["event"] == "detection"
+    assert verdict["reason"] == "closed after write"

@@ -309,7 +309,9 @@ class _TreeWatch:
             else:
                 self._watch_tree_quietly(path)  # from outside the tree
             if not self.rules.excluded(path):
-                self.batch.rescans.append(Rescan(path, watch, "directory moved in"))
+                # its files settle: one renamed along with its writer is not
+                # scanned half-written (an interim "clean", then its close)
+                self.batch.rescans.append(Rescan(path, watch, "directory moved in", Mode.SETTLE))
 
     def _watch_tree_quietly(self, path: str) -> None:
         try:
