@@ -49,8 +49,11 @@ class ActionRequest:
 
 @dataclass(slots=True)
 class _Done:
+    """A file action's end, for the hook: done, or failed (``error``)."""
+
     quarantine_id: str | None = None
     released_to: str | None = None
+    error: str | None = None  # "move failed: ..." when the file action failed
 
 
 class ActionRunner:
@@ -112,7 +115,8 @@ class ActionRunner:
             "action": action,
         }
 
-    def _failed(self, request: ActionRequest, action: str, message: str) -> None:
+    def _failed(self, request: ActionRequest, action: str, message: str) -> _Done:
+        """Report ``action`` as failed; its end, for a hook to hear of."""
         emit(
             EventKind.ACTION_FAILED,
             f"{shown(request.path)}: {action} failed: {message}",
@@ -120,6 +124,7 @@ class ActionRunner:
             error=message,
             **self._fields(request, action),
         )
+        return _Done(error=f"{action} failed: {message}")
 
     # -- tag ----------------------------------------------------------------------------
 
@@ -177,14 +182,16 @@ class ActionRunner:
     # -- file actions -------------------------------------------------------------------
 
     def _file_action(self, request: ActionRequest) -> _Done | None:
-        """Apply the rule's file action; None when it failed or did not apply."""
+        """Apply the rule's file action; None when it did not apply (the file was
+        replaced, or it is to be tried again after a new scan)."""
         action = request.rule.file_action
         if action is FileAction.NONE:
             return _Done()
         opened = request.opened
         if opened is None:
-            self._failed(request, action.value, "the file was not opened, so it is left alone")
-            return None
+            return self._failed(
+                request, action.value, "the file was not opened, so it is left alone"
+            )
         if action in (FileAction.MOVE, FileAction.COPY):
             return self._quarantine(request, opened, keep=action is FileAction.COPY)
         if action is FileAction.REMOVE:
@@ -194,8 +201,7 @@ class ActionRunner:
     def _quarantine(self, request: ActionRequest, opened: OpenedFile, keep: bool) -> _Done | None:
         action = "copy" if keep else "move"
         if self.store is None:
-            self._failed(request, action, "no quarantine is configured")
-            return None
+            return self._failed(request, action, "no quarantine is configured")
         verdict = request.verdict
         signature = verdict.signature if isinstance(verdict, Infected) else verdict.kind
         try:
@@ -207,11 +213,11 @@ class ActionRunner:
                 keep_original=keep,
             )
         except QuarantineError as exc:
-            self._failed(request, action, f"{exc}; the file stays where it is")
+            failed = self._failed(request, action, f"{exc}; the file stays where it is")
             if request.watch.chmod_on_failure and not keep:
                 self._lock_up(request, opened)
             self.retry(request.path, str(request.watch.path), _RETRY_QUARANTINE)
-            return None
+            return failed
         if record is None:
             log.info("%s was replaced before it could be quarantined; left alone", request.path)
             return None
@@ -244,8 +250,7 @@ class ActionRunner:
         try:
             removed = remove_if_same(request.path, opened.identity)
         except OSError as exc:
-            self._failed(request, "remove", exc.strerror or str(exc))
-            return None
+            return self._failed(request, "remove", exc.strerror or str(exc))
         if not removed:
             log.info("%s was replaced before it could be removed; left alone", request.path)
             return None
@@ -276,17 +281,15 @@ class ActionRunner:
         try:
             links = os.fstat(opened.fd).st_nlink
         except OSError as exc:
-            self._failed(request, "release", exc.strerror or str(exc))
-            return None
+            return self._failed(request, "release", exc.strerror or str(exc))
         if links > 1:
             # moved out, it could still be changed through its other names
-            self._failed(
+            return self._failed(
                 request,
                 "release",
                 f"it has {links} hard links, through which it could be changed after its"
                 " scan; not released",
             )
-            return None
         relative = os.path.relpath(request.path, request.watch.path)
         target = os.path.join(destination_root, relative)
         try:
@@ -298,8 +301,7 @@ class ActionRunner:
                 request.path, opened, target, "{}.{}", opened.identity.mode & 0o7777, keep_copy=True
             )
         except OSError as exc:
-            self._failed(request, "release", exc.strerror or str(exc))
-            return None
+            return self._failed(request, "release", exc.strerror or str(exc))
         if moved_to is None:
             log.info("%s was replaced before it could be released; left alone", request.path)
             return None
@@ -325,6 +327,7 @@ class ActionRunner:
                 "CLAMWATCH_ACTION": " ".join(request.rule.words),
                 "CLAMWATCH_QUARANTINE_ID": done.quarantine_id or "",
                 "CLAMWATCH_RELEASED_TO": done.released_to or "",
+                "CLAMWATCH_ACTION_ERROR": done.error or "",
                 "CLAMWATCH_WATCH": str(request.watch.path),
                 "CLAMWATCH_WATCH_NAME": request.watch.name,
                 "CLAMWATCH_CLAMD_VERSION": request.clamd_version or "",

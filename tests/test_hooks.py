@@ -6,6 +6,7 @@ import logging
 import os
 import resource
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -154,3 +155,54 @@ def test_a_hook_that_leaves_a_child_running_ends_when_it_exits(
         runner.close()
         os.kill(int(pids.read_text()), signal.SIGKILL)  # left running, as the hook meant
     assert not events.of("action-failed")
+
+
+def test_the_hook_runs_when_the_file_action_failed_and_hears_why(
+    tmp_path: Path, events: Events
+) -> None:
+    """on_infected = ["remove", "hook"]: the file could not be removed, which is
+    just when the admin's hook must hear of it; it was not run at all."""
+    out = tmp_path / "env"
+    script = hook_script(
+        tmp_path, f'printf "%s|%s" "$CLAMWATCH_ACTION_ERROR" "$CLAMWATCH_PATH" > {out}\n'
+    )
+    folder = tmp_path / "uploads"
+    folder.mkdir()
+    path = folder / "upload"
+    path.write_bytes(b"scanned")
+    opened = open_for_scan(str(path))
+    assert isinstance(opened, OpenedFile)
+    subprocess.run(["chattr", "+i", str(path)], check=True)  # not even root may remove it
+    try:
+        watch = WatchConfig(folder, "t", hook=(str(script),))
+        runner = ActionRunner(None, lambda *a: None)
+        rule = parse_rule(["remove", "hook"], for_clean=False)
+        runner.submit(ActionRequest(str(path), watch, Infected("Test.Sig"), rule, None, opened))
+        wait_for(lambda: bool(events.of("action-done")), 10, "the hook's run")
+        runner.close()
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+    (failed,) = events.of("action-failed")
+    assert failed["action"] == "remove"
+    assert str(failed["error"]).startswith("Operation not permitted")
+    assert [e["action"] for e in events.of("action-done")] == ["hook"]
+    assert out.read_text() == f"remove failed: {failed['error']}|{path}"
+    assert path.exists()
+
+
+def test_no_hook_for_a_file_replaced_before_its_action(tmp_path: Path, events: Events) -> None:
+    """The new content has its own scan, and its own hook: none for the old one."""
+    script = hook_script(tmp_path, "exit 0\n")
+    path = tmp_path / "upload"
+    path.write_bytes(b"scanned")
+    opened = open_for_scan(str(path))
+    assert isinstance(opened, OpenedFile)
+    path.unlink()
+    path.write_bytes(b"another file, not scanned yet")
+    watch = WatchConfig(tmp_path, "t", hook=(str(script),))
+    runner = ActionRunner(None, lambda *a: None)
+    rule = parse_rule(["remove", "hook"], for_clean=False)
+    runner.submit(ActionRequest(str(path), watch, Infected("Test.Sig"), rule, None, opened))
+    runner.close()
+    assert not events.of("action-done") and not events.of("action-failed")
+    assert path.read_bytes() == b"another file, not scanned yet"
