@@ -40,7 +40,7 @@ from typing import NoReturn
 
 from clamwatch import safefs
 from clamwatch.durable import fsync_directory
-from clamwatch.files import FileIdentity, OpenedFile
+from clamwatch.files import FileIdentity, OpenedFile, describe_os_error
 from clamwatch.names import display_path
 from clamwatch.quarantine_record import (
     QuarantineRecord,
@@ -355,12 +355,20 @@ class QuarantineStore:
         try:
             if safefs.remove_if_same(opened.path, opened.identity):
                 return record
-            problem = "it was replaced after it was scanned"
         except OSError as exc:
-            problem = exc.strerror or str(exc)
+            # Its folder refused (full: the staging name needs room there;
+            # read-only; immutable). The infected file is still in place, so
+            # the move failed: an entry beside it was called done, and every
+            # retry found that entry and did nothing more. The copy goes, and
+            # the retry moves the file once it can.
+            self._discard(record.id)
+            raise QuarantineError(
+                f"cannot quarantine {shown}: it was copied into {self.directory} but could"
+                f" not be removed ({describe_os_error(exc)}); the copy is not kept"
+            ) from exc
         log.warning(
             "%s: copied into the quarantine as %s but not removed (%s); nothing was lost",
-            shown, record.id, problem,
+            shown, record.id, "it was replaced after it was scanned",
         )  # fmt: skip
         copied = dataclasses.replace(record, how="copied")
         try:

@@ -456,6 +456,59 @@ def test_a_full_quarantine_loses_nothing(
     assert entry_files(store) == []  # no partial data file, no record
 
 
+def full_ext4(mount: Mounter, tmp_path: Path, name: str, content: bytes) -> Path:
+    """A small ext4 with ``content`` as up/``name``, then filled up: its blocks, and
+    the entries of up/, so that up/ takes no name more (nor a longer one)."""
+    image = tmp_path / "small.ext4"
+    with image.open("wb") as handle:
+        handle.truncate(2 << 20)
+    subprocess.run(
+        ["mkfs.ext4", "-q", "-F", "-m", "0", "-b", "1024", "-N", "512", "-O", "^has_journal",
+         str(image)],
+        check=True,
+    )  # fmt: skip
+    up = mount("-o", "loop", str(image)) / "up"
+    up.mkdir()
+    (up / name).write_bytes(content)
+    with (up.parent / "filler").open("wb", buffering=0) as filler, pytest.raises(OSError) as full:
+        while True:
+            filler.write(b"\0" * 4096)
+    assert full.value.errno == errno.ENOSPC
+    with pytest.raises(OSError) as full:
+        for number in range(10_000):
+            (up / f"n{number:04}").touch()
+    assert full.value.errno == errno.ENOSPC
+    return up
+
+
+def test_a_move_whose_original_a_full_disk_cannot_remove_keeps_no_entry(
+    mount: Mounter, tmp_path: Path, store: QuarantineStore, opener: Opener, eicar: bytes
+) -> None:
+    """Across file systems the original goes last, by a rename to a longer staging
+    name first, which a full ext4 refuses (ENOSPC: its folder needs a new block).
+
+    That was an entry "copied" beside the infected original, which stayed
+    where it was while the action was reported done; every retry found the
+    entry and did nothing more. Now it is an error naming the file and why,
+    the copy is not kept, and the retry moves the file once there is room.
+    """
+    up = full_ext4(mount, tmp_path, "virus.com", eicar)
+    path = up / "virus.com"
+    assert os.stat(store.directory).st_dev != os.stat(up).st_dev
+    with pytest.raises(QuarantineError) as caught:
+        put(store, opener(path), keep=False)
+    assert str(caught.value) == (
+        f"cannot quarantine {path}: it was copied into {store.directory} but could not be"
+        " removed (No space left on device); the copy is not kept"
+    )
+    assert path.read_bytes() == eicar
+    assert entry_files(store) == []
+    (up.parent / "filler").unlink()  # room again: the retry moves it
+    record = put(store, opener(path), keep=False)
+    assert record.how == "moved" and not path.exists()
+    assert entry_files(store) == [record.id, f"{record.id}.json"]
+
+
 # -- restoring --------------------------------------------------------------------
 
 
