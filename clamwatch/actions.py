@@ -298,7 +298,13 @@ class ActionRunner:
             # another file system: the copy stays released, the new file is
             # scanned anew
             moved_to = move_to_free_name(
-                request.path, opened, target, "{}.{}", opened.identity.mode & 0o7777, keep_copy=True
+                request.path,
+                opened,
+                target,
+                "{}.{}",
+                opened.identity.mode & 0o7777,
+                keep_copy=True,
+                keep_owner=True,
             )
         except OSError as exc:
             return self._failed(request, "release", exc.strerror or str(exc))

@@ -15,6 +15,7 @@ import ctypes
 import ctypes.util
 import errno
 import os
+import stat
 from collections.abc import Iterator
 
 from clamwatch import staged
@@ -91,29 +92,73 @@ def remove_if_same(path: str, identity: FileIdentity) -> bool:
     return True
 
 
-def copy_new(source_fd: int, target: str, mode: int) -> None:
+def copy_new(
+    source_fd: int,
+    target: str,
+    mode: int,
+    scanned: FileIdentity | None = None,
+    *,
+    keep_owner: bool = False,
+) -> bool:
     """Copy what ``source_fd`` holds into a new file ``target`` (never replacing: it
-    raises FileExistsError), and sync it; on any error, or an interruption
-    (Ctrl-C, a scan's SIGTERM), nothing is left at ``target``."""
+    raises FileExistsError), with ``mode`` whatever the umask, and sync it; on any
+    error, or an interruption (Ctrl-C, a scan's SIGTERM), nothing is left at
+    ``target``.
+
+    ``scanned``: the source's identity at its scan. Only that many bytes are
+    copied, and if the source is not as it was once they are (written to,
+    grown or cut meanwhile), the copy is removed and False returned: a copy
+    must hold the scanned content, not bytes that came after. With
+    ``keep_owner`` the copy gets the original's owner and mtime, as mv(1)
+    gives them across file systems; where the owner cannot be kept, setuid
+    and setgid bits are not either (mv and cp -p do the same).
+    """
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(target, flags, mode)
+    fd = os.open(target, flags, mode & 0o777)
     try:
+        limit = scanned.size if scanned is not None else None
         offset = 0
-        while chunk := os.pread(source_fd, 1 << 20, offset):
+        while limit is None or offset < limit:
+            want = 1 << 20 if limit is None else min(1 << 20, limit - offset)
+            chunk = os.pread(source_fd, want, offset)
+            if not chunk:
+                break
             written = 0
             while written < len(chunk):
                 written += os.write(fd, chunk[written:])
             offset += len(chunk)
-        os.fsync(fd)
+        changed = scanned is not None and not names_same_file(os.fstat(source_fd), scanned)
+        if not changed:
+            if keep_owner and scanned is not None:
+                try:
+                    os.fchown(fd, scanned.uid, scanned.gid)
+                except PermissionError:
+                    mode &= ~(stat.S_ISUID | stat.S_ISGID)  # set-id to us, not to its owner
+                os.utime(fd, ns=(scanned.mtime_ns, scanned.mtime_ns))
+            else:
+                mode &= ~(stat.S_ISUID | stat.S_ISGID)
+            os.fchmod(fd, mode)  # after fchown, which clears set-id bits
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         os.unlink(target)
         raise
     os.close(fd)
+    if changed:
+        os.unlink(target)
+        return False
+    return True
 
 
 def move_to_free_name(
-    path: str, opened: OpenedFile, base: str, numbered: str, mode: int, *, keep_copy: bool
+    path: str,
+    opened: OpenedFile,
+    base: str,
+    numbered: str,
+    mode: int,
+    *,
+    keep_copy: bool,
+    keep_owner: bool = False,
 ) -> str | None:
     """Move the scanned file ``opened``, at ``path``, to ``base``, or the first of
     ``numbered.format(base, 1)`` to ``(base, 999)`` that is free; never replacing.
@@ -121,8 +166,11 @@ def move_to_free_name(
     Across file systems the content is copied from the scanned descriptor
     (``mode``), then the original removed if it is still the scanned one; if
     it is not, ``keep_copy`` says whether the copy stays; if removing it
-    fails, the copy is removed and the error raised. Returns where it went,
-    or None when nothing was moved (the path no longer names the file).
+    fails, the copy is removed and the error raised. Only the scanned
+    content is copied: a file changed during the copy is not moved (see
+    :func:`copy_new`, which also says what ``keep_owner`` does). Returns
+    where it went, or None when nothing was moved (the path no longer
+    names the file, or the file changed).
     """
     for target in _numbered_names(base, numbered):
         try:
@@ -132,7 +180,8 @@ def move_to_free_name(
                 if exc.errno != errno.EXDEV:
                     raise
             # the copy's own O_EXCL meets a name taken too: the next one, then
-            copy_new(opened.fd, target, mode)
+            if not copy_new(opened.fd, target, mode, opened.identity, keep_owner=keep_owner):
+                return None
             try:
                 removed = remove_if_same(path, opened.identity)
             except BaseException:

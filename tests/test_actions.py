@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -214,4 +216,84 @@ def test_a_file_written_to_after_its_scan_is_not_tagged_with_that_verdict(
         writer.write(b" and then something else, not scanned")
     tag(path, Clean(), opened)
     assert [a for a in os.listxattr(path) if a.startswith("user.clamwatch.")] == []
+    assert not events.of("action-done")
+
+
+def release_to_another_file_system(
+    tmp_path: Path, tmpfs: Callable[..., None], size: str = "1M"
+) -> tuple[Path, Path, WatchConfig]:
+    root, out = tmp_path / "in", tmp_path / "out"
+    root.mkdir()
+    tmpfs(out, size)
+    return root, out, WatchConfig(root, "t", release_to=out)
+
+
+def release(path: Path, watch: WatchConfig) -> None:
+    runner = ActionRunner(None, lambda *a: None)
+    rule = parse_rule(["release"], for_clean=True)
+    runner.submit(ActionRequest(str(path), watch, Clean(), rule, None, scanned(path)))
+    runner.close()
+
+
+def test_a_release_to_another_file_system_keeps_mode_owner_and_mtime(
+    tmp_path: Path, events: Events, tmpfs: Callable[..., None]
+) -> None:
+    """As a rename on the same file system does (and mv across them): the copy
+    was the daemon's, with its umask (the unit's UMask=0077 made 0640 0600)."""
+    root, out, watch = release_to_another_file_system(tmp_path, tmpfs)
+    path = root / "report.pdf"
+    path.write_bytes(b"clean")
+    os.chown(path, 1234, 5678)
+    path.chmod(0o640)
+    os.utime(path, ns=(1_600_000_000_000_000_000, 1_600_000_000_123_456_789))
+    old_umask = os.umask(0o077)
+    try:
+        release(path, watch)
+    finally:
+        os.umask(old_umask)
+    st = (out / "report.pdf").stat()
+    assert (st.st_mode & 0o7777, st.st_uid, st.st_gid) == (0o640, 1234, 5678)
+    assert st.st_mtime_ns == 1_600_000_000_123_456_789
+    assert not path.exists()
+    assert [e["action"] for e in events.of("action-done")] == ["release"]
+
+
+@pytest.mark.parametrize("change", ["grown", "cut"])
+def test_a_file_changed_during_a_release_copy_is_not_released(
+    tmp_path: Path, events: Events, tmpfs: Callable[..., None], change: str
+) -> None:
+    """The copy read to the end of whatever was there by then: bytes written after
+    the scan, or a file cut short, went out as clean; the original was then
+    not removed (it had changed) and the copy stayed."""
+    root, out, watch = release_to_another_file_system(tmp_path, tmpfs, "300M")
+    path = root / "big"
+    block = os.urandom(1 << 20)
+    with path.open("wb") as file:
+        for _ in range(128):  # long enough to copy for the writer to come in time
+            file.write(block)
+    came: list[bool] = []
+
+    def writer() -> None:
+        deadline = time.monotonic() + 30
+        while not (out / "big").exists() and time.monotonic() < deadline:
+            pass  # the copy has begun once its file is there
+        try:
+            with path.open("r+b") as file:
+                if change == "grown":
+                    file.seek(0, os.SEEK_END)
+                    file.write(b"UNSCANNED")
+                else:
+                    file.truncate(1 << 20)
+        except FileNotFoundError:
+            came.append(False)  # too late: the copy was done and the original gone
+            return
+        came.append(True)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    release(path, watch)
+    thread.join()
+    assert came == [True], "the copy ended before the writer came"
+    assert list(out.iterdir()) == []
+    assert path.exists()
     assert not events.of("action-done")
