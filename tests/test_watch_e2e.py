@@ -531,3 +531,42 @@ def test_a_file_still_being_written_in_a_directory_renamed_within_the_tree_waits
     verdict = only_once(daemon, [written])[str(written)]
     assert verdict["event"] == "detection"
     assert verdict["reason"] == "closed after write"
+
+
+# -- a short inotify queue -------------------------------------------------------------
+
+_MAX_QUEUED = Path("/proc/sys/fs/inotify/max_queued_events")
+
+
+def test_a_burst_through_a_short_inotify_queue_is_one_walk_and_one_verdict_a_file(
+    start_daemon: StartDaemon, watched: Path
+) -> None:
+    """fs.inotify.max_queued_events at 64 while the daemon makes its inotify
+    instance (the kernel reads it then: inotify(7)), restored at once. A burst of
+    3,000 files into 30 watched directories overflows the queue again and again:
+    one overflow-rescan, and every file gets exactly one verdict."""
+    directories = [watched / f"d{n:02}" for n in range(30)]
+    for directory in directories:
+        directory.mkdir()
+    before = _MAX_QUEUED.read_text()
+    _MAX_QUEUED.write_text("64\n")
+    try:
+        daemon = start_daemon(startup_scan="none", wait_ready=False)
+        daemon.wait_event("watch-armed")
+    finally:
+        _MAX_QUEUED.write_text(before)
+    daemon.wait_event("ready")
+    paths = [directories[n % 30] / f"f{n:04}" for n in range(3000)]
+    for number, path in enumerate(paths):
+        path.write_bytes(b"clean %d" % number)
+    daemon.wait_verdicts(paths, timeout=120)
+    # the overflows' walk came once the overflows stopped: by then every one was read
+    found = only_once(daemon, paths)
+    assert {e["event"] for e in found.values()} == {"clean"}
+    lost = [e for e in daemon.events if e["event"] == "overflow-rescan"]
+    assert len(lost) == 1
+    (walked,) = [e["message"] for e in daemon.events if e["message"].startswith("walking every")]
+    overflows = int(walked.split(" after ")[1].split()[0])
+    assert overflows >= 2, walked  # the burst overflowed the queue again and again
+    # said once by the overflow-rescan, not by watchdog for each
+    assert not [e for e in daemon.events if e.get("logger", "").startswith("watchdog")]

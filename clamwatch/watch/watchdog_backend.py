@@ -17,10 +17,10 @@ renamed within the tree is paired by its cookie, as the kernel queues the
 two halves together (inotify(7)).
 
 The kernel's IN_Q_OVERFLOW, which watchdog's observer only logs (watchdog
-issue #654), comes straight to :meth:`_TreeWatch.on_queue_overflow`: every
-tree is watched again (directories made meanwhile had no watch) and walked
-again, once the overflows have stopped (a burst overflows the queue again
-each time the reader has emptied it). Roots are supervised by polling their
+issue #654), comes straight to :meth:`TreeWatcher._lost_events`: every tree
+is watched again (directories made meanwhile had no watch) and walked again,
+once the overflows have stopped (a burst overflows the queue again each time
+the reader has emptied it). Roots are supervised by polling their
 identity once a second: a root that does not exist yet is waited for, one
 deleted and created again is watched afresh and walked.
 """
@@ -403,14 +403,10 @@ class _TreeWatch:
             self._forget_detached(wd)
 
     def on_queue_overflow(self) -> None:
-        self.batch.overflowed = True
+        """Never called: _InotifyReader.handle_event takes IN_Q_OVERFLOW first."""
 
     def on_events_lost(self) -> None:
-        """watchdog 7.1.1 and later call this right after on_queue_overflow (earlier ones never).
-
-        Nothing to add: the overflow's recovery (watch afresh, then walk)
-        runs once the whole read is handed over, in TreeWatcher._hand_over.
-        """
+        """Never called, as on_queue_overflow (watchdog 7.1.1 and later call it after that)."""
 
 
 def worth_handling(events: list[InotifyEvent]) -> list[InotifyEvent]:
@@ -443,12 +439,25 @@ class _InotifyReader(InotifyFD):
     After each read it hands the events over with ``on_read(drained)``:
     ``drained`` is a time.monotonic() time before which every event the kernel
     queued has now been read, or None when more were waiting (a burst).
+    An IN_Q_OVERFLOW in the read calls ``on_overflow()`` first.
     """
 
-    def __init__(self, on_read: Callable[[float | None], None]) -> None:
+    def __init__(
+        self, on_read: Callable[[float | None], None], on_overflow: Callable[[], None]
+    ) -> None:
         super().__init__()
         self.name = "clamwatch-inotify"
         self._on_read = on_read
+        self._on_overflow = on_overflow
+
+    def handle_event(self, event: InotifyEvent) -> None:
+        if event.is_queue_overflow:
+            # Not to watchdog, which would log a warning for each: a burst
+            # overflows the queue dozens of times, and clamwatch's
+            # overflow-rescan says it once, with what is done about it.
+            self._on_overflow()
+            return
+        super().handle_event(event)
 
     def run(self) -> None:
         name_this_thread()
@@ -505,7 +514,7 @@ class TreeWatcher:
         self.dispatcher = dispatcher
         self.on_armed = on_armed  # (watch, first time) -> walk it as needed
         self._batch = _Batch()
-        self._inotify = _InotifyReader(self._hand_over)
+        self._inotify = _InotifyReader(self._hand_over, self._lost_events)
         self._roots = [self._root(rules) for rules in filters]
         self._lock = threading.Lock()  # _roots: changed by update(), walked by the supervisor
         # The overflows since the last walk they asked for was let go: when
@@ -515,6 +524,7 @@ class TreeWatcher:
         self._overflow_latest = 0.0
         self._overflows = 0
         self._overflow_walks: list[tuple[_TreeWatch, Rescan]] = []
+        self.overflows_read = 0  # IN_Q_OVERFLOW since the start
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._supervise, name="clamwatch-watch-roots", daemon=True
@@ -551,6 +561,11 @@ class TreeWatcher:
         if drained is not None:
             # the dispatcher's clock is time.monotonic (the daemon's), as ours
             self.dispatcher.events_read(drained)
+
+    def _lost_events(self) -> None:
+        """An IN_Q_OVERFLOW in this read: dealt with once the read is handed over."""
+        self._batch.overflowed = True
+        self.overflows_read += 1
 
     def _overflowed(self) -> None:
         """Events were lost: walk every tree once the overflows stop (see _OVERFLOW_QUIET).
