@@ -222,7 +222,8 @@ def test_a_directory_the_watch_limit_leaves_out_is_reported_and_watched_once_it_
         seen.rescan(limited, "new directory")  # what it holds now is scanned anyway
         seen.wait("the watch limit reported", lambda: failures(caplog) != [])
     (message,) = failures(caplog)
-    assert str(watched) in message and "fs.inotify.max_user_watches" in message
+    assert message.startswith(f"1 directory under {watched} cannot be watched ({limited}): ")
+    assert "fs.inotify.max_user_watches" in message
     monkeypatch.setattr(inotify, "add_callback", add_callback)  # the limit is raised
     request = seen.rescan(limited, "watched late")
     assert request.mode is Mode.SETTLE

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import itertools
 import logging
 import os
 import struct
@@ -88,6 +89,7 @@ _GATHER = 0.002  # seconds
 _MOVE_PAIRING = 1.0  # seconds a directory's IN_MOVED_FROM waits for its IN_MOVED_TO
 _SUPERVISE_EVERY = 1.0  # seconds between checks of the watch roots
 _REPORT_UNWATCHED_EVERY = 60.0  # seconds between reminders of directories with no watch
+_UNWATCHED_NAMED = 3  # directories with no watch named by the reminder (an admin looks there)
 # A burst the reader cannot keep up with overflows the kernel's queue again
 # each time it has been read empty: 39 overflows in a 3 s burst into 500
 # directories with a queue of 128 (measured), and a walk of every tree for
@@ -327,14 +329,17 @@ class _TreeWatch:
             self._unwatched_new += 1
         self._unwatched[path] = exc
 
-    def unwatched(self) -> tuple[int, int, OSError | None]:
-        """Directories with no watch: how many, how many since the last call, the latest why."""
+    def unwatched(self) -> tuple[int, int, OSError | None, list[str]]:
+        """Directories with no watch: how many, how many since the last call, the latest why,
+        and the first _UNWATCHED_NAMED of them."""
         with self._lock:
             new, self._unwatched_new = self._unwatched_new, 0
             if not self._unwatched:
-                return 0, new, None
+                return 0, new, None, []
             # the latest why, without copying what may be thousands of entries
-            return len(self._unwatched), new, next(reversed(self._unwatched.values()))
+            latest = next(reversed(self._unwatched.values()))
+            named = list(itertools.islice(self._unwatched, _UNWATCHED_NAMED))
+            return len(self._unwatched), new, latest, named
 
     def retry_unwatched(self) -> list[str]:
         """Watch the directories that could not be watched; those that now are.
@@ -642,14 +647,15 @@ class TreeWatcher:
         for directory in tree.retry_unwatched():
             log.info("%s is watched now; walking it for what arrived meanwhile", directory)
             self.dispatcher.rescan(Rescan(directory, root.rules.root, "watched late", Mode.SETTLE))
-        count, new, reason = tree.unwatched()
+        count, new, reason, named = tree.unwatched()
         if reason is not None and (new or now >= root.unwatched_report_at):
             root.unwatched_report_at = now + _REPORT_UNWATCHED_EVERY
+            which = ", ".join(named) + (", ..." if count > len(named) else "")
             emit(
                 EventKind.WATCH_FAILED,
                 f"{count} director{'y' if count == 1 else 'ies'} under {root.rules.root} cannot"
-                f" be watched: {_explain(reason)}; files written into them are missed until"
-                f" then (tried again every {_SUPERVISE_EVERY:.0f} s, then walked)",
+                f" be watched ({which}): {_explain(reason)}; files written into them are missed"
+                f" until then (tried again every {_SUPERVISE_EVERY:.0f} s, then walked)",
                 logging.ERROR,
                 watch=root.rules.root,
                 unwatched=count,
