@@ -322,6 +322,23 @@ class ActionRunner:
 
     # -- hook ---------------------------------------------------------------------------
 
+    @staticmethod
+    def _written_since(request: ActionRequest) -> bool:
+        """The path, left where it was, now names other content than was scanned.
+
+        A hook goes by the path: one that publishes a clean file, or deletes
+        an infected one, would act on content this verdict is not about. That
+        content has a scan of its own coming (its close, or settle_time), and
+        that scan's hook. A file gone from the path has none: its hook runs.
+        """
+        if request.rule.file_action is not FileAction.NONE or request.opened is None:
+            return False  # moved, removed, released or copied from the scanned inode
+        try:
+            st = os.lstat(request.path)
+        except OSError:
+            return False
+        return not names_same_file(st, request.opened.identity)
+
     def _hook(self, request: ActionRequest, done: _Done) -> None:
         verdict = request.verdict
         env = dict(os.environ)
@@ -340,6 +357,9 @@ class ActionRunner:
             }
         )
         argv = list(request.watch.hook)
+        if self._written_since(request):
+            log.info("%s changed since its scan; its hook is left to the new scan", request.path)
+            return
         if self._closing.is_set():
             self._failed(request, "hook", f"{argv[0]} was not run: clamwatch stopped first")
             return

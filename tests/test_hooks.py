@@ -17,7 +17,7 @@ from clamwatch.actions import ActionRequest, ActionRunner
 from clamwatch.config import WatchConfig
 from clamwatch.files import OpenedFile, open_for_scan
 from clamwatch.policy import parse_rule
-from clamwatch.verdict import Infected
+from clamwatch.verdict import Clean, Infected
 from helpers import RecordingHandler, wait_for
 
 
@@ -206,3 +206,43 @@ def test_no_hook_for_a_file_replaced_before_its_action(tmp_path: Path, events: E
     runner.close()
     assert not events.of("action-done") and not events.of("action-failed")
     assert path.read_bytes() == b"another file, not scanned yet"
+
+
+def test_no_hook_for_a_verdict_on_content_written_over_since(
+    tmp_path: Path, events: Events
+) -> None:
+    """on_clean = ["hook"] with a hook that publishes the file: content appended
+    after the clean scan was published as clean. It has its own scan coming."""
+    out = tmp_path / "ran"
+    script = hook_script(tmp_path, f"echo ran > {out}\n")
+    watch = WatchConfig(tmp_path, "t", hook=(str(script),))
+    path = tmp_path / "upload"
+    path.write_bytes(b"clean")
+    opened = open_for_scan(str(path))
+    assert isinstance(opened, OpenedFile)
+    with path.open("ab") as writer:
+        writer.write(b"; not scanned yet")
+    runner = ActionRunner(None, lambda *a: None)
+    rule = parse_rule(["hook"], for_clean=True)
+    runner.submit(ActionRequest(str(path), watch, Clean(), rule, None, opened))
+    runner.close()
+    assert not out.exists()
+    assert not events.of("action-done") and not events.of("action-failed")
+
+
+def test_the_hook_runs_for_a_file_gone_since_its_scan(tmp_path: Path, events: Events) -> None:
+    """A detection in a file deleted at once: no new scan will tell of it."""
+    out = tmp_path / "ran"
+    script = hook_script(tmp_path, f'echo "$CLAMWATCH_VERDICT" > {out}\n')
+    watch = WatchConfig(tmp_path, "t", hook=(str(script),))
+    path = tmp_path / "upload"
+    path.write_bytes(b"infected, say")
+    opened = open_for_scan(str(path))
+    assert isinstance(opened, OpenedFile)
+    path.unlink()
+    runner = ActionRunner(None, lambda *a: None)
+    rule = parse_rule(["hook"], for_clean=False)
+    runner.submit(ActionRequest(str(path), watch, Infected("Test.Sig"), rule, None, opened))
+    wait_for(lambda: bool(events.of("action-done")), 10, "the hook's run")
+    runner.close()
+    assert out.read_text() == "infected\n"
