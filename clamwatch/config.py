@@ -150,6 +150,20 @@ def _strings(value: object) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _command(value: object) -> tuple[str, ...]:
+    """A hook's argv. Its program is looked for in PATH when a bare name; a
+    relative path ("./notify", "bin/notify") would be taken from the daemon's
+    working directory, which is / under systemd and wherever it was started
+    by hand, so it is refused."""
+    argv = _strings(value)
+    if argv and (not argv[0] or ("/" in argv[0] and not argv[0].startswith("/"))):
+        raise ValueError(
+            "expected the program as an absolute path, or a bare name found in PATH"
+            " (a relative path depends on the daemon's working directory)"
+        )
+    return argv
+
+
 def _globs(value: object) -> tuple[str, ...]:
     globs = _strings(value)
     for glob in globs:
@@ -231,7 +245,7 @@ _WATCH_KEYS: dict[str, Callable[[object], Any]] = {
     "on_not_scanned": _strings,
     "on_error": _strings,
     "release_to": _optional(_absolute_path),
-    "hook": _strings,
+    "hook": _command,
     "hook_timeout": _duration,
     "chmod_on_failure": _boolean,
     "log_clean": _boolean,
