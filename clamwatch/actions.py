@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from clamwatch.config import WatchConfig
 from clamwatch.eventkind import EventKind, emit
 from clamwatch.events import shown
-from clamwatch.files import OpenedFile, has_writer
+from clamwatch.files import FileIdentity, OpenedFile, has_writer
 from clamwatch.hookproc import HookProcesses, describe_status
 from clamwatch.policy import FileAction, Rule
 from clamwatch.quarantine import QuarantineError, QuarantineStore
@@ -73,6 +74,10 @@ class ActionRunner:
             hook_workers, thread_name_prefix="clamwatch-hook", initializer=name_this_thread
         )
         self._no_xattrs: set[int] = set()  # devices already reported without user xattrs
+        # (dev, ino) -> st_mode before chmod_on_failure made the file 000: its
+        # quarantine entry, once the quarantine works, records the file's own
+        # mode, which a restore gives back (not 000)
+        self._modes_before_lock_up: dict[tuple[int, int], int] = {}
         self._lock = threading.Lock()
         self._hook_processes = HookProcesses()
         self._closing = threading.Event()
@@ -211,6 +216,7 @@ class ActionRunner:
                 clamd_version=request.clamd_version,
                 watch=str(request.watch.path),
                 keep_original=keep,
+                mode=self._mode_before_lock_up(opened.identity),
             )
         except QuarantineError as exc:
             failed = self._failed(request, action, f"{exc}; the file stays where it is")
@@ -221,6 +227,9 @@ class ActionRunner:
         if record is None:
             log.info("%s was replaced before it could be quarantined; left alone", request.path)
             return None
+        if not keep:
+            with self._lock:
+                self._modes_before_lock_up.pop((opened.identity.dev, opened.identity.ino), None)
         if record.how == "copied" and not keep:
             # the original could not be removed (replaced meanwhile): it stays
             log.warning("%s: copied to the quarantine, the original was replaced", request.path)
@@ -233,7 +242,19 @@ class ActionRunner:
         )
         return _Done(quarantine_id=record.id)
 
+    def _mode_before_lock_up(self, identity: FileIdentity) -> int | None:
+        """The mode a file had before :meth:`_lock_up`, while it still has none."""
+        key = (identity.dev, identity.ino)
+        with self._lock:
+            if stat.S_IMODE(identity.mode) != 0:  # given a mode again since
+                self._modes_before_lock_up.pop(key, None)
+                return None
+            return self._modes_before_lock_up.get(key)
+
     def _lock_up(self, request: ActionRequest, opened: OpenedFile) -> None:
+        identity = opened.identity
+        with self._lock:  # the first lock-up's: the file is 000 at the next try
+            self._modes_before_lock_up.setdefault((identity.dev, identity.ino), identity.mode)
         try:
             os.fchmod(opened.fd, 0)  # the scanned inode, not whatever the path names
         except OSError as exc:

@@ -189,9 +189,13 @@ class QuarantineStore:
         clamd_version: str | None,
         watch: str,
         keep_original: bool,
+        mode: int | None = None,
     ) -> QuarantineRecord | None:
         """Move (or copy) the scanned file into the quarantine; None when the path
         no longer names the scanned version, and nothing was done.
+
+        ``mode`` is recorded instead of the file's own (st_mode), when given:
+        the one it had before the daemon made it unreadable.
 
         The record's ``how`` says what happened: a move whose original could not
         be removed after the copy (it was replaced meanwhile) is "copied".
@@ -216,7 +220,9 @@ class QuarantineStore:
             return existing
         record = None
         try:
-            record = self._quarantine(opened, signature, clamd_version, watch, keep_original)
+            record = self._quarantine(
+                opened, signature, clamd_version, watch, keep_original, mode=mode
+            )
             return record
         finally:
             with self._lock:
@@ -232,12 +238,14 @@ class QuarantineStore:
         clamd_version: str | None,
         watch: str,
         keep_original: bool,
+        *,
+        mode: int | None,
     ) -> QuarantineRecord | None:
         identity = opened.identity
         template = QuarantineRecord(
             id="", original_path=opened.path, watch=watch, signature=signature,
             clamd_version=clamd_version, detected_at=_clock(), owner=identity.uid,
-            group=identity.gid, mode=identity.mode, size=identity.size,
+            group=identity.gid, mode=identity.mode if mode is None else mode, size=identity.size,
             mtime_ns=identity.mtime_ns, sha256="", dev=identity.dev, ino=identity.ino, how="",
         )  # fmt: skip
         if not keep_original:

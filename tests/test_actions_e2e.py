@@ -6,6 +6,7 @@ import json
 import os
 import re
 import stat
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -286,6 +287,30 @@ def test_full_quarantine_leaves_the_file_and_says_so(
     assert stat.S_IMODE(bad.stat().st_mode) == 0
     assert records(quarantine_dir) == []
     assert [p for p in quarantine_dir.iterdir() if not p.name.startswith(".")] == []
+
+
+def test_a_file_locked_up_then_quarantined_keeps_its_own_mode_in_the_record(
+    tmpfs: Callable[[Path, str], None],
+    start: Start,
+    watched: Path,
+    quarantine_dir: Path,
+    eicar: bytes,
+) -> None:
+    """chmod_on_failure makes the file 000; the quarantine that works at the
+    next try recorded 000, and a restore gave back an unreadable file."""
+    tmpfs(quarantine_dir, "64k")
+    daemon = start(chmod_on_failure=True)
+    bad = watched / "big-bad"
+    bad.write_bytes(eicar + os.urandom(256 * 1024))
+    bad.chmod(0o640)
+    wait_action(daemon, bad, "chmod 000")
+    assert stat.S_IMODE(bad.stat().st_mode) == 0
+    subprocess.run(["mount", "-o", "remount,size=4m", str(quarantine_dir)], check=True)
+    with open(bad, "r+b"):  # a close after writing: scanned again, not in a minute
+        pass
+    wait_action(daemon, bad, "move")
+    (record,) = records(quarantine_dir)
+    assert stat.S_IMODE(record["mode"]) == 0o640
 
 
 def test_hanging_hook_does_not_slow_scanning(
