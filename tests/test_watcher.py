@@ -137,6 +137,51 @@ def test_a_directory_renamed_within_the_tree_keeps_its_watches(
     assert not any(path.startswith(str(old) + "/sub/after") for path, _ in seen.reasons())
 
 
+class WholeLooks(dict[str, WatchDescriptor]):
+    """A tree's watches by path, counting each look at all of them."""
+
+    looks = 0
+
+    def __iter__(self) -> Iterator[str]:
+        self.looks += 1
+        return super().__iter__()
+
+    def keys(self) -> Any:
+        self.looks += 1
+        return super().keys()
+
+    def items(self) -> Any:
+        self.looks += 1
+        return super().items()
+
+    def values(self) -> Any:
+        self.looks += 1
+        return super().values()
+
+
+def test_a_directory_renamed_takes_its_watches_along_without_a_look_at_all_the_others(
+    start: Callable[..., tuple[TreeWatcher, Seen]], watched: Path
+) -> None:
+    """A rename looked at every watch of the tree to find those below the directory:
+    1 ms a rename with 20,000 directories watched, and a storm of 6,000 renames kept
+    the reader from the kernel's queue for 6.4 s (measured)."""
+    watcher, seen = start()
+    (watched / "a" / "b" / "c").mkdir(parents=True)
+    (watched / "x" / "y").mkdir(parents=True)
+    seen.rescan(watched / "x", "new directory")
+    (watched / "a" / "b" / "c" / "probe").write_bytes(b"x")
+    seen.work(watched / "a" / "b" / "c" / "probe", "closed after write")  # c is watched
+    (tree,) = [root.tree for root in watcher._roots]
+    with tree._lock:
+        tree._wd = counted = WholeLooks(tree._wd)
+    (watched / "a").rename(watched / "x" / "a")
+    (watched / "x").rename(watched / "z")
+    seen.rescan(watched / "z", "directory moved in")
+    (watched / "z" / "a" / "b" / "c" / "after").write_bytes(b"x")
+    seen.work(watched / "z" / "a" / "b" / "c" / "after", "closed after write")
+    assert counted.looks == 0
+
+
 def test_a_directory_moved_out_and_made_again_under_its_name_is_watched(
     start: Callable[..., tuple[TreeWatcher, Seen]],
     watched: Path,
