@@ -129,6 +129,13 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
+def _positive_duration(text: str) -> float:
+    duration = _duration(text)
+    if duration <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a duration of more than 0")
+    return duration
+
+
 def _columns() -> int:
     """The terminal's width as shutil.get_terminal_size() tells it: $COLUMNS, the tty, 80."""
     try:
@@ -303,7 +310,7 @@ def _add_scan(commands: argparse._SubParsersAction[_Parser], *, with_options: bo
     )
     scan.add_argument(
         "--request-timeout",
-        type=_duration,
+        type=_positive_duration,
         metavar="DURATION",
         help="how long one file may take in clamd before its session is dropped and the file"
         " sent again (default: 60s above clamd's MaxScanTime from --clamd-conf, at least 180s;"

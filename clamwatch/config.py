@@ -114,6 +114,21 @@ def _duration(value: object) -> float:
     return parse_duration(_string(value))
 
 
+def _more_than_zero(
+    parse: Callable[[object], float], what: str, empty: str | None = None
+) -> Callable[[object], float]:
+    """``parse``, refusing 0: a 0 s deadline or limit is never what was meant."""
+    hint = f" (leave it empty for {empty})" if empty else ""
+
+    def parse_more_than_zero(value: object) -> float:
+        parsed = parse(value)
+        if parsed <= 0:
+            raise ValueError(f"expected a {what} of more than 0{hint}")
+        return parsed
+
+    return parse_more_than_zero
+
+
 def _address(value: object) -> str:
     try:
         parse_address(_string(value))
@@ -210,8 +225,8 @@ _CLAMD_KEYS: dict[str, Callable[[object], Any]] = {
     "transport": lambda v: TransportChoice(_choice("auto", "fildes", "instream")(v)),
     "sessions": _positive_int,
     "max_in_flight": _optional(_positive_int, 0),
-    "request_timeout": _optional(_duration),
-    "keepalive": _optional(_duration),
+    "request_timeout": _optional(_more_than_zero(_duration, "duration", "the default")),
+    "keepalive": _optional(_more_than_zero(_duration, "duration", "the default")),
     "max_stream_size": _optional(_size),
     "max_file_size": _optional(_positive_size),
     "eicar_check": _boolean,
@@ -228,8 +243,8 @@ _DAEMON_KEYS: dict[str, Callable[[object], Any]] = {
 
 _QUARANTINE_KEYS: dict[str, Callable[[object], Any]] = {
     "directory": _absolute_path,
-    "max_age": _optional(_duration),
-    "max_total_size": _optional(_size),
+    "max_age": _optional(_more_than_zero(_duration, "duration", "no limit")),
+    "max_total_size": _optional(_more_than_zero(_size, "size", "no limit")),
 }
 
 _WATCH_KEYS: dict[str, Callable[[object], Any]] = {
@@ -246,7 +261,7 @@ _WATCH_KEYS: dict[str, Callable[[object], Any]] = {
     "on_error": _strings,
     "release_to": _optional(_absolute_path),
     "hook": _command,
-    "hook_timeout": _duration,
+    "hook_timeout": _more_than_zero(_duration, "duration"),
     "chmod_on_failure": _boolean,
     "log_clean": _boolean,
 }

@@ -115,6 +115,20 @@ def test_shipped_config_documents_every_key_with_its_default(tmp_path: Path) -> 
         ("[[watch]]\npath = '/srv'\nlog_clean = 0\n", "expected true or false"),
         ("[clamd]\neicar_check = 'no'\n", "eicar_check = 'no': expected true or false"),
         ("[quarantine]\nmax_age = 'forever'\n", "is not a duration"),
+        (
+            "[quarantine]\nmax_age = 0\n",
+            "max_age = 0: expected a duration of more than 0 (leave it empty for no limit)",
+        ),
+        (
+            "[quarantine]\nmax_total_size = '0K'\n",
+            "expected a size of more than 0 (leave it empty for no limit)",
+        ),
+        (
+            "[clamd]\nrequest_timeout = '0s'\n",
+            "expected a duration of more than 0 (leave it empty for the default)",
+        ),
+        ("[clamd]\nkeepalive = 0\n", "expected a duration of more than 0"),
+        ("[[watch]]\npath = '/srv'\nhook_timeout = '0ms'\n", "expected a duration of more"),
         ("[clamd\n", "not valid TOML"),
     ],
 )

@@ -383,6 +383,7 @@ def test_unreachable_clamd_exits_2_naming_the_address_and_why(
         (["--max-stream-size", "lots"], "is not a size"),
         (["--max-file-size", "0"], "--max-file-size: '0': expected a size of 1 byte or more"),
         (["--timeout", "soon"], "is not a duration"),
+        (["--request-timeout", "0s"], "--request-timeout: '0s': expected a duration of more"),
         (["--clamd-conf", "/nonexistent/clamd.conf"], "/nonexistent/clamd.conf"),
         (["--allmatch"], "clamwatch scan: error: unrecognized arguments: --allmatch"),
         (["-f", "/nonexistent/list"], "cannot read the file list /nonexistent/list: No such"),
