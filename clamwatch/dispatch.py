@@ -96,7 +96,7 @@ class Work:
     reason: str  # close, moved, created, rescan, startup, ...
     if_changed: bool = False  # skip when this version already has its verdict
     newer_than: float | None = None  # startup: skip files unchanged since (epoch s)
-    tries: int = 0  # scans that ended in a transport error
+    tries: int = 0  # scans that ended in a transport error, or opens short of a descriptor
     # the file as the lease check left it open (settle_check's ``room``), for
     # the scan to take over; whoever drops this Work closes it (_drop_held)
     opened: CheckedFile | None = None
