@@ -61,8 +61,11 @@ def _open_file(name: str, dir_fd: int | None = None) -> int:
 DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def list_directory(directory: str, *, follow: bool = False) -> list[tuple[str, bool | None]]:
-    """Each entry of ``directory``: its path, and whether it is a directory itself.
+def list_directory(
+    directory: str, *, follow: bool = False, expect: tuple[int, int] | None = None
+) -> list[tuple[str, bool | None, tuple[int, int] | None]]:
+    """Each entry of ``directory``: its path, whether it is a directory itself,
+    and a directory's (st_dev, st_ino).
 
     None for an entry whose type could not be told (gone meanwhile). The
     listing goes through a descriptor opened with O_NOATIME where allowed
@@ -72,21 +75,42 @@ def list_directory(directory: str, *, follow: bool = False) -> list[tuple[str, b
     cannot be listed: ELOOP when ``directory`` is a symbolic link, which
     is followed only when ``follow`` says so (a watch's root as configured;
     a directory in a tree swapped for a link must not take a walk out of it).
+
+    ``expect``: the (st_dev, st_ino) its parent's listing gave; ELOOP too
+    when the path now leads to another directory. O_NOFOLLOW guards the last
+    name only: a folder above it swapped for a link since its listing leads
+    the path out of the tree, into whatever the link names.
     """
     flags = DIRECTORY_FLAGS & ~os.O_NOFOLLOW if follow else DIRECTORY_FLAGS
     fd = open_noatime(directory, flags)
     try:
+        if expect is not None:
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != expect:
+                raise OSError(
+                    errno.ELOOP,
+                    "not the directory listed there (a folder above it swapped for a link)",
+                    directory,
+                )
         with os.scandir(fd) as entries:  # through a duplicate of fd, which shares its flags
-            return [(os.path.join(directory, e.name), _is_directory(e)) for e in entries]
+            return [_listed(directory, entry) for entry in entries]
     finally:
         os.close(fd)
 
 
-def _is_directory(entry: os.DirEntry[str]) -> bool | None:
+def _listed(
+    directory: str, entry: os.DirEntry[str]
+) -> tuple[str, bool | None, tuple[int, int] | None]:
+    path = os.path.join(directory, entry.name)
     try:
-        return entry.is_dir(follow_symlinks=False)
+        if not entry.is_dir(follow_symlinks=False):
+            return path, False, None
+        # fstatat() beside the listing's descriptor: a mount point gives
+        # what is mounted there, as opening the path will
+        st = entry.stat(follow_symlinks=False)
     except OSError:
-        return None
+        return path, None, None
+    return path, True, (st.st_dev, st.st_ino)
 
 
 class FileIdentity(Value):

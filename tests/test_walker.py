@@ -57,14 +57,16 @@ def failing(monkeypatch: pytest.MonkeyPatch, tree: Path) -> Iterator[dict[str, i
     calls: dict[str, int] = {}
     real = files.list_directory
 
-    def list_directory(path: str, *, follow: bool = False) -> list[tuple[str, bool | None]]:
+    def list_directory(
+        path: str, *, follow: bool = False, expect: tuple[int, int] | None = None
+    ) -> list[tuple[str, bool | None, tuple[int, int] | None]]:
         name = os.path.basename(path)
         calls[name] = calls.get(name, 0) + 1
         if name == "busy" and calls[name] == 1:
             raise OSError(errno.EMFILE, os.strerror(errno.EMFILE), path)
         if name == "locked":
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
-        return real(path, follow=follow)
+        return real(path, follow=follow, expect=expect)
 
     monkeypatch.setattr(walker_module, "list_directory", list_directory)
     yield calls
@@ -206,3 +208,48 @@ def test_a_directory_swapped_for_a_link_is_not_walked_but_a_linked_root_is(
         str(linked_root / "file"),
         str(linked_root / "sub"),
     }
+
+
+def test_a_folder_swapped_for_a_link_during_the_walk_does_not_lead_it_out_of_the_tree(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """uploads/a is listed, then swapped for a link to a tree outside before
+    uploads/a/b is: the path uploads/a/b now names outside/b, whose files
+    (and, for a link to /, the whole system's) the walk handed over."""
+    root = tmp_path / "uploads"
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "a" / "b" / "inside").write_text("inside")
+    outside = tmp_path / "outside"
+    (outside / "b" / "deeper").mkdir(parents=True)
+    (outside / "b" / "secret").write_text("secret")
+    (outside / "b" / "deeper" / "more").write_text("more")
+    real = files.list_directory
+
+    def list_directory(
+        path: str, *, follow: bool = False, expect: tuple[int, int] | None = None
+    ) -> list[tuple[str, bool | None, tuple[int, int] | None]]:
+        if (
+            path == str(root / "a" / "b")
+            and (root / "a").is_dir()
+            and not (root / "a").is_symlink()
+        ):
+            (root / "a").rename(tmp_path / "a-moved")
+            (root / "a").symlink_to(outside)
+        return real(path, follow=follow, expect=expect)
+
+    monkeypatch.setattr(walker_module, "list_directory", list_directory)
+    dispatcher = walk_once(root, Rescan(str(root), str(root), "startup scan", Mode.DUE))
+    assert (root / "a").is_symlink()  # the swap happened
+    assert [work.path for work in dispatcher.take(100)] == []
+
+
+def test_listing_a_folder_that_is_not_the_one_expected_is_eloop(tmp_path: Path) -> None:
+    one, other = tmp_path / "one", tmp_path / "other"
+    one.mkdir()
+    other.mkdir()
+    st = other.stat()
+    with pytest.raises(OSError) as info:
+        files.list_directory(str(one), expect=(st.st_dev, st.st_ino))
+    assert info.value.errno == errno.ELOOP
+    mine = one.stat()
+    assert files.list_directory(str(one), expect=(mine.st_dev, mine.st_ino)) == []

@@ -70,12 +70,15 @@ class Walker:
         if rules is None:
             return True
         # each directory with the newer_than its files are judged by
-        stack = [(request.directory, request.newer_than)]
+        stack: list[tuple[str, float | None, tuple[int, int] | None]] = [
+            (request.directory, request.newer_than, None)
+        ]
         while stack:
-            directory, newer_than = stack.pop()
+            directory, newer_than, expect = stack.pop()
             try:
-                # a link is followed only as the watch's root itself
-                listed = list_directory(directory, follow=directory == request.watch)
+                # a link is followed only as the watch's root itself; below
+                # the start, each folder must be the one its parent listed
+                listed = list_directory(directory, follow=directory == request.watch, expect=expect)
             except OSError as exc:
                 if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
                     continue  # gone, or swapped for a file or a link, meanwhile
@@ -86,7 +89,7 @@ class Walker:
                     )  # fmt: skip
                     if self._stop.wait(_RETRY_FOR_NOW):
                         return False
-                    stack.append((directory, newer_than))
+                    stack.append((directory, newer_than, expect))
                     continue
                 if exc.errno == errno.ENAMETOOLONG:
                     log.error("cannot walk %s: %s", directory, PATH_TOO_LONG)
@@ -98,14 +101,14 @@ class Walker:
                 )  # fmt: skip
                 continue
             files: list[str] = []
-            for path, is_directory in listed:
+            for path, is_directory, directory_id in listed:
                 if is_directory is None:
                     continue  # gone meanwhile
                 if is_directory:
                     # globs and regexes judge files, as for events; only
                     # our own folders are pruned whole
                     if not rules.own_folder(path):
-                        stack.append((path, _below(path, newer_than)))
+                        stack.append((path, _below(path, newer_than), directory_id))
                     continue
                 if not rules.excluded(path):
                     files.append(path)

@@ -216,16 +216,23 @@ class _TreeWatch:
             again.add(self._watch_again(top))
         elif top not in self._wd:
             self._watch(top)
-        stack = [top]
+        stack: list[tuple[str, tuple[int, int] | None]] = [(top, None)]
         while stack:
-            directory = stack.pop()
+            directory, expect = stack.pop()
             try:
-                # a link is followed only as the watch's root itself
-                listed = list_directory(directory, follow=directory == self.rules.root)
+                # a link is followed only as the watch's root itself; below
+                # top, each folder must be the one its parent listed
+                listed = list_directory(
+                    directory, follow=directory == self.rules.root, expect=expect
+                )
             except OSError:
                 continue  # gone, unreadable, or swapped for a link meanwhile
-            found = [path for path, is_directory in listed if is_directory and not own(path)]
-            for path in found:
+            found = [
+                (path, directory_id)
+                for path, is_directory, directory_id in listed
+                if is_directory and not own(path)
+            ]
+            for path, directory_id in found:
                 if again is not None or path not in self._wd:
                     try:
                         wd = self._watch(path) if again is None else self._watch_again(path)
@@ -234,7 +241,7 @@ class _TreeWatch:
                         continue
                     if again is not None:
                         again.add(wd)
-                stack.append(path)
+                stack.append((path, directory_id))
 
     def _watch_again(self, path: str) -> WatchDescriptor:
         """``path``'s watch asked for again: the one it has, or a new one (OSError if none)."""
