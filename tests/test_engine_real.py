@@ -6,6 +6,7 @@ import logging
 import os
 import queue
 import re
+import signal
 import socket
 import threading
 import time
@@ -421,6 +422,48 @@ def test_unreachable_clamd_is_an_error_never_a_verdict(tmp_path: Path) -> None:
     assert isinstance(outcome.verdict, ScanError)
     assert "clamd unreachable" in outcome.verdict.message
     assert outcome.transport is None
+
+
+def test_a_clamd_stuck_after_a_keepalive_ping_is_a_timeout_never_a_hang(
+    clamd_factory: ClamdFactory, tmp_path: Path, eicar: bytes
+) -> None:
+    """No request goes while a PING waits for its PONG: a clamd stopped (SIGSTOP)
+    with only the PING out must still end in a timeout, and `clamwatch scan`
+    (give_up_after) must get its ScanError, not wait forever."""
+    server = clamd_factory()
+    pid = server.pid
+    assert pid is not None
+    (tmp_path / "bad").write_bytes(eicar)
+    with running(
+        server.unix_address,
+        sessions=1,
+        eicar_check=False,  # else the idle session's keepalive is a check, with its own deadline
+        keepalive=0.3,
+        request_timeout=2.0,
+        connect_timeout=1.0,
+        give_up_after=2.0,
+        backoff_initial=0.05,
+        backoff_max=0.2,
+    ) as engine:
+        assert scan_files(engine, [tmp_path / "bad"])[tmp_path / "bad"].verdict == Infected(
+            EICAR_SIGNATURE
+        )
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            # the PING is what is under test: wait until one is out
+            wait_for(
+                lambda: any(s.ping_pending for s in engine._sessions),
+                10,
+                "a keepalive PING to the stopped clamd",
+            )
+            outcome = scan_files(engine, [tmp_path / "bad"], timeout=20)[tmp_path / "bad"]
+            assert isinstance(outcome.verdict, ScanError), outcome
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        # and once clamd goes on and answers again, the true verdict
+        wait_for(lambda: engine.reachable, 30, "clamd to answer after SIGCONT")
+        outcome = scan_files(engine, [tmp_path / "bad"], timeout=30)[tmp_path / "bad"]
+    assert outcome.verdict == Infected(EICAR_SIGNATURE)
 
 
 def test_scans_wait_for_a_late_clamd(

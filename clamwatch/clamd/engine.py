@@ -957,6 +957,11 @@ class Engine:
             if oldest is not None and now - oldest.sent_at > timeout:
                 self._session_lost(session, f"no reply within {timeout:g} s (clamd stuck?)", now)
                 continue
+            if session.ping_pending and now - session.ping_sent_at > timeout:
+                # nothing else may go until the PONG: without this deadline,
+                # files queued behind it would wait for a stuck clamd forever
+                self._session_lost(session, f"no answer to a PING within {timeout:g} s", now)
+                continue
             if session.eicar_pending and now - session.eicar_sent_at > timeout:
                 unanswered = f"no answer to the EICAR check within {timeout:g} s"
                 self._eicar_failed(session, unanswered, now)
@@ -1026,6 +1031,8 @@ class Engine:
             oldest = next(iter(session.in_flight.values()), None)
             if oldest is not None:
                 candidates.append(oldest.sent_at + self.settings.request_timeout)
+            if session.ping_pending:
+                candidates.append(session.ping_sent_at + self.settings.request_timeout)
         # at least once a second, so that the heartbeat shows a live loop
         candidates.append(now + 1.0)
         return min(candidates)

@@ -179,6 +179,7 @@ class Session:
         self._eicar_id: int | None = None  # the check in flight
         self._eicar_fd: int | None = None  # its memfd, over FILDES
         self._ping_id: int | None = None  # a keepalive PING not answered yet
+        self.ping_sent_at = now  # when it went (Engine._timers: a PONG that never comes)
         self._retiring: str | None = None  # why END goes once the last reply came (retire)
         self.eicar_sent_at = now
         self._eicar_passed = False  # the handshake's check passed
@@ -468,8 +469,18 @@ class Session:
         No scan request follows until the PONG: clamd refuses a descriptor
         that reaches it in the same read as the PING's bytes (see check_eicar).
         """
+        if self._ping_id is not None:
+            # the last one is unanswered: clamd is not reading, and another
+            # would push back the deadline that tells a stuck clamd
+            return
         if self.state in (SessionState.READY, SessionState.HANDSHAKE) and self._stream is None:
             self._ping_id = self._command(Ping(), now)
+            self.ping_sent_at = now
+
+    @property
+    def ping_pending(self) -> bool:
+        """A keepalive PING waits for its PONG; no request goes until it comes."""
+        return self._ping_id is not None
 
     def pong(self, request_id: int | None) -> None:
         if request_id == self._ping_id:
