@@ -10,6 +10,7 @@ scan. Each action ends in an action-done or action-failed event.
 
 from __future__ import annotations
 
+import collections
 import errno
 import logging
 import os
@@ -57,6 +58,10 @@ class _Done:
     error: str | None = None  # "move failed: ..." when the file action failed
 
 
+def _key(request: ActionRequest) -> tuple[str, str]:
+    return (request.path, str(request.watch.path))
+
+
 class ActionRunner:
     def __init__(
         self,
@@ -81,9 +86,39 @@ class ActionRunner:
         self._lock = threading.Lock()
         self._hook_processes = HookProcesses()
         self._closing = threading.Event()
+        # (path, watch root) of the requests not yet ended, hooks included:
+        # their verdicts are reported and the dispatcher is done with them, so
+        # only this says they are still to do (see acting)
+        self._acting: collections.Counter[tuple[str, str]] = collections.Counter()
 
     def submit(self, request: ActionRequest) -> None:
-        self._pool.submit(self._run, request)
+        key = _key(request)
+        with self._lock:
+            self._acting[key] += 1
+        try:
+            self._pool.submit(self._run, request)
+        except BaseException:
+            self._ended(request)
+            raise
+
+    def acting(self) -> list[tuple[str, str]]:
+        """(path, watch root) of each file whose actions (hook included) have not ended.
+
+        The state saved at a checkpoint lists them with what is still to
+        scan: the coverage it saves reaches past their verdicts, so after a
+        crash only that list gets them scanned, and acted on, again (an
+        infected file's move or hook was lost with the crash, its file left
+        where it was).
+        """
+        with self._lock:
+            return list(self._acting)
+
+    def _ended(self, request: ActionRequest) -> None:
+        key = _key(request)
+        with self._lock:
+            self._acting[key] -= 1
+            if self._acting[key] <= 0:
+                del self._acting[key]
 
     def close(self) -> None:
         """Finish the file actions; kill running hooks (with their children) and
@@ -96,17 +131,29 @@ class ActionRunner:
     # -- one request ------------------------------------------------------------------
 
     def _run(self, request: ActionRequest) -> None:
+        handed_on = False  # to the hook, which ends the request
         try:
             if request.rule.tag:
                 self._tag(request)
             done = self._file_action(request)
             if request.rule.hook and done is not None:
-                self._hooks.submit(self._hook, request, done)
+                self._hooks.submit(self._hook_and_end, request, done)
+                handed_on = True
         except Exception:
             log.exception("action on %s failed unexpectedly", request.path)
         finally:
             if request.opened is not None:
                 request.opened.close()
+            if not handed_on:
+                self._ended(request)
+
+    def _hook_and_end(self, request: ActionRequest, done: _Done) -> None:
+        try:
+            self._hook(request, done)
+        except Exception:
+            log.exception("hook for %s failed unexpectedly", request.path)
+        finally:
+            self._ended(request)
 
     def _fields(self, request: ActionRequest, action: str) -> dict[str, object]:
         signature = request.verdict.signature if isinstance(request.verdict, Infected) else None

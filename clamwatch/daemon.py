@@ -225,7 +225,8 @@ class Daemon:
         """Save what is still to do, and how far each watch is covered; False if it failed.
 
         Everything unresolved (waiting, settling, in flight, directories to
-        walk or being walked) is saved by name, so coverage may move up to
+        walk or being walked, files whose actions or hook have not ended)
+        is saved by name, so coverage may move up to
         now. Once the watcher has stopped, ``watched_until`` (epoch s) is when
         it stopped: what changed after that was seen by no one, and coverage
         must not reach past it. A state that cannot be written (a full disk)
@@ -251,8 +252,13 @@ class Daemon:
             for entry in deleted:
                 log.info("quarantine entry %s deleted by the retention settings", entry)
         snapshot = self.dispatcher.snapshot()
+        # After the snapshot: a file's actions are submitted before the
+        # dispatcher is told its scan is done, so none falls between the two.
+        paths = snapshot.paths
+        listed = set(paths)
+        paths += [p for p in self.actions.acting() if p not in listed]
         rescans = [(r.directory, r.watch) for r in snapshot.rescans]
-        state = State(covered, snapshot.paths, rescans)
+        state = State(covered, paths, rescans)
         directory = self.config.daemon.state_directory
         try:
             save_state(directory, state)
