@@ -215,7 +215,13 @@ class QuarantineStore:
             if existing is None:
                 self._busy.add(version)
         if existing is not None:
-            if not keep_original and existing.original_path != opened.path:
+            if not keep_original:
+                # Another name of it (a hard link); or the very name the entry
+                # came from, when a crash fell between a move's copy and record
+                # and the removal of the original: the rescan after the restart
+                # finds it here. The name is removed only if it still holds
+                # this version (the content is safe in the entry); mostly it
+                # is gone, and nothing is done.
                 self._remove_other_name(opened, existing)
             return existing
         record = None
@@ -386,13 +392,14 @@ class QuarantineStore:
         return copied
 
     def _remove_other_name(self, opened: OpenedFile, existing: QuarantineRecord) -> None:
-        """Another name (a hard link) of a version already quarantined: its content
-        is safe in the entry, so moving it means removing this name."""
+        """A name of a version already quarantined (a hard link, or the original
+        a crash left behind): its content is safe in the entry, so moving it
+        means removing this name, if it still holds that version."""
         try:
             safefs.remove_if_same(opened.path, opened.identity)
         except OSError as exc:
             raise QuarantineError(
-                f"cannot remove {display_path(opened.path)}, another name of quarantine"
+                f"cannot remove {display_path(opened.path)}, whose content is in quarantine"
                 f" entry {existing.id}: {exc.strerror}"
             ) from exc
 

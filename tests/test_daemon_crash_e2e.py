@@ -8,6 +8,7 @@ real daemon as a process, the real clamd.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import time
@@ -16,8 +17,12 @@ from pathlib import Path
 
 import pytest
 
+from clamwatch.files import OpenedFile, open_for_scan
 from clamwatch.privateclamd import PrivateClamd
+from clamwatch.quarantine import QuarantineStore
+from clamwatch.quarantine_record import write_record
 from clamwatch.state import STATE_FILE
+from clamwatch.testsig import EICAR_SIGNATURE
 from daemonproc import DaemonProcess, write_config
 
 CHECKPOINT_WAIT = 45.0  # the daemon checkpoints 30 s after it is ready
@@ -97,3 +102,53 @@ def test_a_hook_still_running_at_a_checkpoint_is_not_lost_with_a_crash(
     second.wait_verdicts([bad], timeout=30)
     assert second.verdicts()[str(bad)][0]["event"] == "detection"
     wait_for((runs / "run-1").is_file, 30, "the hook to run again")
+
+
+def test_an_original_left_by_a_crash_after_its_quarantine_copy_is_removed_at_the_rescan(
+    clamd: PrivateClamd, tmp_path: Path, watched: Path, eicar: bytes, daemons: list[DaemonProcess]
+) -> None:
+    """A move into a quarantine on another file system copies the file,
+    writes the entry's record, and only then removes the original: a crash in
+    between leaves the entry ("moved") and the original. At the next start
+    the original is scanned again, and the quarantine found its version
+    already held and called it moved, leaving the infected file in the
+    upload folder for good. Its name is removed now, and no second entry made."""
+    bad = watched / "bad.com"
+    bad.write_bytes(eicar)
+    quarantine = tmp_path / "state" / "quarantine"
+    # what the crash left: the entry, as the daemon's copy makes it, recorded as a move
+    store = QuarantineStore(quarantine)
+    opened = open_for_scan(str(bad))
+    assert isinstance(opened, OpenedFile)
+    with contextlib.closing(opened):
+        copied = store.quarantine(
+            opened,
+            signature=EICAR_SIGNATURE,
+            clamd_version=None,
+            watch=str(watched),
+            keep_original=True,
+        )
+    assert copied is not None
+    entry = dataclasses.replace(copied, how="moved")
+    write_record(quarantine, entry)
+    config = write_config(
+        tmp_path / "clamwatch.toml",
+        address=clamd.unix_address,
+        watches=[watched],
+        state_directory=tmp_path / "state",
+        daemon={"settle_time": "500ms"},
+    )
+    daemon = DaemonProcess(config)
+    daemons.append(daemon)
+    daemon.wait_event("ready")
+    daemon.wait_verdicts([bad], timeout=30)
+    assert daemon.verdicts()[str(bad)][0]["event"] == "detection"
+    daemon.wait_until(
+        lambda events: any(e["event"] in ("action-done", "action-failed") for e in events),
+        30,
+        "the move",
+    )
+    done = [e for e in daemon.events if e["event"] in ("action-done", "action-failed")]
+    assert [(e["event"], e.get("quarantine_id")) for e in done] == [("action-done", entry.id)]
+    assert not bad.exists(), "the infected original is still in the upload folder"
+    assert [r.id for r in QuarantineStore(quarantine).list()] == [entry.id]
