@@ -81,7 +81,8 @@ def walk(
     out.
     """
     procfs = _procfs_devices()  # read once: walk() runs for each line of a file list
-    for top in paths:
+    for given in paths:
+        top = _file_named_as_folder(given)
         skip = _excluder(top, exclude) if exclude else None
         if skip is not None and skip(top):
             continue
@@ -90,7 +91,7 @@ def walk(
         except OSError as exc:
             if exc.errno in (errno.ENOENT, errno.ENOTDIR):
                 # named, never seen: "vanished" would suggest a race
-                yield top, NotScanned(NotScannedReason.VANISHED, "no such file or directory")
+                yield top, _NAMED_MISSING[exc.errno]
                 continue
             st = None  # the open says what is wrong, as for any file
         mode = st.st_mode if st is not None else 0
@@ -105,6 +106,32 @@ def walk(
             continue
         yield from _named_tree(top, top, skip, procfs, exclude)
 
+
+def _file_named_as_folder(top: str) -> str:
+    """``top`` without the slashes after a file's name ("notes.txt/").
+
+    The kernel refuses such a path (ENOTDIR); clamdscan scans the file, and
+    so does this drop-in for it. Any other path is left as it is.
+    """
+    bare = top.rstrip("/")
+    if bare == top or not bare:
+        return top
+    try:
+        os.lstat(top)
+    except NotADirectoryError:
+        return bare
+    except OSError:
+        pass
+    return top
+
+
+_NAMED_MISSING = {
+    errno.ENOENT: NotScanned(NotScannedReason.VANISHED, "no such file or directory"),
+    errno.ENOTDIR: NotScanned(
+        NotScannedReason.VANISHED,
+        "no such file or directory: a name on its path is a file, not a folder",
+    ),
+}
 
 _ON_PROC = NotScanned(
     NotScannedReason.EXCLUDED,

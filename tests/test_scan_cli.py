@@ -200,6 +200,23 @@ def test_symlink_fifo_and_missing_are_not_scanned_exit_2(
     assert "Not scanned: 3" in result.stdout
 
 
+def test_a_file_named_with_a_slash_after_it_is_scanned_as_clamdscan_does(
+    clamd: PrivateClamd, tmp_path: Path, eicar: bytes
+) -> None:
+    """ "bad.com/" is refused by the kernel (ENOTDIR); clamdscan scans bad.com."""
+    (tmp_path / "bad.com").write_bytes(eicar)
+    (tmp_path / "notes.txt").write_text("notes")
+    named = [f"{tmp_path}/bad.com/", f"{tmp_path}/notes.txt//", f"{tmp_path}/notes.txt/inner"]
+    result = clamwatch("scan", "--address", clamd.unix_address, "--no-summary", *named)
+    assert lines(result.stdout) == {
+        f"{tmp_path}/bad.com": f"{EICAR_SIGNATURE} FOUND",
+        f"{tmp_path}/notes.txt": "OK",
+        f"{tmp_path}/notes.txt/inner": "Not scanned: no such file or directory: a name on its"
+        " path is a file, not a folder ERROR",
+    }
+    assert result.returncode == 1  # found, and an error: 1 wins, as in clamdscan
+
+
 def test_links_named_on_the_command_line_are_followed(
     clamd: PrivateClamd, uploads: Path, tmp_path: Path
 ) -> None:

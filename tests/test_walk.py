@@ -49,10 +49,14 @@ def test_named_paths_missing_and_unreadable(tmp_path: Path) -> None:
     (tmp_path / "file").write_bytes(b"clean")
     (tmp_path / "loop").symlink_to("loop")
     missing = NotScanned(NotScannedReason.VANISHED, "no such file or directory")
+    not_a_folder = NotScanned(
+        NotScannedReason.VANISHED,
+        "no such file or directory: a name on its path is a file, not a folder",
+    )
     named = [f"{tmp_path}/{name}" for name in ("nowhere", "file/below", "loop/x")]
     assert list(walk(named)) == [
         (named[0], missing),
-        (named[1], missing),  # ENOTDIR: a file where a folder was meant
+        (named[1], not_a_folder),  # ENOTDIR: a file where a folder was meant
         named[2],  # ELOOP: the open says so
     ]
     assert open_for_scan(named[2]) == LINK_NOT_FOLLOWED
