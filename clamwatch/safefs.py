@@ -103,7 +103,8 @@ def copy_new(
     """Copy what ``source_fd`` holds into a new file ``target`` (never replacing: it
     raises FileExistsError), with ``mode`` whatever the umask, and sync it; on any
     error, or an interruption (Ctrl-C, a scan's SIGTERM), nothing is left at
-    ``target``.
+    ``target``, nor after a crash where the file system makes unnamed files
+    (O_TMPFILE: ext4, xfs, btrfs, tmpfs), the copy being named once whole.
 
     ``scanned``: the source's identity at its scan. Only that many bytes are
     copied, and if the source is not as it was once they are (written to,
@@ -113,8 +114,11 @@ def copy_new(
     gives them across file systems; where the owner cannot be kept, setuid
     and setgid bits are not either (mv and cp -p do the same).
     """
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(target, flags, mode & 0o777)
+    fd = _open_unnamed(target, mode)
+    unnamed = fd is not None
+    if fd is None:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(target, flags, mode & 0o777)
     try:
         limit = scanned.size if scanned is not None else None
         offset = 0
@@ -139,15 +143,53 @@ def copy_new(
                 mode &= ~(stat.S_ISUID | stat.S_ISGID)
             os.fchmod(fd, mode)  # after fchown, which clears set-id bits
             os.fsync(fd)
+            if unnamed:
+                # named only now, whole: linkat never replaces (FileExistsError)
+                _link_unnamed(fd, target)
     except BaseException:
         os.close(fd)
-        os.unlink(target)
+        if not unnamed:
+            os.unlink(target)
         raise
     os.close(fd)
     if changed:
-        os.unlink(target)
+        if not unnamed:
+            os.unlink(target)
         return False
     return True
+
+
+def _link_unnamed(fd: int, target: str) -> None:
+    """Give the O_TMPFILE file open as ``fd`` the name ``target`` (never replacing)."""
+    directory, name = os.path.split(target)
+    dir_fd = os.open(directory or ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        # linkat(AT_SYMLINK_FOLLOW), which os.link asks for only with a dir_fd:
+        # plain link(2) does not follow /proc's link to the file
+        os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=dir_fd, follow_symlinks=True)
+    finally:
+        os.close(dir_fd)
+
+
+def _open_unnamed(target: str, mode: int) -> int | None:
+    """A new file with no name yet (O_TMPFILE) in ``target``'s folder, or None
+    where the file system cannot make one (or /proc is not there to link it by).
+
+    A copy made in it gets its name once it is whole: a crash (SIGKILL) in the
+    middle of a copy leaves nothing, where a file made under its name was left
+    cut short, under the name a release gives a scanned file.
+    """
+    if os.path.lexists(target):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), target)
+    if not os.path.isdir("/proc/self/fd"):
+        return None
+    directory = os.path.dirname(target) or "."
+    try:
+        return os.open(directory, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, mode & 0o777)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+            return None
+        raise
 
 
 def move_to_free_name(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -258,6 +259,21 @@ def test_a_release_to_another_file_system_keeps_mode_owner_and_mtime(
     assert [e["action"] for e in events.of("action-done")] == ["release"]
 
 
+def copying(out: Path) -> bool:
+    """A copy into ``out`` has begun: this process holds the file it fills.
+
+    Unnamed (O_TMPFILE) until it is whole, the kernel names it ``out/#INODE
+    (deleted)``; on a file system with no unnamed files it is there by its name.
+    """
+    if (out / "big").exists():
+        return True
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # closed meanwhile
+            if os.readlink(f"/proc/self/fd/{fd}").startswith(f"{out}/#"):
+                return True
+    return False
+
+
 @pytest.mark.parametrize("change", ["grown", "cut"])
 def test_a_file_changed_during_a_release_copy_is_not_released(
     tmp_path: Path, events: Events, tmpfs: Callable[..., None], change: str
@@ -275,8 +291,8 @@ def test_a_file_changed_during_a_release_copy_is_not_released(
 
     def writer() -> None:
         deadline = time.monotonic() + 30
-        while not (out / "big").exists() and time.monotonic() < deadline:
-            pass  # the copy has begun once its file is there
+        while not copying(out) and time.monotonic() < deadline:
+            pass
         try:
             with path.open("r+b") as file:
                 if change == "grown":

@@ -152,3 +152,49 @@ def test_an_original_left_by_a_crash_after_its_quarantine_copy_is_removed_at_the
     assert [(e["event"], e.get("quarantine_id")) for e in done] == [("action-done", entry.id)]
     assert not bad.exists(), "the infected original is still in the upload folder"
     assert [r.id for r in QuarantineStore(quarantine).list()] == [entry.id]
+
+
+def test_a_crash_during_a_release_to_another_file_system_leaves_no_partial_file(
+    clamd: PrivateClamd,
+    tmp_path: Path,
+    watched: Path,
+    tmpfs: Callable[..., None],
+    daemons: list[DaemonProcess],
+) -> None:
+    """A release to another file system copies the file. The copy was made
+    under its released name from its first byte: killed during the copy,
+    the daemon left a file cut short in release_to, where what lies has
+    been scanned and found clean (and the next start released the whole file
+    beside it as NAME.1). The copy is named now only once it is whole."""
+    released = tmp_path / "released"
+    tmpfs(released, "512m")
+    config = write_config(
+        tmp_path / "clamwatch.toml",
+        address=clamd.unix_address,
+        watches=[watched],
+        state_directory=tmp_path / "state",
+        daemon={"settle_time": "500ms"},
+        watch_options={"on_clean": ["release"], "release_to": str(released)},
+    )
+    content = os.urandom(1 << 20) * 90  # a copy of some 50 ms, under clamd's 100M MaxFileSize
+    daemon = DaemonProcess(config)
+    daemons.append(daemon)
+    daemon.wait_event("ready")
+    big = watched / "big.bin"
+    big.write_bytes(content)
+    deadline = time.monotonic() + 60
+    while not os.listdir(released):  # no sleep: the kill must fall inside the copy
+        assert time.monotonic() < deadline, "nothing was released"
+        assert daemon.process.poll() is None
+    kill_hard(daemon)
+    sizes = {p.name: p.stat().st_size for p in released.iterdir()}
+    assert sizes == {"big.bin": len(content)}, f"left by the crash: {sizes} of {len(content)}"
+
+    again = DaemonProcess(config)
+    daemons.append(again)
+    again.wait_event("ready")
+    if big.exists():  # killed before the original's removal: scanned and released again
+        again.wait_verdicts([big], timeout=60)
+        wait_for(lambda: not big.exists(), 30, "the release of the original")
+    for copy in released.iterdir():
+        assert copy.read_bytes() == content, f"{copy.name} is not the file released"
