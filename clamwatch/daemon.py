@@ -221,24 +221,39 @@ class Daemon:
         ):
             self._coverage.walked.add(request.watch)
 
+    def _events_read_until(self) -> float | None:
+        """Epoch time before which every inotify event has been read and handed over.
+
+        Coverage saved stops there: a file whose close is still in the
+        kernel's queue (a reader behind a burst) is in no snapshot, and a
+        crash then must not count it as covered. None: not known yet.
+        """
+        until = self.dispatcher.events_read_until  # time.monotonic(), as the watcher's
+        if until is None:
+            return None
+        return time.time() - (time.monotonic() - until)
+
     def _checkpoint(self, watched_until: float | None = None) -> bool:
         """Save what is still to do, and how far each watch is covered; False if it failed.
 
         Everything unresolved (waiting, settling, in flight, directories to
         walk or being walked, files whose actions or hook have not ended)
-        is saved by name, so coverage may move up to
-        now. Once the watcher has stopped, ``watched_until`` (epoch s) is when
-        it stopped: what changed after that was seen by no one, and coverage
-        must not reach past it. A state that cannot be written (a full disk)
-        is an error the daemon runs on with: the file keeps the last coverage
-        saved, so the next start's walk of what changed since reaches back to
-        it.
+        is saved by name, so coverage may move up to now, or rather to the
+        last time the watcher found the kernel's queue empty
+        (:meth:`_events_read_until`). Once the watcher has stopped,
+        ``watched_until`` (epoch s) is when it stopped: what changed after
+        that was seen by no one, and coverage must not reach past it. A
+        state that cannot be written (a full disk) is an error the daemon
+        runs on with: the file keeps the last coverage saved, so the next
+        start's walk of what changed since reaches back to it.
         """
         now = time.time() if watched_until is None else watched_until
+        read_until = self._events_read_until()
         covered = dict(self.state.covered_at)
         for root in list(self._coverage.walked):  # the walker adds to it meanwhile
-            if root in self.filters:  # a watch a reload removed is covered no further
-                covered[root] = now
+            if root in self.filters and read_until is not None:
+                # a watch a reload removed is covered no further
+                covered[root] = max(covered.get(root, 0.0), min(now, read_until))
         keep = self.config.quarantine
         if self.store is not None and (keep.max_age or keep.max_total_size):
             try:

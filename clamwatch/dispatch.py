@@ -580,6 +580,14 @@ class Dispatcher:
             self._events_read_until = max(self._events_read_until, until)
             self._forget_closed_early(self.clock())
 
+    @property
+    def events_read_until(self) -> float | None:
+        """The self.clock() time before which the watcher has handed over every
+        event the kernel queued; None before it first found the queue empty."""
+        with self.cond:
+            until = self._events_read_until
+        return None if until == float("-inf") else until
+
     def _forget_closed_early(self, now: float) -> None:
         # _closed_early is in the order of its times: the ones to forget lead
         forget = max(self._events_read_until - _LATE_CLOSE, now - _LATE_CLOSE_CAP)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -421,3 +422,51 @@ def test_the_reader_says_when_it_has_read_every_queued_event(
     # the read that brought the close emptied the queue, after `before`
     seen.wait("word that the queue was read", lambda: seen.dispatcher._events_read_until > before)
     assert seen.dispatcher._events_read_until <= time.monotonic()
+
+
+def test_an_idle_reader_still_says_the_queue_is_read(
+    start: Callable[..., tuple[TreeWatcher, Seen]],
+) -> None:
+    """With nothing happening the daemon's saved coverage must still move on:
+    it stops at the last time the reader found the kernel's queue empty."""
+    _, seen = start()
+    for _ in range(2):
+        now = time.monotonic()
+        seen.wait(
+            "word that the queue was read",
+            lambda now=now: seen.dispatcher._events_read_until > now,  # type: ignore[misc]
+        )
+
+
+def test_events_left_in_the_queue_are_not_said_to_be_read(watched: Path) -> None:
+    """A reader held up (here in its hand-over) leaves a close in the kernel's
+    queue: the dispatcher must not hear that the queue was read past it."""
+    release = threading.Event()
+    holding = threading.Event()
+
+    class Held(Dispatcher):
+        def arrived(self, batch: list[tuple[Mode, Work]]) -> None:
+            holding.set()
+            release.wait(DEADLINE_SECONDS)
+            super().arrived(batch)
+
+    dispatcher = Held(max_pending=10_000, settle_time=2.0)
+    rules = WatchFilter(WatchConfig(path=watched, name="uploads"))
+    watcher = TreeWatcher([rules], dispatcher, lambda rules, first: None)
+    watcher.start()
+    try:
+        (watched / "first").write_bytes(b"x")
+        assert holding.wait(DEADLINE_SECONDS), "the reader handed nothing over"
+        written = time.monotonic()
+        (watched / "second").write_bytes(b"x")  # queued, unread while the reader is held
+        time.sleep(0.6)  # two idle ticks' worth: a reader that is not held would say so
+        until = dispatcher.events_read_until
+        assert until is None or until < written
+        release.set()
+        deadline = time.monotonic() + DEADLINE_SECONDS
+        while (dispatcher.events_read_until or 0.0) <= written:
+            assert time.monotonic() < deadline, "the queue was never said to be read"
+            time.sleep(0.01)
+    finally:
+        release.set()
+        watcher.stop()

@@ -86,6 +86,9 @@ _READ_SIZE = 256 * 1024  # bytes per read of the kernel queue: a few thousand ev
 # later, so more of its files are found by its walk than by their close.
 _BUSY = 0.005  # seconds
 _GATHER = 0.002  # seconds
+# With no event for this long, the reader says so (the queue is empty), so
+# that the daemon's saved coverage moves on while nothing happens.
+_IDLE_TICK = 0.25  # seconds
 _MOVE_PAIRING = 1.0  # seconds a directory's IN_MOVED_FROM waits for its IN_MOVED_TO
 _SUPERVISE_EVERY = 1.0  # seconds between checks of the watch roots
 _REPORT_UNWATCHED_EVERY = 60.0  # seconds between reminders of directories with no watch
@@ -502,26 +505,45 @@ class _InotifyReader(InotifyFD):
             now = time.monotonic()
             if now - last_read < _BUSY:
                 time.sleep(_GATHER)
+            # watchdog's own read, given a timeout (read_events() waits for ever)
+            buffer = self._read_event_buffer(_READ_SIZE, int(_IDLE_TICK * 1000))
+            if not buffer:  # nothing came, or closed
+                # Every event queued before now was read: the daemon's saved
+                # coverage, which stops at the last time the queue was seen
+                # empty, may move on while nothing happens.
+                self._hand_over_read(self._drained())
+                continue
             last_read = now
-            events = self.read_events(event_buffer_size=_READ_SIZE)
             drained = self._drained()
+            events = [
+                InotifyEvent(wd, mask, cookie, name)
+                for wd, mask, cookie, name in self._parse_event_buffer(buffer)
+                # as read_events(): the kernel's IN_Q_OVERFLOW comes with wd -1
+                if wd != -1 or mask & InotifyConstants.IN_Q_OVERFLOW
+            ]
             for event in worth_handling(events):
                 try:
                     self.handle_event(event)
                 except Exception:
                     log.exception("inotify event %r could not be handled", event)
-            try:
-                self._on_read(drained)
-            except Exception:
-                log.exception("inotify events could not be handed over")
+            self._hand_over_read(drained)
+
+    def _hand_over_read(self, drained: float | None) -> None:
+        try:
+            self._on_read(drained)
+        except Exception:
+            log.exception("inotify events could not be handed over")
 
     def _drained(self) -> float | None:
         """Now, if the kernel's queue is empty (inotify(7): FIONREAD), else None."""
         now = time.monotonic()
-        try:
-            waiting = fcntl.ioctl(self._inotify_fd, termios.FIONREAD, b"\0\0\0\0")
-        except OSError:  # closed: stopping
-            return None
+        with self._lock:  # watchdog's: no close meanwhile, whose number could be reused
+            if self._closed:
+                return None
+            try:
+                waiting = fcntl.ioctl(self._inotify_fd, termios.FIONREAD, b"\0\0\0\0")
+            except OSError:
+                return None
         # Empty now: every event queued before `now` has been read, by this read or earlier.
         return now if struct.unpack("i", waiting)[0] == 0 else None
 
