@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 _TAG_PREFIX = "user.clamwatch."
 _RETRY_QUARANTINE = 60.0  # seconds before a failed quarantine is tried again
+_HOOKED_FAILURES_KEPT = 10_000  # file versions whose failure a hook was told of
 _RETRY_RELEASE = 5.0  # seconds before a clean file still open for writing is scanned again
 
 
@@ -83,6 +84,11 @@ class ActionRunner:
         # quarantine entry, once the quarantine works, records the file's own
         # mode, which a restore gives back (not 000)
         self._modes_before_lock_up: dict[tuple[int, int], int] = {}
+        # file version -> the error its file action failed with, when its hook
+        # ran for it: a quarantine that stays full is tried again every
+        # minute, and the hook (a mail to the admin) is not run again for the
+        # same failure of the same version
+        self._hooked_failures: dict[tuple[int, int, int, int], str] = {}
         self._lock = threading.Lock()
         self._hook_processes = HookProcesses()
         self._closing = threading.Event()
@@ -137,8 +143,14 @@ class ActionRunner:
                 self._tag(request)
             done = self._file_action(request)
             if request.rule.hook and done is not None:
-                self._hooks.submit(self._hook_and_end, request, done)
-                handed_on = True
+                if self._hooked_before(request, done):
+                    log.info(
+                        "%s: %s again; its hook ran at the first failure",
+                        request.path, done.error,
+                    )  # fmt: skip
+                else:
+                    self._hooks.submit(self._hook_and_end, request, done)
+                    handed_on = True
         except Exception:
             log.exception("action on %s failed unexpectedly", request.path)
         finally:
@@ -146,6 +158,23 @@ class ActionRunner:
                 request.opened.close()
             if not handed_on:
                 self._ended(request)
+
+    def _hooked_before(self, request: ActionRequest, done: _Done) -> bool:
+        """Whether this version's file action failed so before, and its hook ran then."""
+        if request.opened is None:
+            return False
+        identity = request.opened.identity
+        key = (identity.dev, identity.ino, identity.size, identity.mtime_ns)
+        with self._lock:
+            if done.error is None:
+                self._hooked_failures.pop(key, None)
+                return False
+            if self._hooked_failures.get(key) == done.error:
+                return True
+            self._hooked_failures[key] = done.error
+            if len(self._hooked_failures) > _HOOKED_FAILURES_KEPT:
+                del self._hooked_failures[next(iter(self._hooked_failures))]  # the oldest
+            return False
 
     def _hook_and_end(self, request: ActionRequest, done: _Done) -> None:
         try:

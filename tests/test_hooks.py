@@ -246,3 +246,34 @@ def test_the_hook_runs_for_a_file_gone_since_its_scan(tmp_path: Path, events: Ev
     wait_for(lambda: bool(events.of("action-done")), 10, "the hook's run")
     runner.close()
     assert out.read_text() == "infected\n"
+
+
+def test_a_failure_tried_again_runs_its_hook_once_per_version_and_error(
+    tmp_path: Path, events: Events
+) -> None:
+    """A quarantine that stays full is tried again every minute: the hook (a
+    mail to the admin) ran each time. It runs again for new content only."""
+    log = tmp_path / "hook.log"
+    script = hook_script(tmp_path, f'echo "$CLAMWATCH_ACTION_ERROR" >> {log}\n')
+    watch = WatchConfig(tmp_path, "t", hook=(str(script),))
+    rule = parse_rule(["move", "hook"], for_clean=False)
+    upload = tmp_path / "upload"
+    upload.write_bytes(b"first")
+    runner = ActionRunner(None, lambda *a: None)  # no quarantine: every move fails
+
+    def act() -> None:
+        opened = open_for_scan(str(upload))
+        assert isinstance(opened, OpenedFile)
+        runner.submit(ActionRequest(str(upload), watch, Infected("Test.Sig"), rule, None, opened))
+        wait_for(lambda: runner.acting() == [], 10, "the actions' end")
+
+    try:
+        act()
+        act()  # the retry: the same version, the same failure
+        assert log.read_text().splitlines() == ["move failed: no quarantine is configured"]
+        upload.write_bytes(b"second, longer")
+        act()
+        assert len(log.read_text().splitlines()) == 2
+        assert len(events.of("action-failed")) == 3  # each failure is still an event
+    finally:
+        runner.close()
