@@ -48,6 +48,7 @@ from clamwatch.verdict import Clean, Infected, NotScanned, ScanError, describe
 from clamwatch.watch.filters import WatchFilter
 from clamwatch.watch.walker import Walker
 from clamwatch.watch.watchdog_backend import TreeWatcher
+from clamwatch.writable import read_only_folders, read_only_root, report
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +187,10 @@ class Daemon:
 
     def _armed(self, rules: WatchFilter, first: bool) -> None:
         root = rules.root
+        # said at every arming: a root created again may be on another mount
+        read_only = read_only_root(rules.watch)
+        if read_only is not None:
+            report(read_only)
         mode = self.config.daemon.startup_scan
         # These walks race with writers that are busy as the watch is armed:
         # what they find settles (it is scanned at once when no writer has it
@@ -303,6 +308,7 @@ class Daemon:
             f"clamwatch starting: {len(self.filters)} watch(es), clamd at {self.engine.address}",
             config=str(self.config.source),
         )
+        self._report_read_only()
         try:
             lock: int | None = lock_state(settings.state_directory)
         except OSError as exc:
@@ -454,7 +460,14 @@ class Daemon:
             f"configuration reloaded: {len(fresh)} watch(es){note}",
             config=str(old.source),
         )
+        self._report_read_only()
         self.notifier.ready(self._status())
+
+    def _report_read_only(self) -> None:
+        """The folders other than watch roots that actions need and cannot change
+        (the roots are checked as they are armed)."""
+        for found in read_only_folders(self.config, quarantines=self.store is not None):
+            report(found)
 
     def _reject(self, problem: Exception) -> None:
         """A reload refused: the running configuration stays."""

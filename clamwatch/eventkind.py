@@ -32,6 +32,7 @@ class EventKind(enum.Enum):
     WATCH_WAITING = "watch-waiting"  # a watch root does not exist (yet)
     WATCH_ARMED = "watch-armed"  # a watch root is watched
     WATCH_FAILED = "watch-failed"  # a watch could not be set up
+    READ_ONLY = "read-only"  # a folder the actions must change is on a read-only mount
     CONFIG_RELOADED = "config-reloaded"  # SIGHUP: the new configuration is in force
     CONFIG_REJECTED = "config-rejected"  # SIGHUP: the new configuration is invalid; the old runs on
     STOPPING = "stopping"  # SIGTERM/SIGINT: draining

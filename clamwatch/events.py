@@ -50,6 +50,7 @@ MESSAGE_IDS: dict[EventKind, str] = {
     EventKind.WATCH_WAITING: "101d0b18b3654c759bb3d942118e386b",
     EventKind.WATCH_ARMED: "46bb3fd4f5054784b0cd5c5ce9dc605a",
     EventKind.WATCH_FAILED: "5849fdf14732424bbafae5d4cd23f453",
+    EventKind.READ_ONLY: "db351da57ab84b49aeb69e3ba57dcd0f",
     EventKind.CONFIG_RELOADED: "00622b605ec64c7baccbb409d10dd668",
     EventKind.CONFIG_REJECTED: "4e6f988480ea4f1db9c4090982ab893a",
     EventKind.STOPPING: "a18538ea34604b7faed0e77b20e8115c",

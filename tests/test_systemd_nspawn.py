@@ -112,6 +112,7 @@ _SHUTDOWN_TIMEOUT = 30.0
 # Inside the container.
 _WATCHED = "/srv/uploads"
 _UNIT = "clamwatch.service"
+_INSTANCE_UNIT = "clamwatch@.service"
 _UNIT_DIR = "/etc/systemd/system"
 
 # A file owner that is neither root nor clamwatch: the service must act on
@@ -248,10 +249,14 @@ class Machine:
         self.etc_clamwatch.mkdir()
         self.drop_ins.mkdir(parents=True)
         self.write_config(good=True)
-        (self.units / _UNIT).write_text(unit_text_for(_UNIT, venv_binary()), encoding="utf-8")
+        for unit in (_UNIT, _INSTANCE_UNIT):
+            (self.units / unit).write_text(unit_text_for(unit, venv_binary()), encoding="utf-8")
         shutil.copy(DROP_IN_EXAMPLE, self.drop_ins / "watched-trees.conf")
+        instance_drop_ins = self.units / f"{_INSTANCE_UNIT}.d"
+        instance_drop_ins.mkdir()
         if (extra := checkout_drop_in()) is not None:
-            (self.drop_ins / "zz-test-checkout.conf").write_text(extra, encoding="utf-8")
+            for folder in (self.drop_ins, instance_drop_ins):
+                (folder / "zz-test-checkout.conf").write_text(extra, encoding="utf-8")
         (self.units / "notify-probe.service").write_text(
             "[Unit]\nDescription=the smallest Type=notify service\n"
             "[Service]\nType=notify\n"
@@ -272,6 +277,8 @@ class Machine:
             str(clamd_conf): "/etc/clamav/clamd.conf",
             str(self.etc_clamwatch): "/etc/clamwatch",
             str(self.units / _UNIT): f"{_UNIT_DIR}/{_UNIT}",
+            str(self.units / _INSTANCE_UNIT): f"{_UNIT_DIR}/{_INSTANCE_UNIT}",
+            str(instance_drop_ins): f"{_UNIT_DIR}/{_INSTANCE_UNIT}.d",
             str(self.drop_ins): f"{_UNIT_DIR}/{_UNIT}.d",
             str(self.units / "notify-probe.service"): f"{_UNIT_DIR}/notify-probe.service",
             str(SYSUSERS): "/etc/sysusers.d/clamwatch.conf",
@@ -392,6 +399,14 @@ def _wait_event(box: Container, kind: EventKind, after: int, *matches: str) -> d
         return found[0] if found else None
 
     return _eventually(probe, _EVENT_TIMEOUT, f"a {kind.value} event {' '.join(matches)}")
+
+
+def _wait_event_of(box: Container, unit: str, kind: EventKind, after: int) -> dict[str, Any]:
+    def probe() -> dict[str, Any] | None:
+        found = box.journal("-u", unit, f"MESSAGE_ID={MESSAGE_IDS[kind]}", after=after)
+        return found[0] if found else None
+
+    return _eventually(probe, _EVENT_TIMEOUT, f"a {kind.value} event of {unit}")
 
 
 def _wait_messages(
@@ -590,3 +605,88 @@ def test_stop_is_clean(machine: Machine, started: Container) -> None:
     _wait_event(box, EventKind.STOPPING, before)
     _wait_event(box, EventKind.STOPPED, before)
     box.run("test", "-f", "/var/lib/clamwatch/state.json")
+
+
+# -- folders the sandbox leaves read-only -------------------------------------------
+
+
+def test_a_read_only_watch_or_release_to_is_named_with_the_setting_to_change(
+    machine: Machine, started: Container
+) -> None:
+    box = started
+    # /srv/outside and /srv/released: not in ReadWritePaths= (the drop-in
+    # lists /srv/uploads), so ProtectSystem=strict mounts them read-only
+    box.run("mkdir", "-p", "/srv/outside", "/srv/released")
+    before = box.mark()
+    config = machine.etc_clamwatch / "clamwatch.toml"
+    config.write_text(
+        config.read_text(encoding="utf-8")
+        + 'on_clean = ["release"]\nrelease_to = "/srv/released"\n'
+        + '\n[[watch]]\npath = "/srv/outside"\n',
+        encoding="utf-8",
+    )
+    box.systemctl("reload", _UNIT)
+    root = _wait_event(box, EventKind.READ_ONLY, before, "CLAMWATCH_PATH=/srv/outside")
+    assert root["CLAMWATCH_SETTING"] == "[[watch]] path"
+    assert root["CLAMWATCH_WATCH"] == "/srv/outside"
+    assert root["PRIORITY"] == "3"
+    assert "move, tag will fail there" in root["MESSAGE"]
+    assert f"ReadWritePaths= with `systemctl edit {_UNIT}`" in root["MESSAGE"]
+    release = _wait_event(box, EventKind.READ_ONLY, before, "CLAMWATCH_PATH=/srv/released")
+    assert release["CLAMWATCH_SETTING"] == "release_to"
+    assert release["CLAMWATCH_WATCH"] == _WATCHED
+    # the writable ones are not named
+    named = {e["CLAMWATCH_PATH"] for e in _events(box, EventKind.READ_ONLY, before)}
+    assert named == {"/srv/outside", "/srv/released"}
+    # journalctl -x explains it
+    explained = box.run(
+        "journalctl", "--no-pager", "-x", "-u", _UNIT,
+        f"MESSAGE_ID={MESSAGE_IDS[EventKind.READ_ONLY]}", "CLAMWATCH_PATH=/srv/outside",
+    ).stdout  # fmt: skip
+    assert "Subject: [[watch]] path /srv/outside is read-only to clamwatch" in explained
+    _wait_active(box)
+
+
+def test_an_instance_with_the_default_state_directory_says_it_is_read_only(
+    machine: Machine, container: Container
+) -> None:
+    box = container
+    instance = "clamwatch@tenant.service"
+    box.run("mkdir", "-p", "/srv/tenant")
+    config = machine.etc_clamwatch / "tenant.toml"
+    # rules that only read the tree (no move, no tag): it is not named
+    watch = (
+        '[[watch]]\npath = "/srv/tenant"\nhook = ["/bin/true"]\n'
+        'on_infected = ["hook"]\non_not_scanned = ["hook"]\non_error = ["hook"]\n'
+    )
+    config.write_text(watch)
+    before = box.mark()
+    try:
+        box.systemctl("start", instance)
+        match = f"MESSAGE_ID={MESSAGE_IDS[EventKind.READ_ONLY]}"
+        found = _eventually(
+            lambda: box.journal("-u", instance, match, after=before) or None,
+            _EVENT_TIMEOUT,
+            "a read-only event",
+        )
+        assert [e["CLAMWATCH_PATH"] for e in found] == ["/var/lib/clamwatch"]
+        assert found[0]["CLAMWATCH_SETTING"] == "[daemon] state_directory"
+        assert "systemd gives this service /var/lib/clamwatch/tenant" in found[0]["MESSAGE"]
+        box.systemctl("stop", instance, check=False)
+
+        # as the unit's header says: it works once the configuration names its own
+        config.write_text(
+            '[daemon]\nstate_directory = "/var/lib/clamwatch/tenant"\n'
+            '[quarantine]\ndirectory = "/var/lib/clamwatch/tenant/quarantine"\n' + watch
+        )
+        before = box.mark()
+        box.systemctl("start", instance)
+        box.systemctl("stop", instance)
+        assert box.show(instance, "Result") == "success"
+        # the stop's event came after any the start made
+        _wait_event_of(box, instance, EventKind.STOPPED, before)
+        assert box.journal("-u", instance, match, after=before) == []
+        box.run("test", "-f", "/var/lib/clamwatch/tenant/state.json")
+    finally:
+        box.systemctl("stop", instance, check=False)
+        box.systemctl("reset-failed", instance, check=False)
