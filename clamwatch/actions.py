@@ -24,13 +24,18 @@ from dataclasses import dataclass
 from clamwatch.config import WatchConfig
 from clamwatch.eventkind import EventKind, emit
 from clamwatch.events import shown
-from clamwatch.files import FileIdentity, OpenedFile, has_writer
+from clamwatch.files import FileIdentity, OpenedFile, drop_lease, has_writer
 from clamwatch.hookproc import HookProcesses, describe_status
 from clamwatch.policy import FileAction, Rule
 from clamwatch.quarantine import QuarantineError, QuarantineStore
 from clamwatch.safefs import move_to_free_name, names_same_file, remove_if_same
 from clamwatch.threadnames import name_this_thread
 from clamwatch.verdict import Infected, Verdict
+
+TYPE_CHECKING = False  # typing's own, without importing typing (see value.py)
+
+if TYPE_CHECKING:
+    from clamwatch.pipeline import SeenVersions
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +101,9 @@ class ActionRunner:
         # their verdicts are reported and the dispatcher is done with them, so
         # only this says they are still to do (see acting)
         self._acting: collections.Counter[tuple[str, str]] = collections.Counter()
+        # the pipeline's versions with a verdict (set by Pipeline): a tag sets
+        # the file's ctime, and the version it makes is the scanned one too
+        self.seen: SeenVersions | None = None
 
     def submit(self, request: ActionRequest) -> None:
         key = _key(request)
@@ -222,6 +230,10 @@ class ActionRunner:
         }
         if isinstance(verdict, Infected):
             tags["signature"] = verdict.signature
+        # A read lease, while no one has it open for writing: whoever opens it
+        # to write now waits until it is dropped, so the tagged content is
+        # the scanned one, and the version (ctime) the tags make is seen too
+        held = has_writer(opened.fd, keep=True) is False
         try:
             if not names_same_file(os.fstat(opened.fd), opened.identity):
                 # written to since its scan: the verdict is not the new content's,
@@ -238,6 +250,7 @@ class ActionRunner:
                 except OSError as exc:
                     if exc.errno != errno.ENODATA:  # none there
                         raise
+            self._tagged(request, opened, held)
         except OSError as exc:
             if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
                 with self._lock:
@@ -253,12 +266,36 @@ class ActionRunner:
                 return
             self._failed(request, "tag", exc.strerror or str(exc))
             return
+        finally:
+            if held:
+                drop_lease(opened.fd)
         emit(
             EventKind.ACTION_DONE,
             f"{shown(request.path)}: tagged {verdict.kind}",
             logging.INFO,
             **self._fields(request, "tag"),
         )
+
+    def _tagged(self, request: ActionRequest, opened: OpenedFile, held: bool) -> None:
+        """The scanned file's identity after its tags, which set its ctime: what
+        the file action and hook after them check the file by.
+
+        Under the lease (``held``) no write can have come between the check
+        and the tags, so the new version is the scanned one, and its close
+        (a late event) is not scanned again. Without it (a writer has the
+        file open) a write in between could have set the mtime back: the
+        file action goes by size and mtime, as before the ctime was
+        compared, and the close is scanned.
+        """
+        st = os.fstat(opened.fd)
+        before = opened.identity
+        if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) != (
+            before.dev, before.ino, before.size, before.mtime_ns,
+        ):  # fmt: skip
+            return
+        opened.identity = FileIdentity(st)
+        if held and self.seen is not None:
+            self.seen.add(self.seen.key_of(request.path, opened.identity))
 
     # -- file actions -------------------------------------------------------------------
 
@@ -391,9 +428,11 @@ class ActionRunner:
         target = os.path.join(destination_root, relative)
         try:
             os.makedirs(os.path.dirname(target), exist_ok=True)
-            # target.1, .2, ... if taken; replaced meanwhile after a copy to
-            # another file system: the copy stays released, the new file is
-            # scanned anew
+            # target.1, .2, ... if taken; replaced meanwhile after the copy:
+            # the copy stays released, the new file is scanned anew. Copied
+            # on the same file system too: renamed, the released file was the
+            # uploaded inode, which its uploader reopened for writing through
+            # a descriptor kept of it (O_PATH, /proc/self/fd), unscanned
             moved_to = move_to_free_name(
                 request.path,
                 opened,
@@ -402,11 +441,15 @@ class ActionRunner:
                 opened.identity.mode & 0o7777,
                 keep_copy=True,
                 keep_owner=True,
+                rename=False,
             )
         except OSError as exc:
             return self._failed(request, "release", exc.strerror or str(exc))
         if moved_to is None:
-            log.info("%s was replaced before it could be released; left alone", request.path)
+            # written to, or only renamed or given another mode (which set its
+            # ctime, and no event tells of a chmod): the new version is scanned
+            log.info("%s changed before it could be released; scanned again", request.path)
+            self.retry(request.path, str(request.watch.path), _RETRY_RELEASE)
             return None
         emit(
             EventKind.ACTION_DONE,

@@ -343,19 +343,29 @@ def open_unwritten(path: str, st: os.stat_result) -> CheckedFile | None:
     return CheckedFile(path, fd, now)
 
 
-def has_writer(fd: int) -> bool | None:
+def has_writer(fd: int, *, keep: bool = False) -> bool | None:
     """Whether any process has the file open as ``fd`` (read-only) open for writing;
     None when that cannot be told (CAP_LEASE is needed for other users' files).
 
-    The read lease of :func:`open_unwritten`, taken on a descriptor already open.
+    The read lease of :func:`open_unwritten`, taken on a descriptor already
+    open. With ``keep``, a lease taken (False) is held until
+    :func:`drop_lease`: meanwhile an open for writing, or a truncate, waits
+    for it (up to /proc/sys/fs/lease-break-time), so the content cannot
+    change.
     """
     try:
         fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
     except OSError as exc:
         return True if exc.errno in (errno.EAGAIN, errno.EBUSY) else None
+    if not keep:
+        drop_lease(fd)
+    return False
+
+
+def drop_lease(fd: int) -> None:
+    """Let go of the lease :func:`has_writer` kept; a writer waiting for it goes on."""
     with contextlib.suppress(OSError):
         fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
-    return False
 
 
 def raise_nofile_limit() -> int:

@@ -89,7 +89,7 @@ class Result:
 
 
 class SeenVersions:
-    """Which (path, inode, size, mtime) versions already have a verdict, bounded.
+    """Which (path, inode, size, mtime, ctime) versions already have a verdict, bounded.
 
     Rescans after a lost event skip what is in here, so a file gets one final
     verdict per version of its content. Only hashes are kept (about 100 bytes
@@ -103,12 +103,17 @@ class SeenVersions:
 
     @staticmethod
     def key(path: str, st: os.stat_result) -> int:
-        return hash((path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+        # the ctime too: a rewrite of the same size whose owner set its mtime
+        # back (utimensat) passed for the version scanned, and its close was
+        # skipped; no one but the kernel sets the ctime
+        return hash((path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
 
     @staticmethod
     def key_of(path: str, identity: FileIdentity) -> int:
         """The same key, from the identity the scanned descriptor had."""
-        return hash((path, identity.dev, identity.ino, identity.size, identity.mtime_ns))
+        return hash(
+            (path, identity.dev, identity.ino, identity.size, identity.mtime_ns, identity.ctime_ns)
+        )
 
     def add(self, key: int) -> None:
         with self._lock:
@@ -147,6 +152,8 @@ class Pipeline:
         self._batch = batch
         self._wake_after = 1  # outcomes that wake the pipeline (read by the engine thread)
         self.seen = SeenVersions()
+        if actions is not None:
+            actions.seen = self.seen  # a tag sets the ctime: the tagged version is seen too
         self._real_roots: dict[str, str] = {}  # a watch's root, links resolved, with a "/"
         self._outstanding: dict[ScanJob, Work] = {}
         # appended by the engine thread, taken by ours (deque: thread-safe ends)

@@ -332,7 +332,9 @@ class QuarantineStore:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            if not safefs.names_same_file(os.fstat(opened.fd), opened.identity):
+            # not the ctime: its name moved or removed since (which sets it)
+            # takes nothing from the copy of what was scanned
+            if not safefs.same_size_and_mtime(os.fstat(opened.fd), opened.identity):
                 log.info(
                     "%s changed while being quarantined; left alone", display_path(opened.path)
                 )

@@ -44,7 +44,26 @@ def rename_noreplace(source: str, target: str, dir_fd: int = _AT_FDCWD) -> None:
 
 
 def names_same_file(st: os.stat_result, identity: FileIdentity) -> bool:
-    """The stat result is of the scanned inode, unchanged (size and mtime too)."""
+    """The stat result is of the scanned inode, unchanged: size, mtime and ctime too.
+
+    The mtime alone is the owner's to set (utimensat): an uploader rewrote a
+    scanned file, same size, and set its mtime back, and the rewrite passed
+    for the scanned content. The ctime, which any write or utimensat sets
+    and only the kernel chooses, tells it.
+    """
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) == (
+        identity.dev,
+        identity.ino,
+        identity.size,
+        identity.mtime_ns,
+        identity.ctime_ns,
+    )
+
+
+def same_size_and_mtime(st: os.stat_result, identity: FileIdentity) -> bool:
+    """The scanned inode, its size and mtime as they were: what a rename, a
+    link or an unlink of one of its names, which set the ctime, keep. Not
+    proof that its content is the scanned one (see :func:`names_same_file`)."""
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) == (
         identity.dev,
         identity.ino,
@@ -70,7 +89,11 @@ def move_if_same(path: str, identity: FileIdentity, target: str) -> bool:
     if not path_names(path, identity):
         return False
     rename_noreplace(path, target)
-    if path_names(target, identity):
+    try:
+        moved = same_size_and_mtime(os.lstat(target), identity)  # the rename set its ctime
+    except OSError:
+        moved = False
+    if moved:
         return True
     # swapped in the instant between the check and the rename: put it back
     try:
@@ -201,6 +224,7 @@ def move_to_free_name(
     *,
     keep_copy: bool,
     keep_owner: bool = False,
+    rename: bool = True,
 ) -> str | None:
     """Move the scanned file ``opened``, at ``path``, to ``base``, or the first of
     ``numbered.format(base, 1)`` to ``(base, 999)`` that is free; never replacing.
@@ -210,14 +234,18 @@ def move_to_free_name(
     it is not, ``keep_copy`` says whether the copy stays; if removing it
     fails, the copy is removed and the error raised. Only the scanned
     content is copied: a file changed during the copy is not moved (see
-    :func:`copy_new`, which also says what ``keep_owner`` does). Returns
-    where it went, or None when nothing was moved (the path no longer
-    names the file, or the file changed).
+    :func:`copy_new`, which also says what ``keep_owner`` does). Without
+    ``rename`` it is copied on the same file system too, to a new inode:
+    whoever kept a descriptor of the original (O_PATH is enough) could
+    reopen it for writing through /proc/self/fd wherever it was moved.
+    Returns where it went, or None when nothing was moved (the path no
+    longer names the file, or the file changed).
     """
     for target in _numbered_names(base, numbered):
         try:
             try:
-                return target if move_if_same(path, opened.identity, target) else None
+                if rename:
+                    return target if move_if_same(path, opened.identity, target) else None
             except OSError as exc:
                 if exc.errno != errno.EXDEV:
                     raise

@@ -170,10 +170,11 @@ def test_the_hook_runs_when_the_file_action_failed_and_hears_why(
     folder.mkdir()
     path = folder / "upload"
     path.write_bytes(b"scanned")
-    opened = open_for_scan(str(path))
-    assert isinstance(opened, OpenedFile)
+    # before the scan: made so after it, it would be a file changed since (its ctime)
     subprocess.run(["chattr", "+i", str(path)], check=True)  # not even root may remove it
     try:
+        opened = open_for_scan(str(path))
+        assert isinstance(opened, OpenedFile)
         watch = WatchConfig(folder, "t", hook=(str(script),))
         runner = ActionRunner(None, lambda *a: None)
         rule = parse_rule(["remove", "hook"], for_clean=False)
