@@ -275,8 +275,10 @@ class Daemon:
         # After the snapshot: a file's actions are submitted before the
         # dispatcher is told its scan is done, so none falls between the two.
         paths = snapshot.paths
-        listed = set(paths)
-        paths += [p for p in self.actions.acting() if p not in listed]
+        acting = set(self.actions.acting())  # a few; the snapshot may list 200,000
+        if acting:
+            acting.difference_update(paths)  # no set of the snapshot's paths: its peak RSS
+            paths += sorted(acting)
         rescans = [(r.directory, r.watch) for r in snapshot.rescans]
         state = State(covered, paths, rescans)
         directory = self.config.daemon.state_directory
