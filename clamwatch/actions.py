@@ -43,6 +43,8 @@ _TAG_PREFIX = "user.clamwatch."
 _RETRY_QUARANTINE = 60.0  # seconds before a failed quarantine is tried again
 _HOOKED_FAILURES_KEPT = 10_000  # file versions whose failure a hook was told of
 _RETRY_RELEASE = 5.0  # seconds before a clean file still open for writing is scanned again
+_RETRY_RELEASE_AT_MOST = 300.0  # seconds: the wait doubles each time, up to this
+_RELEASE_WAITS_KEPT = 10_000  # files waiting for their writer, remembered
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +96,8 @@ class ActionRunner:
         # minute, and the hook (a mail to the admin) is not run again for the
         # same failure of the same version
         self._hooked_failures: dict[tuple[int, int, int, int], str] = {}
+        # (path, dev, ino) -> times a release found it still open for writing
+        self._release_waits: dict[tuple[str, int, int], int] = {}
         self._lock = threading.Lock()
         self._hook_processes = HookProcesses()
         self._closing = threading.Event()
@@ -166,6 +170,22 @@ class ActionRunner:
                 request.opened.close()
             if not handed_on:
                 self._ended(request)
+
+    def _release_wait(self, path: str, identity: FileIdentity) -> tuple[float, bool]:
+        """How long before a file still open for writing is looked at again, and
+        whether this is the first time (the one an event is sent for).
+
+        5 s, then twice as long each time up to 5 min: a file its uploader
+        holds open for hours (a slow upload, or on purpose) was scanned, and
+        an event sent, every 5 s for as long.
+        """
+        key = (path, identity.dev, identity.ino)
+        with self._lock:
+            tries = self._release_waits.pop(key, 0)
+            self._release_waits[key] = tries + 1  # to the end: the oldest go first
+            if len(self._release_waits) > _RELEASE_WAITS_KEPT:
+                del self._release_waits[next(iter(self._release_waits))]
+        return min(_RETRY_RELEASE * 2**tries, _RETRY_RELEASE_AT_MOST), tries == 0
 
     def _hooked_before(self, request: ActionRequest, done: _Done) -> bool:
         """Whether this version's file action failed so before, and its hook ran then."""
@@ -402,16 +422,26 @@ class ActionRunner:
         if has_writer(opened.fd):
             # scanned once it had held still (settle_time), its writer not
             # done: released, it would be written on out of the watch, unscanned
-            emit(
-                EventKind.ACTION_FAILED,
-                f"{shown(request.path)}: not released yet: it is still open for writing;"
-                f" scanned again in {_RETRY_RELEASE:g} s",
-                logging.INFO,
-                error="still open for writing",
-                **self._fields(request, "release"),
-            )
-            self.retry(request.path, str(request.watch.path), _RETRY_RELEASE)
+            delay, first = self._release_wait(request.path, opened.identity)
+            if first:
+                emit(
+                    EventKind.ACTION_FAILED,
+                    f"{shown(request.path)}: not released yet: it is still open for writing;"
+                    " released once its writer closes it",
+                    logging.INFO,
+                    error="still open for writing",
+                    **self._fields(request, "release"),
+                )
+            else:
+                log.debug(
+                    "%s: still open for writing; looked at again in %g s", request.path, delay
+                )
+            # its close is an event, and scanned; this is for a close lost
+            # with an overflowed queue, less and less often
+            self.retry(request.path, str(request.watch.path), delay)
             return None
+        with self._lock:
+            self._release_waits.pop((request.path, opened.identity.dev, opened.identity.ino), None)
         try:
             links = os.fstat(opened.fd).st_nlink
         except OSError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -9,6 +10,7 @@ import stat
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -190,6 +192,31 @@ def test_a_file_still_open_for_writing_is_not_released(
     (deferred,) = [e for e in actions(daemon, upload, "action-failed") if e["action"] == "release"]
     assert deferred["error"] == "still open for writing"
     assert [r["original_path"] for r in records(quarantine_dir)] == [str(upload)]
+
+
+def test_a_file_held_open_is_looked_at_less_and_less_often_and_said_once(
+    start: Start, watched: Path, tmp_path: Path
+) -> None:
+    """Held open by its writer (a slow upload, or an uploader on purpose), a
+    file was scanned, and an action-failed event sent, every 5 s for as long."""
+    released = tmp_path / "released"
+    daemon = start(on_clean=["release"], release_to=str(released))
+    upload = watched / "slow.txt"
+    with open(upload, "wb") as writer:
+        writer.write(b"the first part, then a pause")
+        writer.flush()
+        # scanned at settle_time, then again 5 and 10 s after: three verdicts
+        daemon.wait_until(
+            lambda evs: len(daemon.verdicts().get(str(upload), [])) >= 3, 40, "three looks"
+        )
+        looked = daemon.verdicts()[str(upload)]
+        times = [datetime.fromisoformat(e["time"]).timestamp() for e in looked]
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        assert gaps[1] > gaps[0] * 1.5, gaps  # 5 s, then 10 s
+        failed = actions(daemon, upload, "action-failed")
+        assert [e["error"] for e in failed] == ["still open for writing"]
+    done = wait_action(daemon, upload, "release")  # at its close
+    assert done["released_to"] == str(released / "slow.txt")
 
 
 def test_a_file_with_other_hard_links_is_not_released(
