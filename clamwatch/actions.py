@@ -472,6 +472,7 @@ class ActionRunner:
                 keep_copy=True,
                 keep_owner=True,
                 rename=False,
+                resume=True,  # a copy a crash left before the original's removal
             )
         except OSError as exc:
             return self._failed(request, "release", exc.strerror or str(exc))

@@ -225,6 +225,7 @@ def move_to_free_name(
     keep_copy: bool,
     keep_owner: bool = False,
     rename: bool = True,
+    resume: bool = False,
 ) -> str | None:
     """Move the scanned file ``opened``, at ``path``, to ``base``, or the first of
     ``numbered.format(base, 1)`` to ``(base, 999)`` that is free; never replacing.
@@ -240,6 +241,11 @@ def move_to_free_name(
     reopen it for writing through /proc/self/fd wherever it was moved.
     Returns where it went, or None when nothing was moved (the path no
     longer names the file, or the file changed).
+
+    With ``resume``, a name taken by a whole copy of the scanned file (the
+    same size, mtime and bytes) is taken for the copy made before a crash
+    that came ahead of the original's removal: the original is removed and
+    that name returned, rather than a second copy made under the next one.
     """
     for target in _numbered_names(base, numbered):
         try:
@@ -250,7 +256,13 @@ def move_to_free_name(
                 if exc.errno != errno.EXDEV:
                     raise
             # the copy's own O_EXCL meets a name taken too: the next one, then
-            if not copy_new(opened.fd, target, mode, opened.identity, keep_owner=keep_owner):
+            try:
+                copied = copy_new(opened.fd, target, mode, opened.identity, keep_owner=keep_owner)
+            except FileExistsError:
+                if not (resume and _holds_copy(target, opened)):
+                    raise
+                return target if remove_if_same(path, opened.identity) or keep_copy else None
+            if not copied:
                 return None
             try:
                 removed = remove_if_same(path, opened.identity)
@@ -266,6 +278,34 @@ def move_to_free_name(
         except FileExistsError:
             continue
     raise _all_taken(base)
+
+
+def _holds_copy(target: str, opened: OpenedFile) -> bool:
+    """Whether ``target`` is a regular file with the scanned file's size, mtime and bytes."""
+    identity = opened.identity
+    try:
+        fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or (st.st_size, st.st_mtime_ns) != (
+            identity.size,
+            identity.mtime_ns,
+        ):
+            return False
+        offset = 0
+        while offset < identity.size:
+            want = min(1 << 20, identity.size - offset)
+            mine = os.pread(opened.fd, want, offset)
+            if not mine or os.pread(fd, want, offset) != mine:
+                return False
+            offset += len(mine)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def copy_to_free_name(source_fd: int, base: str, numbered: str, mode: int) -> str:

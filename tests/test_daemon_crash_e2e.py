@@ -198,3 +198,45 @@ def test_a_crash_during_a_release_to_another_file_system_leaves_no_partial_file(
         wait_for(lambda: not big.exists(), 30, "the release of the original")
     for copy in released.iterdir():
         assert copy.read_bytes() == content, f"{copy.name} is not the file released"
+
+
+def test_a_release_whose_copy_a_crash_left_whole_is_not_released_twice(
+    clamd: PrivateClamd, tmp_path: Path, watched: Path, daemons: list[DaemonProcess]
+) -> None:
+    """Killed between a release's copy and the original's removal, the daemon
+    found the original at its next start and released it again, as NAME.1:
+    the file delivered twice. A whole copy under the name is taken for its own."""
+    released = tmp_path / "released"
+    (released / "sub").mkdir(parents=True)
+    (watched / "sub").mkdir()
+    original = watched / "sub" / "report.pdf"
+    original.write_bytes(b"clean report " * 1000)
+    left = released / "sub" / "report.pdf"  # as the crash left it: whole, its mtime kept
+    left.write_bytes(original.read_bytes())
+    mtime = original.stat().st_mtime_ns
+    os.utime(left, ns=(mtime, mtime))
+    other = watched / "sub" / "other.pdf"  # the same name taken by other content: a new name
+    other.write_bytes(b"another report")
+    (released / "sub" / "other.pdf").write_bytes(b"what was there before")
+    config = write_config(
+        tmp_path / "clamwatch.toml",
+        address=clamd.unix_address,
+        watches=[watched],
+        state_directory=tmp_path / "state",
+        daemon={"settle_time": "500ms"},
+        watch_options={"on_clean": ["release"], "release_to": str(released)},
+    )
+    daemon = DaemonProcess(config)
+    daemons.append(daemon)
+    daemon.wait_event("ready")
+    daemon.wait_until(
+        lambda evs: len([e for e in evs if e["event"] == "action-done"]) == 2, 30, "two releases"
+    )
+    assert not original.exists() and not other.exists()
+    done = {
+        e["path"]: e["released_to"]
+        for e in daemon.events
+        if e["event"] == "action-done" and e.get("action") == "release"
+    }
+    assert done == {str(original): str(left), str(other): str(released / "sub" / "other.pdf.1")}
+    assert sorted(os.listdir(released / "sub")) == ["other.pdf", "other.pdf.1", "report.pdf"]
