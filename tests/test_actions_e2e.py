@@ -407,7 +407,7 @@ def _documented_hook_variables() -> list[set[str]]:
     toml = (repo / "etc/clamwatch/clamwatch.toml").read_text(encoding="utf-8")
     readme = (repo / "README.md").read_text(encoding="utf-8")
     toml_part = toml[toml.index("# The hook:") : toml.index("#hook = []")]
-    readme_part = readme[readme.index("and `hook` (an argv") : readme.index("`hook_timeout`")]
+    readme_part = readme[readme.index("- `hook` (an argv") : readme.index("`hook_timeout`")]
     return [set(re.findall(r"CLAMWATCH_[A-Z_]+", part)) for part in (toml_part, readme_part)]
 
 
