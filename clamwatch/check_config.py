@@ -8,7 +8,8 @@ from pathlib import Path
 from clamwatch.clamd.address import AddressError
 from clamwatch.clamd.engine import ClamdUnavailableError, Engine
 from clamwatch.clamd.settings import UNLIMITED, EngineSettings, resolve_engine
-from clamwatch.config import ConfigError, load_config
+from clamwatch.config import Config, ConfigError, load_config
+from clamwatch.writable import describe, quarantines, read_only_folders, read_only_root
 
 _CLAMD_TIMEOUT = 10.0  # seconds to wait for clamd's answer
 
@@ -28,6 +29,7 @@ def run_check(path: Path, *, check_clamd: bool) -> int:
         quiet = "" if watch.log_clean else " (clean verdicts counted, not logged)"
         print(f"  watch {watch.path}: clean -> {' '.join(watch.policy.clean.words)}, infected ->"
               f" {' '.join(watch.policy.infected.words)}{quiet}")  # fmt: skip
+    _warn_read_only(config)
     if not check_clamd:
         print(f"  clamd at {address} (not contacted; --clamd checks it)")
         return 0
@@ -54,6 +56,18 @@ def run_check(path: Path, *, check_clamd: bool) -> int:
         f" at most {in_flight} scans in flight{checked}; {_size_limit(settings)}"
     )
     return 0
+
+
+def _warn_read_only(config: Config) -> None:
+    """The folders the daemon must change and could not, as the daemon's read-only
+    events name them. Warnings, not errors: ReadWritePaths= is a mount made when
+    the service starts, so refusing a reload would not mend it and would keep out
+    every other change; and outside the service's sandbox (a shell, not
+    ExecReload=) these are the host's mounts, not the ones the daemon sees."""
+    found = [r for w in config.watches if (r := read_only_root(w)) is not None]
+    found += read_only_folders(config, quarantines=quarantines(config))
+    for item in found:
+        print(f"clamwatch check-config: warning: {describe(item)}", file=sys.stderr)
 
 
 def _size_limit(settings: EngineSettings) -> str:

@@ -438,9 +438,14 @@ def _add_check_config(commands: argparse._SubParsersAction[_Parser], *, with_opt
         description="Read the configuration file and its drop-ins (clamwatch.d/*.toml) as"
         " `clamwatch run` would, and report every problem with the file, the key, the bad"
         " value and what was expected. With --clamd, also connect to clamd and report what"
-        " it offers.",
-        epilog="exit status: 0 the configuration is valid (and clamd answered);"
-        " 1 it is not (or clamd did not answer); 2 the command line is wrong",
+        " it offers. A [[watch]] path whose rules change files, a release_to, the"
+        " quarantine or the state folder on a read-only file system is a warning on"
+        " stderr that names the folder, its setting and what will fail there; under"
+        " the service (ExecReload=) these are the mounts its sandbox gives it.",
+        epilog="exit status: 0 the configuration is valid (and clamd answered), read-only"
+        " folders included: a reload cannot make them writable (ReadWritePaths= takes a"
+        " restart), so it is not refused for them; 1 it is not valid (or clamd did not"
+        " answer); 2 the command line is wrong",
     )
     if not with_options:
         return

@@ -41,14 +41,14 @@ from clamwatch.files import raise_nofile_limit
 from clamwatch.journal import JournalHandler, stderr_is_journal
 from clamwatch.notify import Notifier
 from clamwatch.pipeline import Pipeline, Result
-from clamwatch.policy import FileAction, Rule
+from clamwatch.policy import Rule
 from clamwatch.quarantine import QuarantineError, QuarantineStore
 from clamwatch.state import State, load_state, lock_state, save_state
 from clamwatch.verdict import Clean, Infected, NotScanned, ScanError, describe
 from clamwatch.watch.filters import WatchFilter
 from clamwatch.watch.walker import Walker
 from clamwatch.watch.watchdog_backend import TreeWatcher
-from clamwatch.writable import read_only_folders, read_only_root, report
+from clamwatch.writable import quarantines, read_only_folders, read_only_root, report
 
 log = logging.getLogger(__name__)
 
@@ -60,21 +60,6 @@ _TICK = 1.0  # the main loop's pace: signals, watchdog
 _STALLED = 10.0
 _SLACK = 2.0  # seconds of clock and timestamp granularity allowed for in "changed"
 _ARMED_LATE = "watch armed after the start"  # the walk of such a root, with startup_scan "none"
-
-
-def _quarantines(config: Config) -> bool:
-    """Some watch moves or copies files into the quarantine."""
-    quarantining = (FileAction.MOVE, FileAction.COPY)
-    return any(
-        rule.file_action in quarantining
-        for watch in config.watches
-        for rule in (
-            watch.policy.clean,
-            watch.policy.infected,
-            watch.policy.not_scanned,
-            watch.policy.error,
-        )
-    )
 
 
 @functools.cache
@@ -119,7 +104,7 @@ class Daemon:
         self.backlog = BacklogReport(self.dispatcher)
         own = (str(settings.state_directory), str(config.quarantine.directory))
         self.filters = {str(w.path): WatchFilter(w, own) for w in config.watches}
-        self.store = QuarantineStore(config.quarantine.directory) if _quarantines(config) else None
+        self.store = QuarantineStore(config.quarantine.directory) if quarantines(config) else None
         self.actions = ActionRunner(self.store, self._retry)
         self.pipeline = Pipeline(
             self.dispatcher, self.engine, self.filters, self._report, actions=self.actions
@@ -431,7 +416,7 @@ class Daemon:
             return
         later = [name for name in ("clamd", "daemon", "quarantine")
                  if getattr(new, name) != getattr(old, name)]  # fmt: skip
-        if self.store is None and _quarantines(new):
+        if self.store is None and quarantines(new):
             try:
                 # its folder made now (this ended the daemon when it could
                 # not be: a full file system); refused as a start would be

@@ -21,6 +21,7 @@ from clamwatch.eventkind import EventKind, emit
 from clamwatch.policy import FileAction
 
 _WRITING = (FileAction.MOVE, FileAction.REMOVE, FileAction.RELEASE)
+_QUARANTINING = (FileAction.MOVE, FileAction.COPY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +62,20 @@ def read_only_root(watch: WatchConfig) -> ReadOnly | None:
     return ReadOnly(str(watch.path), "[[watch]] path", str(watch.path), need)
 
 
+def quarantines(config: Config) -> bool:
+    """Some watch moves or copies files into the quarantine."""
+    return any(
+        rule.file_action in _QUARANTINING
+        for watch in config.watches
+        for rule in (
+            watch.policy.clean,
+            watch.policy.infected,
+            watch.policy.not_scanned,
+            watch.policy.error,
+        )
+    )
+
+
 def read_only_folders(config: Config, *, quarantines: bool) -> list[ReadOnly]:
     """Every folder other than the watch roots that the daemon must write and cannot."""
     found: list[ReadOnly] = []
@@ -90,8 +105,8 @@ def _service() -> str | None:
     return None
 
 
-def report(found: ReadOnly) -> None:
-    """A read-only event that says which setting to change, and where."""
+def describe(found: ReadOnly) -> str:
+    """What is read-only, what fails there, and which setting to change where."""
     service = _service()
     state_directory = os.environ.get("STATE_DIRECTORY")  # systemd's StateDirectory=
     if found.setting == "[daemon] state_directory" and state_directory:
@@ -101,10 +116,17 @@ def report(found: ReadOnly) -> None:
     else:
         hint = "make it writable to clamwatch"
     where = f" (watch {found.watch})" if found.setting == "release_to" else ""
+    return (
+        f"{found.setting} {found.path}{where} is on a read-only file system: {found.need}"
+        f" will fail there; {hint}"
+    )
+
+
+def report(found: ReadOnly) -> None:
+    """A read-only event that says which setting to change, and where."""
     emit(
         EventKind.READ_ONLY,
-        f"{found.setting} {found.path}{where} is on a read-only file system: {found.need}"
-        f" will fail there; {hint}",
+        describe(found),
         logging.ERROR,  # an infected file would stay where it is
         path=found.path,
         setting=found.setting,

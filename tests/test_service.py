@@ -230,3 +230,38 @@ def test_an_address_needs_no_clamd_conf(tmp_path: Path, clamd: PrivateClamd) -> 
     result = run_check("--config", str(config), "--clamd")
     assert result.returncode == 0, result.stderr
     assert "stream (INSTREAM)" in result.stdout
+
+
+def test_check_config_warns_of_read_only_folders(
+    tmp_path: Path, tmpfs: Callable[..., None]
+) -> None:
+    """A read-only mount (as ProtectSystem=strict leaves what ReadWritePaths= does not
+    list): each folder the daemon would write there is a warning, and exit 0."""
+    ro = tmp_path / "ro"
+    tmpfs(ro, "1M")
+    for name in ("uploads", "readers", "quarantine"):
+        (ro / name).mkdir()
+    subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True)
+    config = tmp_path / "clamwatch.toml"
+    config.write_text(
+        f'[daemon]\nstate_directory = "{tmp_path / "state"}"\n'
+        f'[quarantine]\ndirectory = "{ro / "quarantine"}"\n'
+        f'[[watch]]\npath = "{ro / "uploads"}"\non_clean = ["release"]\n'
+        f'release_to = "{ro / "scanned"}"\n'
+        # copy only reads the watched tree: not named
+        f'[[watch]]\npath = "{ro / "readers"}"\non_infected = ["copy"]\n'
+        "on_not_scanned = []\non_error = []\n"
+    )
+    result = run_check("--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert f"{config}: valid" in result.stdout
+    # what follows "fail there;" depends on whether pytest runs in a service
+    warnings = [line.partition(" will fail there; ")[0] for line in result.stderr.splitlines()]
+    assert warnings == [
+        f"clamwatch check-config: warning: [[watch]] path {ro / 'uploads'} is on a read-only"
+        " file system: move, release, tag",
+        f"clamwatch check-config: warning: [quarantine] directory {ro / 'quarantine'} is on a"
+        " read-only file system: move, copy",
+        f"clamwatch check-config: warning: release_to {ro / 'scanned'} (watch {ro / 'uploads'})"
+        " is on a read-only file system: release",
+    ]
