@@ -113,6 +113,8 @@ def start_daemon(tmp_path: Path, clamd: PrivateClamd, watched: Path) -> Iterator
         wait_ready: bool = True,
         prefix: tuple[str, ...] = (),
         clamd_options: dict[str, Any] | None = None,
+        quarantine: dict[str, Any] | None = None,
+        watch_options: dict[str, Any] | None = None,
         **daemon: Any,
     ) -> DaemonProcess:
         daemon.setdefault("settle_time", "500ms")
@@ -124,6 +126,8 @@ def start_daemon(tmp_path: Path, clamd: PrivateClamd, watched: Path) -> Iterator
             state_directory=tmp_path / "state",
             daemon=daemon,
             clamd=clamd_options,
+            quarantine=quarantine,
+            watch_options=watch_options,
         )
         proc = DaemonProcess(config, prefix=prefix)  # prefix: a command to run it under
         started.append(proc)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import grp
 import logging
@@ -12,7 +13,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Protocol
 
@@ -37,6 +38,33 @@ class RecordingHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.records.append(record)
+
+
+class EventRecorder(RecordingHandler):
+    """The events (clamwatch.eventkind.emit) a test's code sent, by kind."""
+
+    def of(self, kind: str) -> list[dict[str, object]]:
+        found = []
+        for record in list(self.records):  # a copy: actions' threads append meanwhile
+            event = getattr(record, "event", None)
+            if event is not None and event.value == kind:
+                found.append({"message": record.getMessage(), **getattr(record, "fields", {})})
+        return found
+
+
+@contextlib.contextmanager
+def recording_events() -> Iterator[EventRecorder]:
+    """Record every event sent meanwhile (the "clamwatch.events" logger)."""
+    handler = EventRecorder()
+    logger = logging.getLogger("clamwatch.events")
+    logger.addHandler(handler)
+    old = logger.level
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old)
 
 
 class ClamdFactory(Protocol):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import threading
 import time
@@ -18,29 +17,13 @@ from clamwatch.files import OpenedFile, open_for_scan
 from clamwatch.policy import Policy, Rule, decide, parse_rule
 from clamwatch.quarantine import QuarantineStore
 from clamwatch.verdict import Clean, Infected, NotScanned, NotScannedReason, ScanError, Verdict
-from helpers import RecordingHandler
-
-
-class Events(RecordingHandler):
-    def of(self, kind: str) -> list[dict[str, object]]:
-        found = []
-        for record in self.records:
-            event = getattr(record, "event", None)
-            if event is not None and event.value == kind:
-                found.append({"message": record.getMessage(), **getattr(record, "fields", {})})
-        return found
+from helpers import EventRecorder, recording_events
 
 
 @pytest.fixture
-def events() -> Iterator[Events]:
-    handler = Events()
-    logger = logging.getLogger("clamwatch.events")
-    logger.addHandler(handler)
-    old = logger.level
-    logger.setLevel(logging.DEBUG)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(old)
+def events() -> Iterator[EventRecorder]:
+    with recording_events() as recorder:
+        yield recorder
 
 
 @pytest.fixture
@@ -82,7 +65,7 @@ def test_policy_defaults_are_cautious() -> None:
 
 @pytest.mark.parametrize("words", [["move"], ["remove"], ["copy"]])
 def test_a_file_replaced_after_the_scan_is_not_touched(
-    tmp_path: Path, store: QuarantineStore, events: Events, words: list[str]
+    tmp_path: Path, store: QuarantineStore, events: EventRecorder, words: list[str]
 ) -> None:
     path = tmp_path / "upload"
     path.write_bytes(b"scanned content")
@@ -102,7 +85,7 @@ def test_a_file_replaced_after_the_scan_is_not_touched(
 
 
 def test_a_symlink_swapped_in_leaves_its_target_alone(
-    tmp_path: Path, store: QuarantineStore, events: Events
+    tmp_path: Path, store: QuarantineStore, events: EventRecorder
 ) -> None:
     path = tmp_path / "upload"
     path.write_bytes(b"scanned")
@@ -125,7 +108,7 @@ def scanned_copy(opened: OpenedFile) -> OpenedFile:
 
 
 def test_remove_and_move_the_scanned_file(
-    tmp_path: Path, store: QuarantineStore, events: Events
+    tmp_path: Path, store: QuarantineStore, events: EventRecorder
 ) -> None:
     doomed, moved = tmp_path / "doomed", tmp_path / "moved"
     doomed.write_bytes(b"a")
@@ -140,7 +123,7 @@ def test_remove_and_move_the_scanned_file(
 
 @pytest.mark.parametrize("elsewhere", [False, True], ids=["same-fs", "another-fs"])
 def test_release_never_overwrites(
-    tmp_path: Path, events: Events, tmpfs: Callable[..., None], elsewhere: bool
+    tmp_path: Path, events: EventRecorder, tmpfs: Callable[..., None], elsewhere: bool
 ) -> None:
     """The name taken in release_to: the next free one, the mode kept; on another
     file system the file is copied, then removed."""
@@ -167,7 +150,7 @@ def test_release_never_overwrites(
 
 
 def test_tag_on_a_file_system_without_user_xattrs_is_reported_once(
-    tmp_path: Path, events: Events
+    tmp_path: Path, events: EventRecorder
 ) -> None:
     # procfs has no user extended attributes
     watch = WatchConfig(tmp_path, "t")
@@ -192,7 +175,7 @@ def tag(path: Path, verdict: Verdict, opened: OpenedFile | None = None) -> None:
 
 
 def test_a_clean_verdict_takes_away_the_signature_of_an_earlier_one(
-    tmp_path: Path, events: Events
+    tmp_path: Path, events: EventRecorder
 ) -> None:
     path = tmp_path / "upload"
     path.write_bytes(b"infected, say")
@@ -207,7 +190,7 @@ def test_a_clean_verdict_takes_away_the_signature_of_an_earlier_one(
 
 
 def test_a_file_written_to_after_its_scan_is_not_tagged_with_that_verdict(
-    tmp_path: Path, events: Events
+    tmp_path: Path, events: EventRecorder
 ) -> None:
     """The new content has its own scan coming: 'clean' must not be put on it now."""
     path = tmp_path / "upload"
@@ -237,7 +220,7 @@ def release(path: Path, watch: WatchConfig) -> None:
 
 
 def test_a_release_to_another_file_system_keeps_mode_owner_and_mtime(
-    tmp_path: Path, events: Events, tmpfs: Callable[..., None]
+    tmp_path: Path, events: EventRecorder, tmpfs: Callable[..., None]
 ) -> None:
     """As a rename on the same file system does (and mv across them): the copy
     was the daemon's, with its umask (the unit's UMask=0077 made 0640 0600)."""
@@ -276,7 +259,7 @@ def copying(out: Path) -> bool:
 
 @pytest.mark.parametrize("change", ["grown", "cut"])
 def test_a_file_changed_during_a_release_copy_is_not_released(
-    tmp_path: Path, events: Events, tmpfs: Callable[..., None], change: str
+    tmp_path: Path, events: EventRecorder, tmpfs: Callable[..., None], change: str
 ) -> None:
     """The copy read to the end of whatever was there by then: bytes written after
     the scan, or a file cut short, went out as clean; the original was then

@@ -9,16 +9,15 @@ import re
 import stat
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from clamwatch.privateclamd import PrivateClamd
 from clamwatch.testsig import EICAR_SIGNATURE
-from daemonproc import DaemonProcess, write_config
+from daemonproc import DaemonProcess, StartDaemon
 
 Start = Callable[..., DaemonProcess]
 
@@ -29,29 +28,14 @@ def quarantine_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def start(
-    tmp_path: Path, clamd: PrivateClamd, watched: Path, quarantine_dir: Path
-) -> Iterator[Start]:
-    started: list[DaemonProcess] = []
-
+def start(start_daemon: StartDaemon, quarantine_dir: Path) -> Start:
     def run(quarantine: dict[str, Any] | None = None, **watch_options: Any) -> DaemonProcess:
-        config = write_config(
-            tmp_path / f"c{len(started)}.toml",
-            address=clamd.unix_address,
-            watches=[watched],
-            state_directory=tmp_path / "state",
-            daemon={"settle_time": "500ms"},
+        return start_daemon(
             quarantine={"directory": str(quarantine_dir), **(quarantine or {})},
             watch_options=watch_options,
         )
-        daemon = DaemonProcess(config)
-        started.append(daemon)
-        daemon.wait_event("ready")
-        return daemon
 
-    yield run
-    for daemon in started:
-        daemon.stop()
+    return run
 
 
 def actions(daemon: DaemonProcess, path: Path, kind: str = "action-done") -> list[dict[str, Any]]:

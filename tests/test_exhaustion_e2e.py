@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,29 +18,14 @@ Start = Callable[..., DaemonProcess]
 
 
 @pytest.fixture
-def start(tmp_path: Path, clamd: PrivateClamd, watched: Path) -> Iterator[Start]:
+def start(start_daemon: StartDaemon) -> Start:
     """`clamwatch run` on ``watched`` with a [quarantine] section and watch options of
     the test's choosing."""
-    started: list[DaemonProcess] = []
 
     def run(quarantine: dict[str, Any], **watch_options: Any) -> DaemonProcess:
-        config = write_config(
-            tmp_path / "clamwatch.toml",
-            address=clamd.unix_address,
-            watches=[watched],
-            state_directory=tmp_path / "state",
-            daemon={"settle_time": "500ms"},
-            quarantine=quarantine,
-            watch_options=watch_options,
-        )
-        daemon = DaemonProcess(config)
-        started.append(daemon)
-        daemon.wait_event("ready")
-        return daemon
+        return start_daemon(quarantine=quarantine, watch_options=watch_options)
 
-    yield run
-    for daemon in started:
-        daemon.stop()
+    return run
 
 
 def test_files_that_find_no_descriptor_free_are_scanned_once_there_is_one(

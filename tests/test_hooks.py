@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import resource
 import signal
@@ -18,29 +17,13 @@ from clamwatch.config import WatchConfig
 from clamwatch.files import OpenedFile, open_for_scan
 from clamwatch.policy import parse_rule
 from clamwatch.verdict import Clean, Infected
-from helpers import RecordingHandler, wait_for
-
-
-class Events(RecordingHandler):
-    def of(self, kind: str) -> list[dict[str, object]]:
-        found = []
-        for record in list(self.records):
-            event = getattr(record, "event", None)
-            if event is not None and event.value == kind:
-                found.append({"message": record.getMessage(), **getattr(record, "fields", {})})
-        return found
+from helpers import EventRecorder, recording_events, wait_for
 
 
 @pytest.fixture
-def events() -> Iterator[Events]:
-    handler = Events()
-    logger = logging.getLogger("clamwatch.events")
-    logger.addHandler(handler)
-    old = logger.level
-    logger.setLevel(logging.DEBUG)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(old)
+def events() -> Iterator[EventRecorder]:
+    with recording_events() as recorder:
+        yield recorder
 
 
 def hook_script(tmp_path: Path, body: str) -> Path:
@@ -67,7 +50,7 @@ def alive(pid: int) -> bool:
 
 
 def test_a_hook_past_its_timeout_is_killed_with_its_children(
-    tmp_path: Path, events: Events
+    tmp_path: Path, events: EventRecorder
 ) -> None:
     """A shell script's child kept the pipe open after the shell was killed: the
     worker waited for the child (here 60 s), not hook_timeout."""
@@ -88,7 +71,7 @@ def test_a_hook_past_its_timeout_is_killed_with_its_children(
 
 
 def test_a_stop_kills_running_hooks_and_names_each_file_left(
-    tmp_path: Path, events: Events
+    tmp_path: Path, events: EventRecorder
 ) -> None:
     script = hook_script(tmp_path, f"sleep 60 &\necho $! >> {tmp_path / 'pids'}\nwait\n")
     watch = WatchConfig(tmp_path, "t", hook=(str(script),), hook_timeout=120)
@@ -110,7 +93,7 @@ def test_a_stop_kills_running_hooks_and_names_each_file_left(
 
 
 def test_a_hook_that_writes_megabytes_to_stderr_is_not_kept_in_memory(
-    tmp_path: Path, events: Events
+    tmp_path: Path, events: EventRecorder
 ) -> None:
     script = hook_script(
         tmp_path, "head -c 300000000 /dev/zero | tr '\\0' x >&2\necho >&2\necho boom >&2\nexit 2\n"
@@ -127,7 +110,7 @@ def test_a_hook_that_writes_megabytes_to_stderr_is_not_kept_in_memory(
     assert grown < 100_000, f"{grown} KiB more for a hook's 300 MB of stderr"
 
 
-def test_a_hook_killed_by_a_signal_says_which(tmp_path: Path, events: Events) -> None:
+def test_a_hook_killed_by_a_signal_says_which(tmp_path: Path, events: EventRecorder) -> None:
     script = hook_script(tmp_path, "echo 'out of memory, say' >&2\nkill -TERM $$\n")
     watch = WatchConfig(tmp_path, "t", hook=(str(script),))
     runner = ActionRunner(None, lambda *a: None)
@@ -139,7 +122,7 @@ def test_a_hook_killed_by_a_signal_says_which(tmp_path: Path, events: Events) ->
 
 
 def test_a_hook_that_leaves_a_child_running_ends_when_it_exits(
-    tmp_path: Path, events: Events
+    tmp_path: Path, events: EventRecorder
 ) -> None:
     """Its child holds the stderr pipe open: the hook's exit is its end all the same."""
     pids = tmp_path / "pids"
@@ -158,7 +141,7 @@ def test_a_hook_that_leaves_a_child_running_ends_when_it_exits(
 
 
 def test_the_hook_runs_when_the_file_action_failed_and_hears_why(
-    tmp_path: Path, events: Events
+    tmp_path: Path, events: EventRecorder
 ) -> None:
     """on_infected = ["remove", "hook"]: the file could not be removed, which is
     just when the admin's hook must hear of it; it was not run at all."""
@@ -191,7 +174,9 @@ def test_the_hook_runs_when_the_file_action_failed_and_hears_why(
     assert path.exists()
 
 
-def test_no_hook_for_a_file_replaced_before_its_action(tmp_path: Path, events: Events) -> None:
+def test_no_hook_for_a_file_replaced_before_its_action(
+    tmp_path: Path, events: EventRecorder
+) -> None:
     """The new content has its own scan, and its own hook: none for the old one."""
     script = hook_script(tmp_path, "exit 0\n")
     path = tmp_path / "upload"
@@ -210,7 +195,7 @@ def test_no_hook_for_a_file_replaced_before_its_action(tmp_path: Path, events: E
 
 
 def test_no_hook_for_a_verdict_on_content_written_over_since(
-    tmp_path: Path, events: Events
+    tmp_path: Path, events: EventRecorder
 ) -> None:
     """on_clean = ["hook"] with a hook that publishes the file: content appended
     after the clean scan was published as clean. It has its own scan coming."""
@@ -231,7 +216,9 @@ def test_no_hook_for_a_verdict_on_content_written_over_since(
     assert not events.of("action-done") and not events.of("action-failed")
 
 
-def test_the_hook_runs_for_a_file_gone_since_its_scan(tmp_path: Path, events: Events) -> None:
+def test_the_hook_runs_for_a_file_gone_since_its_scan(
+    tmp_path: Path, events: EventRecorder
+) -> None:
     """A detection in a file deleted at once: no new scan will tell of it."""
     out = tmp_path / "ran"
     script = hook_script(tmp_path, f'echo "$CLAMWATCH_VERDICT" > {out}\n')
@@ -250,7 +237,7 @@ def test_the_hook_runs_for_a_file_gone_since_its_scan(tmp_path: Path, events: Ev
 
 
 def test_a_failure_tried_again_runs_its_hook_once_per_version_and_error(
-    tmp_path: Path, events: Events
+    tmp_path: Path, events: EventRecorder
 ) -> None:
     """A quarantine that stays full is tried again every minute: the hook (a
     mail to the admin) ran each time. It runs again for new content only."""

@@ -13,14 +13,13 @@ import os
 import pwd
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from clamwatch.privateclamd import PrivateClamd
-from daemonproc import DaemonProcess, write_config
+from daemonproc import DaemonProcess, StartDaemon
 
 Start = Callable[..., DaemonProcess]
 NOBODY = pwd.getpwnam("nobody")
@@ -28,28 +27,15 @@ CLEAN = b"C" * 68  # as long as EICAR: a rewrite keeps the size
 
 
 @pytest.fixture
-def start(tmp_path: Path, clamd: PrivateClamd, watched: Path) -> Iterator[Start]:
+def start(start_daemon: StartDaemon, tmp_path: Path, watched: Path) -> Start:
     os.chmod(watched, 0o1777)  # an upload folder: anyone writes, the sticky bit on
-    started: list[DaemonProcess] = []
 
     def run(**watch_options: Any) -> DaemonProcess:
-        config = write_config(
-            tmp_path / f"c{len(started)}.toml",
-            address=clamd.unix_address,
-            watches=[watched],
-            state_directory=tmp_path / "state",
-            daemon={"settle_time": "500ms"},
-            quarantine={"directory": str(tmp_path / "quarantine")},
-            watch_options=watch_options,
+        return start_daemon(
+            quarantine={"directory": str(tmp_path / "quarantine")}, watch_options=watch_options
         )
-        daemon = DaemonProcess(config)
-        started.append(daemon)
-        daemon.wait_event("ready")
-        return daemon
 
-    yield run
-    for daemon in started:
-        daemon.stop()
+    return run
 
 
 class Attacker:
