@@ -14,6 +14,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,6 +25,7 @@ from clamwatch.quarantine_record import write_record
 from clamwatch.state import STATE_FILE
 from clamwatch.testsig import EICAR_SIGNATURE
 from daemonproc import DaemonProcess, write_config
+from helpers import wait_for
 
 CHECKPOINT_WAIT = 45.0  # the daemon checkpoints 30 s after it is ready
 
@@ -37,11 +39,22 @@ def daemons() -> Iterator[list[DaemonProcess]]:
         daemon.stop()
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
-        time.sleep(0.05)
+def crash_config(
+    tmp_path: Path,
+    clamd: PrivateClamd,
+    watched: Path,
+    state: Path,
+    watch_options: dict[str, Any] | None = None,
+) -> Path:
+    """The configuration a test's daemon runs with, before its crash and after."""
+    return write_config(
+        tmp_path / "clamwatch.toml",
+        address=clamd.unix_address,
+        watches=[watched],
+        state_directory=state,
+        daemon={"settle_time": "500ms"},
+        watch_options=watch_options,
+    )
 
 
 def kill_hard(daemon: DaemonProcess) -> None:
@@ -67,13 +80,12 @@ def test_a_hook_still_running_at_a_checkpoint_is_not_lost_with_a_crash(
     )
     hook.chmod(0o755)
     state = tmp_path / "state"
-    config = write_config(
-        tmp_path / "clamwatch.toml",
-        address=clamd.unix_address,
-        watches=[watched],
-        state_directory=state,
-        daemon={"settle_time": "500ms"},
-        watch_options={
+    config = crash_config(
+        tmp_path,
+        clamd,
+        watched,
+        state,
+        {
             "on_infected": ["hook"],
             "hook": [str(hook), str(runs)],
             "hook_timeout": "10m",
@@ -131,13 +143,7 @@ def test_an_original_left_by_a_crash_after_its_quarantine_copy_is_removed_at_the
     assert copied is not None
     entry = dataclasses.replace(copied, how="moved")
     write_record(quarantine, entry)
-    config = write_config(
-        tmp_path / "clamwatch.toml",
-        address=clamd.unix_address,
-        watches=[watched],
-        state_directory=tmp_path / "state",
-        daemon={"settle_time": "500ms"},
-    )
+    config = crash_config(tmp_path, clamd, watched, tmp_path / "state")
     daemon = DaemonProcess(config)
     daemons.append(daemon)
     daemon.wait_event("ready")
@@ -168,13 +174,12 @@ def test_a_crash_during_a_release_to_another_file_system_leaves_no_partial_file(
     beside it as NAME.1). The copy is named now only once it is whole."""
     released = tmp_path / "released"
     tmpfs(released, "512m")
-    config = write_config(
-        tmp_path / "clamwatch.toml",
-        address=clamd.unix_address,
-        watches=[watched],
-        state_directory=tmp_path / "state",
-        daemon={"settle_time": "500ms"},
-        watch_options={"on_clean": ["release"], "release_to": str(released)},
+    config = crash_config(
+        tmp_path,
+        clamd,
+        watched,
+        tmp_path / "state",
+        {"on_clean": ["release"], "release_to": str(released)},
     )
     content = os.urandom(1 << 20) * 90  # a copy of some 50 ms, under clamd's 100M MaxFileSize
     daemon = DaemonProcess(config)
@@ -218,13 +223,12 @@ def test_a_release_whose_copy_a_crash_left_whole_is_not_released_twice(
     other = watched / "sub" / "other.pdf"  # the same name taken by other content: a new name
     other.write_bytes(b"another report")
     (released / "sub" / "other.pdf").write_bytes(b"what was there before")
-    config = write_config(
-        tmp_path / "clamwatch.toml",
-        address=clamd.unix_address,
-        watches=[watched],
-        state_directory=tmp_path / "state",
-        daemon={"settle_time": "500ms"},
-        watch_options={"on_clean": ["release"], "release_to": str(released)},
+    config = crash_config(
+        tmp_path,
+        clamd,
+        watched,
+        tmp_path / "state",
+        {"on_clean": ["release"], "release_to": str(released)},
     )
     daemon = DaemonProcess(config)
     daemons.append(daemon)
