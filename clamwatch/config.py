@@ -7,10 +7,11 @@ etc/clamwatch/clamwatch.toml documents every key with its default.
 
 from __future__ import annotations
 
+import codecs
 import os
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -311,8 +312,19 @@ def _policy(source: Path, where: str, values: dict[str, Any]) -> Policy:
     return policy
 
 
-def parse_config(source: Path, data: Mapping[str, object]) -> Config:
-    """Validate a parsed TOML document."""
+def parse_config(
+    source: Path,
+    data: Mapping[str, object],
+    origins: Sequence[Path] = (),
+    *,
+    places: bool = True,
+) -> Config:
+    """Validate a parsed TOML document.
+
+    ``origins``: the file each [[watch]] was read from, when they were merged
+    from several (``source`` for all by default); the checks between watches
+    and folders (``places``) name them.
+    """
     unknown = set(data) - {"clamd", "daemon", "quarantine", "watch"}
     if unknown:
         raise ConfigError(
@@ -350,13 +362,14 @@ def parse_config(source: Path, data: Mapping[str, object]) -> Config:
                 f"{source}: [watch #{number}] path {str(watch.path)!r} is not a directory"
             )
         watches.append(watch)
-    _check_places(source, watches, daemon, quarantine)
+    if places:
+        files = [*origins, *[source] * (len(watches) - len(origins))]
+        _check_places(list(zip(watches, files, strict=True)), daemon, quarantine)
     return Config(source, clamd, daemon, tuple(watches), quarantine)
 
 
 def _check_places(
-    source: Path,
-    watches: list[WatchConfig],
+    watches: list[tuple[WatchConfig, Path]],
     daemon: DaemonSettings,
     quarantine: QuarantineSettings,
 ) -> None:
@@ -366,23 +379,36 @@ def _check_places(
     one folder are one folder. A watch's tree holding the quarantine or the
     state folder is allowed (they are left out of it); a watch that is one of
     them, or lies in one, would never be scanned. release_to in a watch
-    would release each file into the watch again, and again.
+    would release each file into the watch again, and again. Each error
+    starts with the file of the watch at fault and names the other's file
+    when it is another.
     """
-    real = {w.path: Path(os.path.realpath(w.path)) for w in watches}
+    real = {w.path: Path(os.path.realpath(w.path)) for w, _ in watches}
+
+    def also(source: Path, other: Path) -> str:
+        return "" if other == source else f" (in {other})"
 
     def within(inner: Path, outer: Path) -> bool:
         real_inner, real_outer = Path(os.path.realpath(inner)), Path(os.path.realpath(outer))
         return inner.is_relative_to(outer) or real_inner.is_relative_to(real_outer)
 
-    for number, watch in enumerate(watches):
-        for other in watches[number + 1 :]:
+    for number, (watch, source) in enumerate(watches):
+        for other, other_source in watches[number + 1 :]:
             if watch.path == other.path or real[watch.path] == real[other.path]:
-                raise ConfigError(f"{source}: {str(other.path)!r} is watched twice")
-            for inner, outer in ((watch, other), (other, watch)):
+                raise ConfigError(
+                    f"{other_source}: {str(other.path)!r} is watched twice"
+                    f"{also(other_source, source)}; a drop-in adds watches, it cannot"
+                    " change or remove one of another file"
+                )
+            for (inner, inner_source), (outer, outer_source) in (
+                ((watch, source), (other, other_source)),
+                ((other, other_source), (watch, source)),
+            ):
                 if within(inner.path, outer.path):
                     raise ConfigError(
-                        f"{source}: watch {str(inner.path)!r} lies inside watch"
-                        f" {str(outer.path)!r}; one watch covers its whole tree"
+                        f"{inner_source}: watch {str(inner.path)!r} lies inside watch"
+                        f" {str(outer.path)!r}{also(inner_source, outer_source)};"
+                        " one watch covers its whole tree"
                     )
         for key, own in (
             ("[quarantine] directory", quarantine.directory),
@@ -393,15 +419,16 @@ def _check_places(
                     f"{source}: watch {str(watch.path)!r} is or lies inside {key}"
                     f" {str(own)!r}, which clamwatch leaves out: nothing in it would be scanned"
                 )
-    for watch in watches:
+    for watch, source in watches:
         if watch.release_to is None:
             continue
-        for other in watches:
+        for other, other_source in watches:
             if within(watch.release_to, other.path):
                 raise ConfigError(
                     f"{source}: release_to {str(watch.release_to)!r} of watch"
-                    f" {str(watch.path)!r} lies inside watch {str(other.path)!r}: what it"
-                    " releases would be found, scanned and released again"
+                    f" {str(watch.path)!r} lies inside watch {str(other.path)!r}"
+                    f"{also(source, other_source)}: what it releases would be found,"
+                    " scanned and released again"
                 )
 
 
@@ -410,12 +437,33 @@ def dropin_directory(source: Path) -> Path:
     return source.with_suffix(".d")
 
 
+def dropin_files(directory: Path) -> list[Path]:
+    """The drop-ins read, in name order: ``*.toml`` but the hidden ones, as
+    systemd skips them in its own .d folders. An editor's lock or temporary
+    file is hidden (Emacs's ``.#name.toml``, a link to nowhere while the
+    drop-in is open) and would otherwise fail a start or a reload."""
+    return sorted(p for p in directory.glob("*.toml") if not p.name.startswith("."))
+
+
 def _read(source: Path) -> dict[str, Any]:
     try:
-        with source.open("rb") as handle:
-            return tomllib.load(handle)
+        raw = source.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{source}: {exc.strerror or exc}") from exc
+    try:
+        # a byte order mark (Notepad's UTF-8) is no TOML statement to
+        # tomllib: "Invalid statement (at line 1, column 1)"
+        raw = raw.removeprefix(codecs.BOM_UTF8)
+        text = raw.decode()
+    except UnicodeDecodeError as exc:
+        # a ValueError, not a TOMLDecodeError: it ended a reload's daemon
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{source}: line {line}: byte {raw[exc.start]:#04x} is not UTF-8"
+            " (TOML files are UTF-8; was it saved as Latin-1?)"
+        ) from exc
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
 
@@ -437,18 +485,29 @@ def load_config(source: Path = DEFAULT_CONFIG) -> Config:
     """The file and its drop-ins (``clamwatch.d/*.toml``, in name order), validated.
 
     Each file is checked on its own first, so an error names the file that
-    holds it; what only shows once they are merged (a watch inside another)
-    names the main file.
+    holds it. How watches and folders lie (a watch inside another, or in the
+    quarantine) is checked once they are merged, with the [daemon] and
+    [quarantine] in force (a drop-in checked alone was held to the default
+    folders), naming the file of each watch; what else only shows once they
+    are merged names the main file.
     """
     data = _read(source)
-    parse_config(source, data)
+    parse_config(source, data, places=False)
+    origins = [source] * _watch_count(data)
     dropins = dropin_directory(source)
     sources = [source]
     if dropins.is_dir():
-        for path in sorted(dropins.glob("*.toml")):
+        for path in dropin_files(dropins):
             extra = _read(path)
-            parse_config(path, extra)
+            parse_config(path, extra, places=False)
             data = _merge(data, extra)
+            origins += [path] * _watch_count(extra)
             sources.append(path)
-    config = parse_config(source, data)
+    config = parse_config(source, data, origins)
     return replace(config, sources=tuple(sources))
+
+
+def _watch_count(data: Mapping[str, object]) -> int:
+    watches = data.get("watch", [])
+    return len(watches) if isinstance(watches, list) else 0
+

@@ -209,3 +209,103 @@ def test_check_config_refuses_each_bad_config() -> None:
         )
         assert result.returncode == 1, bad
         assert bad.with_suffix(".expected").read_text().strip() in result.stderr, bad
+
+
+def layered(tmp_path: Path, main: str, **dropins: bytes | str) -> tuple[Path, Path]:
+    """clamwatch.toml holding ``main``, and clamwatch.d/NAME.toml (b_toml=...) each drop-in."""
+    path = tmp_path / "clamwatch.toml"
+    path.write_text(main)
+    directory = tmp_path / "clamwatch.d"
+    directory.mkdir()
+    for name, text in dropins.items():
+        data = text.encode() if isinstance(text, str) else text
+        (directory / name.replace("_toml", ".toml")).write_bytes(data)
+    return path, directory
+
+
+def test_hidden_drop_ins_and_editor_files_are_not_read(tmp_path: Path) -> None:
+    """Emacs's lock of an open drop-in is `.#NAME.toml`, a link to nowhere: it
+    failed every start and reload while the drop-in was open."""
+    path, directory = layered(
+        tmp_path, "[[watch]]\npath = '/srv/a'\n", b_toml="[[watch]]\npath = '/srv/b'\n"
+    )
+    (directory / ".#b.toml").symlink_to("root@host.4242:1700000000")
+    (directory / ".b.toml").write_text("[[watch]]\npath = '/srv/a'\n")  # a hidden copy
+    (directory / "b.toml~").write_text("[[watch]]\npath = '/srv/a'\n")  # a backup
+    loaded = load_config(path)
+    assert loaded.sources == (path, directory / "b.toml")
+    assert [str(w.path) for w in loaded.watches] == ["/srv/a", "/srv/b"]
+
+
+def test_a_drop_in_with_a_byte_order_mark_and_crlf_line_ends_is_read(tmp_path: Path) -> None:
+    """Notepad's UTF-8 starts with a BOM, which tomllib took for a statement."""
+    path, _ = layered(
+        tmp_path,
+        "[[watch]]\npath = '/srv/a'\n",
+        b_toml=b"\xef\xbb\xbf[daemon]\r\nsettle_time = '1s'\r\n[[watch]]\r\npath = '/srv/b'\r\n",
+    )
+    loaded = load_config(path)
+    assert loaded.daemon.settle_time == 1.0
+    assert [str(w.path) for w in loaded.watches] == ["/srv/a", "/srv/b"]
+
+
+def test_a_drop_in_that_is_not_utf8_is_an_error_naming_it_and_the_line(tmp_path: Path) -> None:
+    """A UnicodeDecodeError before: check-config printed no file name, and a
+    reload took it out of the daemon (see test_service)."""
+    path, directory = layered(
+        tmp_path, "[[watch]]\npath = '/srv/a'\n", b_toml=b"[[watch]]\n# caf\xe9\npath = '/srv/b'\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == (
+        f"{directory / 'b.toml'}: line 2: byte 0xe9 is not UTF-8"
+        " (TOML files are UTF-8; was it saved as Latin-1?)"
+    )
+
+
+def test_one_path_watched_in_two_files_names_both(tmp_path: Path) -> None:
+    path, directory = layered(
+        tmp_path,
+        "[[watch]]\npath = '/srv/a'\n",
+        b_toml="[[watch]]\npath = '/srv/b'\n",
+        c_toml="[[watch]]\npath = '/srv/a'\non_infected = ['remove']\n",
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value).startswith(
+        f"{directory / 'c.toml'}: '/srv/a' is watched twice (in {path}); a drop-in adds"
+        " watches, it cannot change or remove one of another file"
+    )
+
+
+def test_a_watch_inside_another_file_s_watch_names_both(tmp_path: Path) -> None:
+    path, directory = layered(
+        tmp_path, "[[watch]]\npath = '/srv/a'\n", b_toml="[[watch]]\npath = '/srv/a/b'\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value).startswith(
+        f"{directory / 'b.toml'}: watch '/srv/a/b' lies inside watch '/srv/a' (in {path});"
+    )
+
+
+def test_a_drop_in_s_watch_is_held_to_the_folders_in_force_not_the_defaults(
+    tmp_path: Path,
+) -> None:
+    """Checked alone, a drop-in was held to the default state folder
+    (/var/lib/clamwatch), which the main file had moved away."""
+    path, _ = layered(
+        tmp_path,
+        "[daemon]\nstate_directory = '/srv/cw'\n[quarantine]\ndirectory = '/srv/cw/q'\n",
+        b_toml="[[watch]]\npath = '/var/lib/clamwatch/incoming'\n",
+    )
+    (watch,) = load_config(path).watches
+    assert str(watch.path) == "/var/lib/clamwatch/incoming"
+    # and the other way: a drop-in's watch in the folder the main file chose
+    (tmp_path / "clamwatch.d" / "c.toml").write_text("[[watch]]\npath = '/srv/cw/in'\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value).startswith(
+        f"{tmp_path / 'clamwatch.d' / 'c.toml'}: watch '/srv/cw/in' is or lies inside"
+        " [daemon] state_directory '/srv/cw'"
+    )

@@ -570,3 +570,25 @@ def test_a_limit_lowered_with_a_restart_of_clamd_is_followed(
         f"larger than the 1048576 bytes clamd scans (MaxFileSize in {server.conf_path})"
         in (found["message"])
     )
+
+
+def test_a_reload_with_a_drop_in_that_is_not_utf8_is_refused_and_scanning_goes_on(
+    start_daemon: StartDaemon, watched: Path, eicar: bytes
+) -> None:
+    """A Latin-1 byte in a drop-in was a UnicodeDecodeError, which no reload
+    expected: the SIGHUP ended the daemon with a traceback."""
+    daemon = start_daemon(startup_scan="none")
+    dropins = daemon.config.with_suffix(".d")
+    dropins.mkdir()
+    (dropins / "10-more.toml").write_bytes(b"# caf\xe9 uploads\n[[watch]]\npath = '/srv/x'\n")
+    daemon.signal(signal.SIGHUP)
+    rejected = daemon.wait_event("config-rejected")
+    assert rejected["error"] == (
+        f"{dropins / '10-more.toml'}: line 1: byte 0xe9 is not UTF-8"
+        " (TOML files are UTF-8; was it saved as Latin-1?)"
+    )
+    bad = watched / "bad.com"
+    bad.write_bytes(eicar)
+    daemon.wait_verdicts([bad])
+    assert daemon.verdicts()[str(bad)][0]["event"] == "detection"
+    assert daemon.stop() == 0
