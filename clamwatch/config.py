@@ -511,3 +511,16 @@ def _watch_count(data: Mapping[str, object]) -> int:
     watches = data.get("watch", [])
     return len(watches) if isinstance(watches, list) else 0
 
+
+_READ_AT_START = {"clamd": _CLAMD_KEYS, "daemon": _DAEMON_KEYS, "quarantine": _QUARANTINE_KEYS}
+
+
+def settings_changed(running: Config, new: Config) -> list[str]:
+    """``[section] key`` of each setting read only at the start whose value
+    ``new`` changes: what a reload leaves as it is until the next restart."""
+    return [
+        f"[{section}] {key}"
+        for section, keys in _READ_AT_START.items()
+        for key in keys
+        if getattr(getattr(running, section), key) != getattr(getattr(new, section), key)
+    ]

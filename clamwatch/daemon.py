@@ -27,7 +27,7 @@ from clamwatch.actions import ActionRunner
 from clamwatch.backlog import BacklogReport
 from clamwatch.clamd.engine import ClamdUnavailableError, Engine
 from clamwatch.clamd.settings import resolve_engine
-from clamwatch.config import Config, ConfigError, DaemonSettings, load_config
+from clamwatch.config import Config, ConfigError, DaemonSettings, load_config, settings_changed
 from clamwatch.dispatch import Dispatcher, Mode, Rescan, Work
 from clamwatch.eventkind import EventKind, emit
 from clamwatch.events import (
@@ -394,6 +394,9 @@ class Daemon:
 
     def _status(self) -> str:
         clamd = "up" if self.engine.reachable else "unreachable"
+        ready, sessions = self.engine.sessions_ready, self.engine.settings.sessions
+        if self.engine.reachable and ready < sessions:
+            clamd += f" ({ready} of {sessions} sessions connected)"  # the others reconnecting
         return (
             f"watching {self.watcher.armed}/{len(self.filters)} trees; "
             f"{self.pipeline.scanned} scanned, {self.pipeline.infected} infected; "
@@ -414,8 +417,7 @@ class Daemon:
         except ConfigError as exc:
             self._reject(exc)
             return
-        later = [name for name in ("clamd", "daemon", "quarantine")
-                 if getattr(new, name) != getattr(old, name)]  # fmt: skip
+        later = settings_changed(old, new)
         if self.store is None and quarantines(new):
             try:
                 # its folder made now (this ended the daemon when it could
@@ -439,13 +441,14 @@ class Daemon:
             # since (it stayed in, and advanced, and those files were skipped)
             self._coverage.walked.discard(root)
         self.watcher.update(list(fresh.values()))
-        note = (
-            f"; changes to [{'], ['.join(later)}] take effect at the next restart" if later else ""
-        )
+        # named key by key, so the admin knows what still waits for a restart
+        ignored = ", ".join(later) or None
+        note = f"; not applied until the next restart: {ignored}" if ignored else ""
         emit(
             EventKind.CONFIG_RELOADED,
             f"configuration reloaded: {len(fresh)} watch(es){note}",
             config=str(old.source),
+            restart_needed=ignored,
         )
         self._report_read_only()
         self.notifier.ready(self._status())

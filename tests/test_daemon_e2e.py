@@ -592,3 +592,29 @@ def test_a_reload_with_a_drop_in_that_is_not_utf8_is_refused_and_scanning_goes_o
     daemon.wait_verdicts([bad])
     assert daemon.verdicts()[str(bad)][0]["event"] == "detection"
     assert daemon.stop() == 0
+
+
+def test_a_reload_names_each_setting_left_for_the_next_restart(
+    start_daemon: StartDaemon, watched: Path, eicar: bytes
+) -> None:
+    """The event said "changes to [daemon] take effect at the next restart",
+    not which of its settings, nor in a field to filter on. A drop-in changes
+    them here, and the watch's rules, which do change at once."""
+    daemon = start_daemon(startup_scan="none", watch_options={"on_infected": ["copy"]})
+    dropins = daemon.config.with_suffix(".d")
+    dropins.mkdir()
+    (dropins / "10-tune.toml").write_text(
+        "[clamd]\nsessions = 3\n[daemon]\nsettle_time = '1s'\nmax_pending = 10\n"
+    )
+    config = daemon.config.read_text()
+    daemon.config.write_text(config.replace('on_infected = ["copy"]', 'on_infected = ["none"]'))
+    daemon.signal(signal.SIGHUP)
+    reloaded = daemon.wait_event("config-reloaded")
+    ignored = "[clamd] sessions, [daemon] max_pending, [daemon] settle_time"
+    assert reloaded["restart_needed"] == ignored
+    assert reloaded["message"].endswith(f"; not applied until the next restart: {ignored}")
+    bad = watched / "bad.com"
+    bad.write_bytes(eicar)
+    daemon.wait_verdicts([bad])
+    assert daemon.verdicts()[str(bad)][0]["action"] == "none"
+    assert daemon.stop() == 0

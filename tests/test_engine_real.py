@@ -821,3 +821,50 @@ def test_an_ok_as_late_as_clamds_max_scan_time_is_not_scanned(
     assert isinstance(verdict, NotScanned) and verdict.reason is NotScannedReason.TIME_LIMIT
     assert "as late as its MaxScanTime (0.05 s)" in verdict.detail
     assert outcomes[small].verdict == Infected(EICAR_SIGNATURE)  # a detection stands
+
+
+def test_one_session_failing_to_connect_beside_another_is_not_clamd_unreachable(
+    clamd: PrivateClamd, tmp_path: Path, eicar: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """sessions = 2: the first connects, then clamd's socket is gone (its path a link
+    that is turned to nothing), so every connect of the second fails. clamd is up
+    all the while, and neither `reachable` nor the log may say otherwise."""
+    caplog.set_level(logging.DEBUG, logger="clamwatch.clamd.engine")
+    link = tmp_path / "clamd.sock"
+    link.symlink_to(clamd.socket_path)
+    (tmp_path / "bad").write_bytes(eicar)
+
+    def turn_until(predicate: Callable[[], bool], what: str) -> None:
+        def turned() -> bool:
+            engine.step(0.01)
+            return predicate()
+
+        wait_for(turned, 10, what)
+
+    with running(f"unix://{link}", inline=True, sessions=2, backoff_initial=0.02,
+                 backoff_max=0.05) as engine:  # fmt: skip
+        engine.step(0)  # the first session's connect
+        assert len(engine._sessions) == 1
+        link.unlink()
+        link.symlink_to(tmp_path / "gone.sock")
+        turn_until(lambda: engine.sessions_ready == 1, "the first session's handshake")
+        failed = engine.stats.connects_failed
+        turn_until(lambda: engine.stats.connects_failed >= failed + 3, "three more failed connects")
+        assert engine.reachable
+        assert engine.sessions_ready == 1
+        bad = scan_files(engine, [tmp_path / "bad"], timeout=10)[tmp_path / "bad"]
+        assert bad.verdict == Infected(EICAR_SIGNATURE)
+        # the socket back: the second session connects
+        link.unlink()
+        link.symlink_to(clamd.socket_path)
+        turn_until(lambda: engine.sessions_ready == 2, "the second session")
+        assert engine.reachable
+    said = [(r.levelno, r.getMessage()) for r in caplog.records]
+    further = [(level, text) for level, text in said if "a further session" in text]
+    # said once at INFO, then at DEBUG until the session connects
+    level, first = further[0]
+    assert level == logging.INFO
+    assert first.startswith(f"a further session to clamd at unix://{link} could not connect (")
+    assert "No such file or directory" in first and "1 of 2 up" in first
+    assert {level for level, _ in further[1:]} == {logging.DEBUG}, further
+    assert [text for level, text in said if level >= logging.WARNING] == []

@@ -77,6 +77,8 @@ _CLAMD_MAX_QUEUE = 100
 # at the first denial: clamd creates its socket before it sets the mode and
 # group that LocalSocketMode and LocalSocketGroup ask for.
 _DENIED_FOR = 1.0
+# Sessions that count as clamd being up: connected, or connecting still.
+_UP = (SessionState.CONNECTING, SessionState.HANDSHAKE, SessionState.READY)
 _EICAR_CLOSED = (
     " while scanning the EICAR test file: did clamd stop, or is its TemporaryDirectory"
     " full or not writable? (clamd's log says)"
@@ -94,6 +96,7 @@ class EngineStats:
         "verdicts",
         "gathers",
         "quick_acks",
+        "connects_failed",
     )
 
     def __init__(self) -> None:
@@ -104,6 +107,7 @@ class EngineStats:
         self.verdicts = 0  # outcomes delivered
         self.gathers = 0  # turns that let replies gather first (every slot was taken)
         self.quick_acks = 0  # reads over TCP acknowledged at once (Session.acknowledge)
+        self.connects_failed = 0  # connections refused, or ended before the handshake was done
 
 
 class ClamdUnavailableError(Exception):
@@ -165,7 +169,8 @@ class Engine:
         self._cap = 16  # requests in flight in all, and per session (from _set_caps)
         self._cap_per_session = math.ceil(16 / self.settings.sessions)
         self._gather_replies = 0  # replies' worth of time a saturated loop waits (_set_caps)
-        self._down_since: float | None = None
+        self._down_since: float | None = None  # no session up since then (_connect_failed)
+        self._extra_failing = False  # a session beside others that work failed to connect
         self._denied_since: float | None = None  # connecting denied since then, without a break
         self._keepalive = self.settings.keepalive
         self._gave_up = False
@@ -238,8 +243,15 @@ class Engine:
 
     @property
     def reachable(self) -> bool:
-        """clamd answered the last connection attempt."""
+        """clamd has answered, and no connection attempt has failed since with no
+        other session up (one of several that fails beside another is not this)."""
         return self._capabilities is not None and self._down_since is None
+
+    @property
+    def sessions_ready(self) -> int:
+        """Sessions that take scan requests now, of ``settings.sessions`` (for status
+        lines; read from any thread: a copy of the list, counted)."""
+        return sum(s.state is SessionState.READY for s in list(self._sessions))
 
     @property
     def capabilities(self) -> Capabilities | None:
@@ -431,6 +443,33 @@ class Engine:
             self._session_ready(session, now)
 
     def _connect_failed(self, now: float, message: str, *, denied: bool = False) -> None:
+        """A session could not connect, or was closed before its handshake was done.
+
+        clamd is unreachable only when no other session is up or still on its
+        way: one of several that fails (clamd's listen backlog full for a
+        moment, a transient error) while another works is retried without
+        saying clamd is down.
+        """
+        self.stats.connects_failed += 1
+        self._last_error = message
+        self._next_connect = now + self._backoff * _jitter()
+        self._reschedule()
+        self._backoff = min(self._backoff * 2, self.settings.backoff_max)
+        up = sum(s.state in _UP and not s.retiring for s in self._sessions)
+        if up and self._down_since is None:
+            say = log.debug if self._extra_failing else log.info  # once until all are up
+            say(
+                "a further session to clamd at %s could not connect (%s); %d of %d up,"
+                " retrying in %.1f s",
+                self.address,
+                message,
+                up,
+                self.settings.sessions,
+                self._next_connect - now,
+            )
+            self._extra_failing = True
+            return
+        self._extra_failing = False
         if not denied:
             self._denied_since = None
         elif self._denied_since is None:
@@ -449,10 +488,6 @@ class Engine:
                 clamd=str(self.address),
                 error=message,
             )
-        self._last_error = message
-        self._next_connect = now + self._backoff * _jitter()
-        self._reschedule()
-        self._backoff = min(self._backoff * 2, self.settings.backoff_max)
 
     def _session_ready(self, session: Session, now: float) -> None:
         caps = session.capabilities
@@ -471,6 +506,8 @@ class Engine:
             )
         self._down_since = None
         self._denied_since = None
+        if self.sessions_ready >= self.settings.sessions:
+            self._extra_failing = False  # the next failed connect is said again
         self._gave_up = False
         self.stats.sessions_opened += 1
         with self._lock:
