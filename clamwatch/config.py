@@ -368,6 +368,16 @@ def parse_config(
     return Config(source, clamd, daemon, tuple(watches), quarantine)
 
 
+def check_folders_in_use(
+    config: Config, daemon: DaemonSettings, quarantine: QuarantineSettings
+) -> None:
+    """A reloaded configuration's watches against the state and quarantine
+    folders the running daemon keeps using (a reload does not move them):
+    a watch in one of those would never be scanned, whatever the new
+    file says of them."""
+    _check_places([(watch, config.source) for watch in config.watches], daemon, quarantine)
+
+
 def _check_places(
     watches: list[tuple[WatchConfig, Path]],
     daemon: DaemonSettings,

@@ -27,7 +27,14 @@ from clamwatch.actions import ActionRunner
 from clamwatch.backlog import BacklogReport
 from clamwatch.clamd.engine import ClamdUnavailableError, Engine
 from clamwatch.clamd.settings import resolve_engine
-from clamwatch.config import Config, ConfigError, DaemonSettings, load_config, settings_changed
+from clamwatch.config import (
+    Config,
+    ConfigError,
+    DaemonSettings,
+    check_folders_in_use,
+    load_config,
+    settings_changed,
+)
 from clamwatch.dispatch import Dispatcher, Mode, Rescan, Work
 from clamwatch.eventkind import EventKind, emit
 from clamwatch.events import (
@@ -414,6 +421,7 @@ class Daemon:
             new = load_config(old.source)
             if not new.watches:
                 raise ConfigError(f"{old.source}: no [[watch]] is configured")
+            check_folders_in_use(new, old.daemon, old.quarantine)
         except ConfigError as exc:
             self._reject(exc)
             return

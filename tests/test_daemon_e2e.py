@@ -618,3 +618,27 @@ def test_a_reload_names_each_setting_left_for_the_next_restart(
     daemon.wait_verdicts([bad])
     assert daemon.verdicts()[str(bad)][0]["action"] == "none"
     assert daemon.stop() == 0
+
+
+def test_a_reload_may_not_add_a_watch_in_the_quarantine_still_in_use(
+    start_daemon: StartDaemon, tmp_path: Path
+) -> None:
+    """A reload was checked against the folders the new file names, but the
+    running daemon keeps its quarantine until a restart: a watch added where
+    that quarantine is passed, and was never scanned (clamwatch leaves its
+    own folders out)."""
+    in_use = tmp_path / "quarantine"
+    daemon = start_daemon(startup_scan="none", quarantine={"directory": str(in_use)})
+    (in_use / "inbox").mkdir(parents=True, exist_ok=True)
+    moved = tmp_path / "elsewhere"
+    config = daemon.config.read_text()
+    config = config.replace(str(in_use), str(moved))
+    config += f'[[watch]]\npath = "{in_use / "inbox"}"\n'
+    daemon.config.write_text(config)
+    daemon.signal(signal.SIGHUP)
+    rejected = daemon.wait_event("config-rejected")
+    assert (
+        f"watch '{in_use / 'inbox'}' is or lies inside [quarantine] directory"
+        in (rejected["error"])
+    ), rejected["error"]
+    assert daemon.stop() == 0
