@@ -73,6 +73,7 @@ class Config:
     watches: tuple[WatchConfig, ...]
     quarantine: QuarantineSettings = field(default_factory=QuarantineSettings)
     sources: tuple[Path, ...] = ()  # the file and the drop-ins it was read from
+    watch_sources: tuple[Path, ...] = ()  # the file each of ``watches`` was read from
 
 
 # -- value parsers: each raises ValueError with what was expected ----------------
@@ -318,13 +319,24 @@ def parse_config(
     origins: Sequence[Path] = (),
     *,
     places: bool = True,
+    set_in: Mapping[tuple[str, str], Path] | None = None,
 ) -> Config:
     """Validate a parsed TOML document.
 
     ``origins``: the file each [[watch]] was read from, when they were merged
     from several (``source`` for all by default); the checks between watches
-    and folders (``places``) name them.
+    and folders (``places``) name them. ``set_in``: the file that last set
+    each ``(section, key)`` of [clamd], [daemon] and [quarantine] (``source``
+    for each key of ``data`` by default), so that a check between two keys
+    names the file of each.
     """
+    if set_in is None:
+        set_in = _keys_set_in(source, data)
+
+    def where(section: str, key: str) -> Path | None:
+        """The file that set ``[section] key``; None: it has its default."""
+        return set_in.get((section, key))
+
     unknown = set(data) - {"clamd", "daemon", "quarantine", "watch"}
     if unknown:
         raise ConfigError(
@@ -333,9 +345,12 @@ def parse_config(
         )
     clamd = ClamdSettings(**_section(source, "clamd", data.get("clamd", {}), _CLAMD_KEYS))
     if clamd.transport is TransportChoice.FILDES and (clamd.address or "").startswith("tcp:"):
+        address_in = where("clamd", "address") or source
         raise ConfigError(
-            f"{source}: [clamd] transport = 'fildes' passes descriptors, which only a Unix"
-            f" socket can: address {clamd.address!r} is TCP (use 'instream', or 'auto')"
+            f"{address_in}: [clamd] address {clamd.address!r} is TCP, which cannot pass"
+            f" descriptors, but transport = 'fildes'"
+            f"{_also_in(address_in, where('clamd', 'transport') or source)}"
+            " (set transport to 'instream' or 'auto', or address to a unix:// socket)"
         )
     daemon = DaemonSettings(**_section(source, "daemon", data.get("daemon", {}), _DAEMON_KEYS))
     quarantine = QuarantineSettings(
@@ -362,10 +377,25 @@ def parse_config(
                 f"{source}: [watch #{number}] path {str(watch.path)!r} is not a directory"
             )
         watches.append(watch)
+    files = [*origins, *[source] * (len(watches) - len(origins))]
     if places:
-        files = [*origins, *[source] * (len(watches) - len(origins))]
-        _check_places(list(zip(watches, files, strict=True)), daemon, quarantine)
-    return Config(source, clamd, daemon, tuple(watches), quarantine)
+
+        def folder(section: str, key: str, value: Path) -> tuple[str, Path, Path | str]:
+            return f"[{section}] {key}", value, where(section, key) or "its default"
+
+        _check_places(
+            list(zip(watches, files, strict=True)),
+            [
+                folder("quarantine", "directory", quarantine.directory),
+                folder("daemon", "state_directory", daemon.state_directory),
+            ],
+        )
+    return Config(source, clamd, daemon, tuple(watches), quarantine, watch_sources=tuple(files))
+
+
+def _also_in(source: Path, other: Path) -> str:
+    """`` (set in OTHER)`` after a key another file set than the error's."""
+    return "" if other == source else f" (set in {other})"
 
 
 def check_folders_in_use(
@@ -375,13 +405,20 @@ def check_folders_in_use(
     folders the running daemon keeps using (a reload does not move them):
     a watch in one of those would never be scanned, whatever the new
     file says of them."""
-    _check_places([(watch, config.source) for watch in config.watches], daemon, quarantine)
+    files = config.watch_sources or (config.source,) * len(config.watches)
+    in_use = "the running daemon's, kept until a restart"
+    _check_places(
+        list(zip(config.watches, files, strict=True)),
+        [
+            ("[quarantine] directory", quarantine.directory, in_use),
+            ("[daemon] state_directory", daemon.state_directory, in_use),
+        ],
+    )
 
 
 def _check_places(
     watches: list[tuple[WatchConfig, Path]],
-    daemon: DaemonSettings,
-    quarantine: QuarantineSettings,
+    folders: list[tuple[str, Path, Path | str]],
 ) -> None:
     """Watches that overlap, and folders of clamwatch's own where a watch is.
 
@@ -391,7 +428,8 @@ def _check_places(
     them, or lies in one, would never be scanned. release_to in a watch
     would release each file into the watch again, and again. Each error
     starts with the file of the watch at fault and names the other's file
-    when it is another.
+    when it is another. ``folders``: the quarantine and the state folder,
+    each as ``(key, folder, the file that set it or a note)``.
     """
     real = {w.path: Path(os.path.realpath(w.path)) for w, _ in watches}
 
@@ -420,14 +458,17 @@ def _check_places(
                         f" {str(outer.path)!r}{also(inner_source, outer_source)};"
                         " one watch covers its whole tree"
                     )
-        for key, own in (
-            ("[quarantine] directory", quarantine.directory),
-            ("[daemon] state_directory", daemon.state_directory),
-        ):
+        for key, own, own_source in folders:
             if within(watch.path, own):
+                note = (
+                    f" ({own_source})"
+                    if isinstance(own_source, str)
+                    else _also_in(source, own_source)
+                )
                 raise ConfigError(
                     f"{source}: watch {str(watch.path)!r} is or lies inside {key}"
-                    f" {str(own)!r}, which clamwatch leaves out: nothing in it would be scanned"
+                    f" {str(own)!r}{note}, which clamwatch leaves out: nothing in it"
+                    " would be scanned"
                 )
     for watch, source in watches:
         if watch.release_to is None:
@@ -498,12 +539,14 @@ def load_config(source: Path = DEFAULT_CONFIG) -> Config:
     holds it. How watches and folders lie (a watch inside another, or in the
     quarantine) is checked once they are merged, with the [daemon] and
     [quarantine] in force (a drop-in checked alone was held to the default
-    folders), naming the file of each watch; what else only shows once they
-    are merged names the main file.
+    folders), naming the file of each watch, and so are keys that clash
+    across files ([clamd] transport and address), naming the file that last
+    set each; what else only shows once they are merged names the main file.
     """
     data = _read(source)
     parse_config(source, data, places=False)
     origins = [source] * _watch_count(data)
+    set_in = _keys_set_in(source, data)
     dropins = dropin_directory(source)
     sources = [source]
     if dropins.is_dir():
@@ -512,9 +555,20 @@ def load_config(source: Path = DEFAULT_CONFIG) -> Config:
             parse_config(path, extra, places=False)
             data = _merge(data, extra)
             origins += [path] * _watch_count(extra)
+            set_in.update(_keys_set_in(path, extra))
             sources.append(path)
-    config = parse_config(source, data, origins)
+    config = parse_config(source, data, origins, set_in=set_in)
     return replace(config, sources=tuple(sources))
+
+
+def _keys_set_in(source: Path, data: Mapping[str, object]) -> dict[tuple[str, str], Path]:
+    """``(section, key)`` -> ``source`` for each key of the tables in ``data``."""
+    return {
+        (section, key): source
+        for section, table in data.items()
+        if isinstance(table, dict)
+        for key in table
+    }
 
 
 def _watch_count(data: Mapping[str, object]) -> int:

@@ -62,7 +62,8 @@ def test_shipped_config_documents_every_key_with_its_default(tmp_path: Path) -> 
         ("[clamd]\naddress = 'http://x'\n", "[clamd] address = 'http://x': 'http://x' is not a"),
         (
             "[clamd]\ntransport = 'fildes'\naddress = 'tcp://127.0.0.1:3310'\n",
-            "[clamd] transport = 'fildes' passes descriptors, which only a Unix socket can",
+            "[clamd] address 'tcp://127.0.0.1:3310' is TCP, which cannot pass descriptors,"
+            " but transport = 'fildes' (set transport to",
         ),
         ("[daemon]\nsettle_time = -1\n", "settle_time = -1: expected a duration of 0 or more"),
         ("[[watch]]\npath = '/srv'\nmin_size = -5\n", "min_size = -5: expected a size of 0 or"),
@@ -307,5 +308,69 @@ def test_a_drop_in_s_watch_is_held_to_the_folders_in_force_not_the_defaults(
         load_config(path)
     assert str(info.value).startswith(
         f"{tmp_path / 'clamwatch.d' / 'c.toml'}: watch '/srv/cw/in' is or lies inside"
-        " [daemon] state_directory '/srv/cw'"
+        f" [daemon] state_directory '/srv/cw' (set in {path}), which clamwatch leaves out"
+    )
+
+
+def test_a_watch_in_a_default_folder_says_it_is_the_default(tmp_path: Path) -> None:
+    path, directory = layered(
+        tmp_path, "", b_toml="[[watch]]\npath = '/var/lib/clamwatch/quarantine/in'\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value).startswith(
+        f"{directory / 'b.toml'}: watch '/var/lib/clamwatch/quarantine/in' is or lies inside"
+        " [quarantine] directory '/var/lib/clamwatch/quarantine' (its default), which"
+    )
+
+
+@pytest.mark.parametrize("address_in_main", [False, True])
+def test_transport_and_address_from_two_files_name_each(
+    tmp_path: Path, address_in_main: bool
+) -> None:
+    """Checked on the merged [clamd], the clash named the main file only,
+    which set neither."""
+    tcp = "[clamd]\naddress = 'tcp://127.0.0.1:3310'\n"
+    path, directory = layered(
+        tmp_path,
+        tcp if address_in_main else "[daemon]\nsettle_time = '1s'\n",
+        **{"10-fd_toml": "[clamd]\ntransport = 'fildes'\n"},
+        **({} if address_in_main else {"20-tcp_toml": tcp}),
+    )
+    address_in = path if address_in_main else directory / "20-tcp.toml"
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == (
+        f"{address_in}: [clamd] address 'tcp://127.0.0.1:3310' is TCP, which cannot pass"
+        f" descriptors, but transport = 'fildes' (set in {directory / '10-fd.toml'})"
+        " (set transport to 'instream' or 'auto', or address to a unix:// socket)"
+    )
+
+
+def test_a_later_file_that_sets_the_key_again_is_the_one_named(tmp_path: Path) -> None:
+    path, directory = layered(
+        tmp_path,
+        "[clamd]\ntransport = 'fildes'\n",
+        a_toml="[clamd]\naddress = 'tcp://127.0.0.1:3310'\n",
+        b_toml="[clamd]\ntransport = 'fildes'\n",
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value).startswith(f"{directory / 'a.toml'}: [clamd] address")
+    assert f"transport = 'fildes' (set in {directory / 'b.toml'})" in str(info.value)
+
+
+def test_a_reload_s_watch_in_the_folder_in_use_names_its_own_file(tmp_path: Path) -> None:
+    """check_folders_in_use named the main file for a drop-in's watch."""
+    path, directory = layered(
+        tmp_path, "[[watch]]\npath = '/srv/a'\n", b_toml="[[watch]]\npath = '/srv/q/in'\n"
+    )
+    new = load_config(path)
+    with pytest.raises(ConfigError) as info:
+        config.check_folders_in_use(
+            new, config.DaemonSettings(), config.QuarantineSettings(directory=Path("/srv/q"))
+        )
+    assert str(info.value).startswith(
+        f"{directory / 'b.toml'}: watch '/srv/q/in' is or lies inside [quarantine] directory"
+        " '/srv/q' (the running daemon's, kept until a restart), which clamwatch leaves out"
     )
