@@ -8,6 +8,7 @@ etc/clamwatch/clamwatch.toml documents every key with its default.
 from __future__ import annotations
 
 import codecs
+import logging
 import os
 import re
 import tomllib
@@ -23,6 +24,8 @@ from clamwatch.policy import FileAction, Policy, Rule, parse_rule
 from clamwatch.units import parse_duration, parse_size
 
 DEFAULT_CONFIG = Path("/etc/clamwatch/clamwatch.toml")
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -492,8 +495,37 @@ def dropin_files(directory: Path) -> list[Path]:
     """The drop-ins read, in name order: ``*.toml`` but the hidden ones, as
     systemd skips them in its own .d folders. An editor's lock or temporary
     file is hidden (Emacs's ``.#name.toml``, a link to nowhere while the
-    drop-in is open) and would otherwise fail a start or a reload."""
-    return sorted(p for p in directory.glob("*.toml") if not p.name.startswith("."))
+    drop-in is open) and would otherwise fail a start or a reload.
+
+    What is not a regular file once links are followed (a directory named
+    ``x.toml``, a link to nothing, a FIFO, which would block the read) is
+    left out with a warning naming it, as systemd does in a unit's .d
+    folder: its drop-in list has no file-type filter (dropin.c passes no
+    flags to conf_files_list_strv), config_parse() skips a file that is not
+    there (ENOENT, logged at debug level only) and the unit loads even when
+    reading a drop-in fails (unit_load_dropin ignores the error). Refusing
+    would stop the daemon at a start, over an entry that holds no settings.
+    """
+    found = []
+    for path in sorted(directory.glob("*.toml")):
+        if path.name.startswith("."):
+            continue
+        if not path.is_file():
+            what = (
+                "a link to nothing"
+                if path.is_symlink() and not path.exists()
+                else ("a directory" if path.is_dir() else "not a regular file")
+            )
+            log.warning(
+                "%s: %s, not read (only regular files in %s are drop-ins;"
+                " rename or remove it to silence this)",
+                path,
+                what,
+                directory,
+            )
+            continue
+        found.append(path)
+    return found
 
 
 def _read(source: Path) -> dict[str, Any]:

@@ -374,3 +374,26 @@ def test_a_reload_s_watch_in_the_folder_in_use_names_its_own_file(tmp_path: Path
         f"{directory / 'b.toml'}: watch '/srv/q/in' is or lies inside [quarantine] directory"
         " '/srv/q' (the running daemon's, kept until a restart), which clamwatch leaves out"
     )
+
+
+def test_drop_ins_that_are_not_regular_files_are_skipped_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A folder named x.toml or a link to nothing failed every start and
+    reload ("Is a directory", "No such file or directory"); systemd loads a
+    unit despite such entries in its .d folder."""
+    path, directory = layered(
+        tmp_path, "[[watch]]\npath = '/srv/a'\n", b_toml="[[watch]]\npath = '/srv/b'\n"
+    )
+    (directory / "a.toml").mkdir()
+    (directory / "c.toml").symlink_to(tmp_path / "gone.toml")
+    with caplog.at_level("WARNING", logger="clamwatch.config"):
+        loaded = load_config(path)
+    assert loaded.sources == (path, directory / "b.toml")
+    assert [str(w.path) for w in loaded.watches] == ["/srv/a", "/srv/b"]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{directory / 'a.toml'}: a directory, not read (only regular files in {directory}"
+        " are drop-ins; rename or remove it to silence this)",
+        f"{directory / 'c.toml'}: a link to nothing, not read (only regular files in"
+        f" {directory} are drop-ins; rename or remove it to silence this)",
+    ]
