@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 import socket
 import subprocess
@@ -27,14 +29,20 @@ class NotifySocket:
         self.messages: list[dict[str, str]] = []
 
     def wait_for(self, key: str, value: str, timeout: float = 30.0) -> dict[str, str]:
+        return self.wait_until(key, lambda v: v == value, f"{key}={value}", timeout)
+
+    def wait_until(
+        self, key: str, test: Callable[[str], bool], what: str, timeout: float = 30.0
+    ) -> dict[str, str]:
+        """The first message (taken out) whose ``key`` passes ``test``."""
         deadline = time.monotonic() + timeout
         while True:
             for message in self.messages:
-                if message.get(key) == value:
+                if key in message and test(message[key]):
                     self.messages.remove(message)
                     return message
             left = deadline - time.monotonic()
-            assert left > 0, f"no {key}={value} within {timeout} s; got {self.messages}"
+            assert left > 0, f"no {what} within {timeout} s; got {self.messages}"
             self.sock.settimeout(left)
             try:
                 data = self.sock.recv(4096)
@@ -123,6 +131,104 @@ def test_ready_waits_for_clamd(tmp_path: Path, clamd_factory: object, notify: No
         server.restart()
         notify.wait_for("READY", "1", timeout=30)
         daemon.wait_event("ready")
+
+
+_SYS_PIDFD_GETFD = 438  # the same number on every architecture (asm-generic/unistd.h)
+
+
+def _steal_fd(pid: int, fd: int) -> socket.socket | None:
+    """A duplicate of ``pid``'s descriptor ``fd`` (pidfd_getfd(2), root), as a socket;
+    None for a descriptor that is not a socket or is gone."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = os.pidfd_open(pid)
+    try:
+        mine = libc.syscall(_SYS_PIDFD_GETFD, pidfd, fd, 0)
+    finally:
+        os.close(pidfd)
+    if mine < 0:
+        code = ctypes.get_errno()
+        assert code == errno.EBADF, os.strerror(code)  # gone since it was listed
+        return None
+    try:
+        return socket.socket(fileno=mine)
+    except OSError:  # ENOTSOCK
+        os.close(mine)
+        return None
+
+
+def clamd_sessions_of(pid: int, socket_path: Path) -> list[socket.socket]:
+    """Duplicates of the connections process ``pid`` holds to the clamd at ``socket_path``
+    (closing one leaves the process's own; shutting one down ends the connection)."""
+    found = []
+    for entry in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if not os.readlink(f"/proc/{pid}/fd/{entry}").startswith("socket:"):
+                continue
+        except FileNotFoundError:  # closed since it was listed
+            continue
+        sock = _steal_fd(pid, int(entry))
+        if sock is None:
+            continue
+        try:  # sd_notify's socket of a moment (libsystemd) has no peer: ENOTCONN
+            peer = sock.getpeername() if sock.family == socket.AF_UNIX else None
+        except OSError:
+            peer = None
+        if peer == str(socket_path):
+            found.append(sock)
+        else:
+            sock.close()
+    return found
+
+
+def test_status_says_how_many_sessions_are_connected(
+    tmp_path: Path, clamd: PrivateClamd, notify: NotifySocket, watched: Path, eicar: bytes
+) -> None:
+    """sessions = 2, clamd up, but one session ended and cannot connect again (clamd's
+    socket path is a link turned to nothing, as in test_engine_real's
+    test_one_session_failing_to_connect_beside_another_is_not_clamd_unreachable):
+    STATUS= (systemctl status) says "clamd up (1 of 2 sessions connected)" while it
+    lasts, and plain "clamd up" once the second session is back."""
+    link = tmp_path / "clamd.sock"
+    link.symlink_to(clamd.socket_path)
+    config = write_config(
+        tmp_path / "c.toml",
+        address=f"unix://{link}",
+        watches=[watched],
+        state_directory=tmp_path / "state",
+        clamd={"sessions": 2},
+    )
+    env = {**os.environ, "NOTIFY_SOCKET": str(notify.path)}
+    env.pop("WATCHDOG_USEC", None)
+    prefix = "watching 1/1 trees; 0 scanned, 0 infected; 0 waiting; clamd up"
+    with DaemonProcess(config, env=env) as daemon:
+        notify.wait_for("READY", "1")
+        # STATUS= every 5 s (daemon._STATUS_EVERY): both sessions up
+        notify.wait_for("STATUS", prefix)
+        notify.messages.clear()  # older ones; those still queued came after
+        sessions = clamd_sessions_of(daemon.process.pid, clamd.socket_path)
+        try:
+            assert len(sessions) == 2, sessions
+            link.unlink()
+            link.symlink_to(tmp_path / "gone.sock")
+            sessions[0].shutdown(socket.SHUT_RDWR)  # the daemon reads EOF on it
+        finally:
+            for sock in sessions:
+                sock.close()
+        notify.wait_for("STATUS", f"{prefix} (1 of 2 sessions connected)")
+        notify.messages.clear()
+        # up, as it says: the remaining session scans
+        bad = watched / "bad.com"
+        bad.write_bytes(eicar)
+        daemon.wait_verdicts([bad], timeout=30)
+        assert daemon.verdicts()[str(bad)][0]["event"] == "detection"
+        assert not [e for e in daemon.events if e["event"] == "clamd-lost"]
+        link.unlink()
+        link.symlink_to(clamd.socket_path)
+        # the reconnect's backoff (at most 10 s) and the next STATUS= (5 s)
+        back = notify.wait_until(
+            "STATUS", lambda v: v.endswith("; clamd up"), "STATUS= with both sessions up"
+        )
+        assert back["STATUS"] == "watching 1/1 trees; 1 scanned, 1 infected; 0 waiting; clamd up"
 
 
 def run_check(
