@@ -114,6 +114,7 @@ _WATCHED = "/srv/uploads"
 _UNIT = "clamwatch.service"
 _INSTANCE_UNIT = "clamwatch@.service"
 _UNIT_DIR = "/etc/systemd/system"
+_SPARE_CLAMD = "/run/clamav-spare"
 
 # A file owner that is neither root nor clamwatch: the service must act on
 # files it does not own, in a sticky folder, through its capabilities.
@@ -243,6 +244,9 @@ class Machine:
         self.root = root
         self.uploads = root / "uploads"
         self.etc_clamwatch = root / "etc-clamwatch"
+        # for a clamd of a test's own (one it may stop), seen at _SPARE_CLAMD inside
+        self.spare_clamd = root / "spare-clamd"
+        self.spare_clamd.mkdir()
         self.units = root / "units"
         self.drop_ins = self.units / f"{_UNIT}.d"
         self.uploads.mkdir()
@@ -274,6 +278,7 @@ class Machine:
 
         binds = {
             str(clamd.workdir): "/run/clamav",
+            str(self.spare_clamd): _SPARE_CLAMD,
             str(clamd_conf): "/etc/clamav/clamd.conf",
             str(self.etc_clamwatch): "/etc/clamwatch",
             str(self.units / _UNIT): f"{_UNIT_DIR}/{_UNIT}",
@@ -590,6 +595,84 @@ def test_a_hung_daemon_is_restarted_by_the_watchdog(machine: Machine, started: C
     finally:
         override.unlink()
         box.systemctl("daemon-reload")
+
+
+def test_a_hung_clamd_does_not_get_the_daemon_restarted(
+    machine: Machine, started: Container
+) -> None:
+    """README: a clamd that hangs is not clamwatch hung. A real clamd SIGSTOPped with
+    a scan in flight: the scan loses its session after request_timeout and waits to be
+    sent again, the daemon keeps sending WATCHDOG=1, and after SIGCONT the file gets
+    its true verdict, all in the one process systemd started."""
+    box = started
+    spare = PrivateClamd(machine.spare_clamd, tcp=False)  # stopped here: not the shared one
+    override = machine.drop_ins / "zz-test-watchdog.conf"
+    # Short enough that a few periods pass while clamd is stopped; the pings come
+    # every 1.5 s, so a busy machine stalling the daemon for a second is no timeout.
+    watchdog_sec = 3.0
+    override.write_text(f"[Service]\nWatchdogSec={watchdog_sec:g}s\nRestartSec=1s\nLimitCORE=0\n")
+    config = machine.etc_clamwatch / "clamwatch.toml"
+    try:
+        spare.start()
+        config.write_text(
+            f'[clamd]\naddress = "unix://{_SPARE_CLAMD}/{spare.socket_path.name}"\n'
+            'request_timeout = "2s"\n'
+            f'[daemon]\nsettle_time = "500ms"\n\n[[watch]]\npath = "{_WATCHED}"\n',
+            encoding="utf-8",
+        )
+        box.systemctl("daemon-reload")
+        box.systemctl("restart", _UNIT)
+        assert box.show(_UNIT, "WatchdogUSec") == "3s"
+        pid = box.show(_UNIT, "MainPID")
+        restarts = box.show(_UNIT, "NRestarts")
+        before = box.mark()
+        assert spare.pid is not None
+        os.kill(spare.pid, signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        name = f"while-clamd-hangs-{time.monotonic_ns()}.exe"
+        inside = f"{_WATCHED}/{name}"
+        try:
+            machine.drop_file(name, eicar_bytes())
+            _wait_messages(
+                box,
+                before,
+                lambda m: (
+                    "lost (no reply within 2 s (clamd stuck?)); 1 request(s) will be"
+                    " sent again" in m
+                ),
+                what="the scan clamd holds to lose its session",
+            )
+            # "Not restarted" is the absence of an event, seen only by letting time
+            # pass: three watchdog periods from the SIGSTOP, no more.
+            time.sleep(max(0.0, stopped_at + 3 * watchdog_sec - time.monotonic()))
+            assert box.show(_UNIT, "ActiveState") == "active"
+            assert box.show(_UNIT, "MainPID") == pid
+            assert box.show(_UNIT, "NRestarts") == restarts
+            said = [str(e.get("MESSAGE", "")) for e in box.journal("-u", _UNIT, after=before)]
+            assert not [m for m in said if "Watchdog timeout" in m], said
+            assert not [m for m in said if "has not run for" in m], said  # daemon._watchdog
+            assert _events(box, EventKind.DETECTION, before, f"CLAMWATCH_PATH={inside}") == []
+        finally:
+            os.kill(spare.pid, signal.SIGCONT)
+        # a reconnect's backoff (10 s at most) and handshake, then the scan
+        found = _eventually(
+            lambda: next(
+                iter(_events(box, EventKind.DETECTION, before, f"CLAMWATCH_PATH={inside}")), None
+            ),
+            60,
+            "the file's verdict after SIGCONT",
+        )
+        assert found["CLAMWATCH_SIGNATURE"] == EICAR_SIGNATURE
+        assert box.show(_UNIT, "MainPID") == pid
+        assert box.show(_UNIT, "NRestarts") == restarts
+    finally:
+        if spare.pid is not None:
+            os.kill(spare.pid, signal.SIGCONT)
+        override.unlink()
+        machine.write_config(good=True)
+        box.systemctl("daemon-reload")
+        box.systemctl("restart", _UNIT)  # off the spare clamd, stopped next
+        spare.stop()
 
 
 def test_stop_is_clean(machine: Machine, started: Container) -> None:
