@@ -28,7 +28,12 @@ from clamwatch.files import FileIdentity, OpenedFile, drop_lease, has_writer
 from clamwatch.hookproc import HookProcesses, describe_status
 from clamwatch.policy import FileAction, Rule
 from clamwatch.quarantine import QuarantineError, QuarantineStore
-from clamwatch.safefs import move_to_free_name, names_same_file, remove_if_same
+from clamwatch.safefs import (
+    move_to_free_name,
+    names_same_file,
+    remove_if_same,
+    same_size_and_mtime,
+)
 from clamwatch.threadnames import name_this_thread
 from clamwatch.verdict import Infected, Verdict
 
@@ -308,10 +313,7 @@ class ActionRunner:
         compared, and the close is scanned.
         """
         st = os.fstat(opened.fd)
-        before = opened.identity
-        if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) != (
-            before.dev, before.ino, before.size, before.mtime_ns,
-        ):  # fmt: skip
+        if not same_size_and_mtime(st, opened.identity):
             return
         opened.identity = FileIdentity(st)
         if held and self.seen is not None:
