@@ -308,7 +308,7 @@ def _policy(source: Path, where: str, values: dict[str, Any]) -> Policy:
         except ValueError as exc:
             raise ConfigError(f"{source}: [{where}] {key} = {list(words)!r}: {exc}") from exc
     policy = Policy(**rules)
-    used = [policy.clean, policy.infected, policy.not_scanned, policy.error]
+    used = policy.rules
     if any(r.file_action is FileAction.RELEASE for r in used) and values.get("release_to") is None:
         raise ConfigError(f"{source}: [{where}] uses release but sets no release_to")
     if any(r.hook for r in used) and not values.get("hook"):

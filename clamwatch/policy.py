@@ -68,6 +68,11 @@ class Policy:
     not_scanned: Rule = Rule(tag=True)
     error: Rule = Rule(tag=True)
 
+    @property
+    def rules(self) -> tuple[Rule, Rule, Rule, Rule]:
+        """Its four rules, one for each kind of verdict."""
+        return (self.clean, self.infected, self.not_scanned, self.error)
+
 
 def decide(verdict: Verdict, policy: Policy) -> Rule:
     match verdict:

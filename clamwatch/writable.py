@@ -47,8 +47,7 @@ def _read_only(path: Path) -> bool:
 
 def _root_needs(watch: WatchConfig) -> str | None:
     """What the watch's rules change in its tree; None: they only read it."""
-    rules = (watch.policy.clean, watch.policy.infected,
-             watch.policy.not_scanned, watch.policy.error)  # fmt: skip
+    rules = watch.policy.rules
     needs = sorted({r.file_action.value for r in rules if r.file_action in _WRITING})
     needs += ["tag"] if any(r.tag for r in rules) else []
     return ", ".join(needs) or None
@@ -65,14 +64,7 @@ def read_only_root(watch: WatchConfig) -> ReadOnly | None:
 def quarantines(config: Config) -> bool:
     """Some watch moves or copies files into the quarantine."""
     return any(
-        rule.file_action in _QUARANTINING
-        for watch in config.watches
-        for rule in (
-            watch.policy.clean,
-            watch.policy.infected,
-            watch.policy.not_scanned,
-            watch.policy.error,
-        )
+        rule.file_action in _QUARANTINING for watch in config.watches for rule in watch.policy.rules
     )
 
 
