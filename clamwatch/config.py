@@ -396,9 +396,10 @@ def parse_config(
     return Config(source, clamd, daemon, tuple(watches), quarantine, watch_sources=tuple(files))
 
 
-def _also_in(source: Path, other: Path) -> str:
-    """`` (set in OTHER)`` after a key another file set than the error's."""
-    return "" if other == source else f" (set in {other})"
+def _also_in(source: Path, other: Path, how: str = "set in") -> str:
+    """`` (set in OTHER)`` after a key (``how``: "in", after a watch) that another
+    file than the error's set."""
+    return "" if other == source else f" ({how} {other})"
 
 
 def check_folders_in_use(
@@ -436,9 +437,6 @@ def _check_places(
     """
     real = {w.path: Path(os.path.realpath(w.path)) for w, _ in watches}
 
-    def also(source: Path, other: Path) -> str:
-        return "" if other == source else f" (in {other})"
-
     def within(inner: Path, outer: Path) -> bool:
         real_inner, real_outer = Path(os.path.realpath(inner)), Path(os.path.realpath(outer))
         return inner.is_relative_to(outer) or real_inner.is_relative_to(real_outer)
@@ -448,7 +446,7 @@ def _check_places(
             if watch.path == other.path or real[watch.path] == real[other.path]:
                 raise ConfigError(
                     f"{other_source}: {str(other.path)!r} is watched twice"
-                    f"{also(other_source, source)}; a drop-in adds watches, it cannot"
+                    f"{_also_in(other_source, source, 'in')}; a drop-in adds watches, it cannot"
                     " change or remove one of another file"
                 )
             for (inner, inner_source), (outer, outer_source) in (
@@ -458,7 +456,7 @@ def _check_places(
                 if within(inner.path, outer.path):
                     raise ConfigError(
                         f"{inner_source}: watch {str(inner.path)!r} lies inside watch"
-                        f" {str(outer.path)!r}{also(inner_source, outer_source)};"
+                        f" {str(outer.path)!r}{_also_in(inner_source, outer_source, 'in')};"
                         " one watch covers its whole tree"
                     )
         for key, own, own_source in folders:
@@ -481,7 +479,7 @@ def _check_places(
                 raise ConfigError(
                     f"{source}: release_to {str(watch.release_to)!r} of watch"
                     f" {str(watch.path)!r} lies inside watch {str(other.path)!r}"
-                    f"{also(source, other_source)}: what it releases would be found,"
+                    f"{_also_in(source, other_source, 'in')}: what it releases would be found,"
                     " scanned and released again"
                 )
 
